@@ -1,0 +1,88 @@
+"""The HTTP resource tree: ``/RPC2`` (and ``/``), ``/health``, ``/metrics``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet import defer
+from twisted.web import resource, server
+
+from worknet.config import Settings
+from worknet.rpc.metrics import Metrics
+from worknet.rpc.resource import RPCRoot, authorized, refuse_unauthorized, request_factory
+from worknet.services import build_services
+
+
+class Health(resource.Resource):
+    """``GET /health``: 200 when the database answers a ping, 503 otherwise. Open to all."""
+
+    isLeaf = True
+
+    def __init__(self, store: Any) -> None:
+        super().__init__()
+        self.store = store
+
+    def render_GET(self, request: server.Request) -> Any:
+        d = defer.ensureDeferred(self.store.ping())
+
+        def answer(connected: bool) -> None:
+            request.setResponseCode(200 if connected else 503)
+            request.setHeader(b"content-type", b"application/json")
+            body = {"status": "ok" if connected else "degraded",
+                    "mongodb": "connected" if connected else "disconnected"}
+            request.write(json.dumps(body).encode())
+            request.finish()
+
+        d.addCallback(answer)
+        return server.NOT_DONE_YET
+
+
+class MetricsPage(resource.Resource):
+    """``GET /metrics``: Prometheus text format (requires the token when one is set)."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics, store: Any, settings: Settings) -> None:
+        super().__init__()
+        self.metrics = metrics
+        self.store = store
+        self.settings = settings
+
+    def render_GET(self, request: server.Request) -> bytes:
+        if not authorized(request, self.settings.rpc_auth_token):
+            return refuse_unauthorized(request, self.metrics)
+        self.metrics.db_connected.set(1 if self.store.connected else 0)
+        self.metrics.db_pool_size.set(self.settings.mongodb_pool_size)
+        self.metrics.db_pool_connected.set(self.store.open_connections())
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self.metrics.registry)
+
+
+class Root(resource.Resource):
+    """``/`` is the XML-RPC endpoint too; other paths are 404."""
+
+    def __init__(self, rpc: RPCRoot) -> None:
+        super().__init__()
+        self.rpc = rpc
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+        if path == b"":
+            return self.rpc
+        return resource.NoResource()
+
+
+def build_site(store: Any, settings: Settings, reactor: Any = None) -> server.Site:
+    metrics = Metrics()
+    rpc = RPCRoot(store, settings, metrics, build_services(store, settings), reactor=reactor)
+    root = Root(rpc)
+    root.putChild(b"RPC2", rpc)
+    root.putChild(b"health", Health(store))
+    root.putChild(b"metrics", MetricsPage(metrics, store, settings))
+    site = server.Site(root)
+    site.requestFactory = request_factory(settings.rpc_max_body)
+    site.displayTracebacks = False
+    site.noisy = False
+    site.log = lambda request: None  # the dispatcher logs one line per call; no access log twice
+    return site

@@ -1,0 +1,186 @@
+"""Settings: environment variables plus an optional ``.env`` file.
+
+Everything the daemon reads from its environment is read here, once, at
+startup, converted to its type and checked.  A bad value stops the daemon with
+one line naming the variable (``ConfigError``); nothing downstream ever looks
+at ``os.environ`` again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Mapping
+
+from dotenv import dotenv_values
+
+DEFAULT_JWT_SECRET = "your-secret-key-change-in-production"  # noqa: S105 - the seed's placeholder, refused outside development
+MIN_JWT_SECRET_BYTES = 32
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ENVIRONMENTS = ("development", "test", "production", "staging")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the daemon cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    rpc_host: str = "127.0.0.1"
+    rpc_port: int = 8000
+    rpc_listen: str = ""
+    rpc_auth_token: str = field(default="", repr=False)
+    rpc_max_body: int = 1024 * 1024
+    mongodb_uri: str = field(default="", repr=False)
+    db_name: str = "worknet"
+    mongodb_pool_size: int = 10
+    db_timeout_seconds: float = 5.0
+    data_dir: str = "var/db"
+    jwt_secret: str = field(default=DEFAULT_JWT_SECRET, repr=False)
+    jwt_expires_in_days: int = 7
+    jwt_refresh_expires_in_days: int = 30
+    platform_fee_percent: Decimal = Decimal("20")
+    node_env: str = "production"
+    log_level: str = "INFO"
+    log_file: str = "rpc_server.log"
+    bcrypt_rounds: int = 12
+
+    @property
+    def listen(self) -> str:
+        """The Twisted endpoint string the XML-RPC server listens on."""
+        if self.rpc_listen:
+            return self.rpc_listen
+        host = self.rpc_host.replace(":", "\\:")
+        return f"tcp:{self.rpc_port}:interface={host}"
+
+    @property
+    def development(self) -> bool:
+        return self.node_env == "development"
+
+    @property
+    def embedded_database(self) -> bool:
+        """True when the daemon runs its own SecantusDB child process."""
+        return not self.mongodb_uri
+
+
+def _int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(name: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
+    value = raw.strip().upper() if upper else raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _percent(name: str, raw: str) -> Decimal:
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value.is_finite() or not Decimal(0) <= value <= Decimal(100):
+        raise ConfigError(f"{name} must be between 0 and 100, got {raw!r}")
+    return value
+
+
+_PARSERS = {
+    "RPC_HOST": ("rpc_host", lambda n, v: v.strip()),
+    "RPC_PORT": ("rpc_port", lambda n, v: _int(n, v, 0, 65535)),
+    "RPC_LISTEN": ("rpc_listen", lambda n, v: v.strip()),
+    "RPC_AUTH_TOKEN": ("rpc_auth_token", lambda n, v: v.strip()),
+    "RPC_MAX_BODY": ("rpc_max_body", lambda n, v: _int(n, v, 1024, 64 * 1024 * 1024)),
+    "MONGODB_URI": ("mongodb_uri", lambda n, v: v.strip()),
+    "DB_NAME": ("db_name", lambda n, v: v.strip()),
+    "MONGODB_POOL_SIZE": ("mongodb_pool_size", lambda n, v: _int(n, v, 1, 200)),
+    "DB_TIMEOUT_SECONDS": ("db_timeout_seconds", lambda n, v: _float(n, v, 0.1, 120)),
+    "DATA_DIR": ("data_dir", lambda n, v: v.strip()),
+    "JWT_SECRET": ("jwt_secret", lambda n, v: v),
+    "JWT_EXPIRES_IN_DAYS": ("jwt_expires_in_days", lambda n, v: _int(n, v, 1, 365)),
+    "JWT_REFRESH_EXPIRES_IN_DAYS": ("jwt_refresh_expires_in_days", lambda n, v: _int(n, v, 1, 3650)),
+    "PLATFORM_FEE_PERCENT": ("platform_fee_percent", _percent),
+    "NODE_ENV": ("node_env", lambda n, v: _choice(n, v, ENVIRONMENTS)),
+    "LOG_LEVEL": ("log_level", lambda n, v: _choice(n, v, LOG_LEVELS, upper=True)),
+    "LOG_FILE": ("log_file", lambda n, v: v.strip()),
+    "BCRYPT_ROUNDS": ("bcrypt_rounds", lambda n, v: _int(n, v, 4, 16)),
+}
+
+ENV_VARIABLES = tuple(_PARSERS)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    env_file: str | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Settings:
+    """Build the settings from ``.env`` (if any), then the environment, then overrides.
+
+    The environment wins over the file, as with every twelve-factor tool;
+    ``overrides`` are the daemon's command-line options and win over both.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, str] = {}
+    path = Path(env_file) if env_file else Path(".env")
+    if env_file and not path.is_file():
+        raise ConfigError(f"--env-file {env_file}: no such file")
+    if path.is_file():
+        values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    values.update({k: v for k, v in environ.items() if k in _PARSERS})
+
+    kwargs: dict[str, object] = {}
+    for name, raw in values.items():
+        if name in _PARSERS and raw != "":
+            attr, parse = _PARSERS[name]
+            kwargs[attr] = parse(name, raw)
+    known = {f.name for f in fields(Settings)}
+    for attr, value in (overrides or {}).items():
+        if attr not in known:
+            raise ConfigError(f"unknown setting {attr}")
+        if value is not None:
+            kwargs[attr] = value
+    settings = Settings(**kwargs)  # type: ignore[arg-type]
+    check(settings)
+    return settings
+
+
+def check(settings: Settings) -> None:
+    """Refuse settings that are unsafe outside development."""
+    if not settings.db_name or any(c in settings.db_name for c in '/\\. "$'):
+        raise ConfigError(f"DB_NAME must be a plain database name, got {settings.db_name!r}")
+    if not settings.development:
+        if settings.jwt_secret == DEFAULT_JWT_SECRET:
+            raise ConfigError(
+                "JWT_SECRET is the placeholder value; set a random secret of at least "
+                f"{MIN_JWT_SECRET_BYTES} bytes (or NODE_ENV=development for local use)"
+            )
+        if len(settings.jwt_secret.encode("utf-8")) < MIN_JWT_SECRET_BYTES:
+            raise ConfigError(
+                f"JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes; "
+                "set a longer random secret (or NODE_ENV=development for local use)"
+            )
+
+
+def weak_secret(settings: Settings) -> bool:
+    """True when the JWT secret would be refused outside development."""
+    return (
+        settings.jwt_secret == DEFAULT_JWT_SECRET
+        or len(settings.jwt_secret.encode("utf-8")) < MIN_JWT_SECRET_BYTES
+    )

@@ -1,0 +1,1 @@
+"""XML-RPC plumbing: safe parsing, dispatch and envelopes, names, introspection, wire values."""

@@ -1,0 +1,158 @@
+"""Calling a method: names, arity, the result envelope, faults, metrics and the log line.
+
+This is the one place where domain errors become
+``{"success": false, "error": ..., "code": ...}``, where database outages
+become ``UNAVAILABLE``, and where anything unexpected becomes fault -32603
+with a short reference id that is also in the log (with the traceback).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import secrets
+import time
+from typing import Any, Callable
+
+from pymongo.errors import AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeout
+from twisted.internet import defer, error as net_error
+from worknet.logs import logger
+from twisted.python.failure import Failure
+from twisted.web import xmlrpc
+from txmongo.errors import TimeExceeded
+
+from worknet.errors import DomainError, Unavailable
+from worknet.rpc.metrics import Metrics
+from worknet.rpc.wire import to_wire
+
+log = logger("worknet.rpc")
+
+NOT_WELL_FORMED = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+DATABASE_DOWN = (
+    AutoReconnect, ConnectionFailure, NetworkTimeout, ExecutionTimeout, TimeExceeded,
+    net_error.ConnectionLost, net_error.ConnectionDone, net_error.ConnectionRefusedError,
+    defer.CancelledError, defer.TimeoutError,
+)
+
+
+def snake_case(name: str) -> str:
+    """``getById`` -> ``get_by_id``."""
+    return _CAMEL.sub("_", name).lower()
+
+
+def camel_case(name: str) -> str:
+    """``get_by_id`` -> ``getById``."""
+    head, *rest = name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
+
+
+class ServiceResource(xmlrpc.XMLRPC):
+    """Base of every ``<service>`` handler: snake_case methods, camelCase aliases.
+
+    Subclasses define ``async def xmlrpc_<snake_name>(...)`` methods whose
+    docstrings are their ``system.methodHelp`` text and whose ``signature``
+    attribute (set with :func:`signature`) feeds ``system.methodSignature``.
+    """
+
+    def __init__(self, store: Any, settings: Any) -> None:
+        super().__init__(allowNone=True, useDateTime=False)
+        self.store = store
+        self.settings = settings
+
+    def lookupProcedure(self, procedurePath: str) -> Callable:
+        if self.separator not in procedurePath:
+            procedurePath = snake_case(procedurePath)
+        return super().lookupProcedure(procedurePath)
+
+    def listProcedures(self) -> list[str]:
+        names = super().listProcedures()
+        return sorted(set(names) | {camel_case(n) for n in names})
+
+
+def signature(*types: str) -> Callable[[Callable], Callable]:
+    """Declare ``[return type, arg types...]`` for ``system.methodSignature``."""
+
+    def mark(f: Callable) -> Callable:
+        f.signature = [list(types)]  # type: ignore[attr-defined]
+        return f
+
+    return mark
+
+
+def _check_arity(function: Callable, args: tuple) -> None:
+    try:
+        inspect.signature(function).bind(*args)
+    except TypeError:
+        params = [
+            p for p in inspect.signature(function).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        required = sum(1 for p in params if p.default is p.empty)
+        expected = str(required) if required == len(params) else f"{required} to {len(params)}"
+        raise xmlrpc.Fault(INVALID_PARAMS, f"invalid params: expected {expected} parameters, got {len(args)}") from None
+
+
+class Dispatcher:
+    """Runs one call and shapes its outcome for the wire."""
+
+    def __init__(self, root: xmlrpc.XMLRPC, metrics: Metrics, call_timeout: float, reactor: Any) -> None:
+        self.root = root
+        self.metrics = metrics
+        self.call_timeout = call_timeout
+        self.reactor = reactor
+        self.known_methods: frozenset[str] = frozenset()
+
+    async def call(self, method: str, args: tuple) -> Any:
+        """Result value (already converted for the wire) or an ``xmlrpc.Fault``."""
+        started = time.perf_counter()
+        label = method if method in self.known_methods else "unknown"
+        self.metrics.in_flight.inc()
+        try:
+            result = await self._run(method, args)
+        finally:
+            self.metrics.in_flight.dec()
+        elapsed = time.perf_counter() - started
+        if isinstance(result, xmlrpc.Fault):
+            outcome = f"fault {result.faultCode}"
+            self.metrics.faults.labels(str(result.faultCode)).inc()
+        elif isinstance(result, dict) and result.get("success") is False:
+            outcome = str(result.get("code"))
+        else:
+            outcome = "ok"
+        self.metrics.requests.labels(label, outcome.split(" ")[0]).inc()
+        self.metrics.latency.labels(label).observe(elapsed)
+        log.info("{method} {ms:.1f} ms {outcome}", method=method if label != "unknown" else "(unknown method)",
+                 ms=elapsed * 1000, outcome=outcome)
+        return result
+
+    async def _run(self, method: str, args: tuple) -> Any:
+        try:
+            function = self.root.lookupProcedure(method)
+        except xmlrpc.Fault:
+            return xmlrpc.Fault(METHOD_NOT_FOUND, f"method not found: {method[:100]}")
+        try:
+            _check_arity(function, args)
+        except xmlrpc.Fault as fault:
+            return fault
+        d = defer.maybeDeferred(function, *args)
+        d.addTimeout(self.call_timeout, self.reactor)
+        try:
+            result = await d
+        except DomainError as e:
+            return e.envelope()
+        except xmlrpc.Fault as fault:
+            return fault
+        except DATABASE_DOWN:
+            return Unavailable("The database is not available right now; try again shortly.").envelope()
+        except Exception:
+            reference = secrets.token_hex(4)
+            log.failure("internal error in {method} (ref {ref})", Failure(), method=method, ref=reference)
+            return xmlrpc.Fault(INTERNAL_ERROR, f"internal error (ref {reference})")
+        return to_wire(result)

@@ -1,0 +1,15 @@
+"""One module per XML-RPC service; ``build_services`` maps each service name to its handler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worknet.services.categories import CategoriesService
+
+SERVICES: dict[str, type] = {
+    "categoriesService": CategoriesService,
+}
+
+
+def build_services(store: Any, settings: Any) -> dict[str, Any]:
+    return {name: cls(store, settings) for name, cls in SERVICES.items()}

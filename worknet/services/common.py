@@ -1,0 +1,111 @@
+"""Helpers every service uses: results, paging, time, idempotent creates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from decimal import Decimal
+
+from bson import Decimal128, ObjectId
+from pymongo.errors import DuplicateKeyError
+from txmongo import filter as qf
+
+from worknet.errors import Conflict, NotFound
+from worknet.validators import cents
+
+NOT_DELETED: dict[str, Any] = {"deletedAt": None}
+
+
+def ok(**fields: Any) -> dict:
+    """A success envelope: ``{"success": True, **fields}``."""
+    return {"success": True, **fields}
+
+
+def now() -> datetime:
+    """The current UTC time, truncated to the millisecond (what BSON dates keep)."""
+    moment = datetime.now(timezone.utc)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def decimal(value: Any) -> Decimal:
+    """A stored amount (Decimal128, or the int 0 of an empty ``$sum``) as a Decimal rounded to the cent."""
+    if isinstance(value, Decimal128):
+        value = value.to_decimal()
+    return cents(Decimal(value))
+
+
+def sort(*keys: tuple[str, int]) -> qf.sort:
+    return qf.sort(list(keys))
+
+
+async def paged(
+    collection: Any,
+    query: dict,
+    order: Iterable[tuple[str, int]],
+    page: int,
+    limit: int,
+    plural: str,
+    projection: dict | None = None,
+) -> dict:
+    """One page of ``query`` plus ``total``, ``page``, ``limit`` and ``pages``."""
+    total = await collection.count_documents(query)
+    items = await collection.find(
+        query, projection=projection, skip=(page - 1) * limit, limit=limit, sort=sort(*order),
+    )
+    return ok(**{plural: items}, total=total, page=page, limit=limit, pages=math.ceil(total / limit))
+
+
+async def get_or_404(collection: Any, _id: ObjectId, what: str, query: dict | None = None, **kwargs: Any) -> dict:
+    """The live (not soft-deleted) document with this id, or NotFound."""
+    doc = await collection.find_one({"_id": _id, **NOT_DELETED, **(query or {})}, **kwargs)
+    if doc is None:
+        raise NotFound(f"{what} not found")
+    return doc
+
+
+def request_hash(content: dict) -> str:
+    """A stable fingerprint of a create request, to tell a retry from a different request."""
+    canonical = json.dumps(content, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def duplicate_key(error: DuplicateKeyError) -> set[str]:
+    """The field names of the unique index a DuplicateKeyError hit."""
+    details = error.details or {}
+    pattern = details.get("keyPattern") or details.get("keyValue") or {}
+    if pattern:
+        return set(pattern)
+    message = str(details.get("errmsg", ""))
+    return {"_id"} if "_id_" in message else set()
+
+
+async def create_once(
+    collection: Any,
+    document: dict,
+    request: dict,
+    what: str,
+    session: Any = None,
+) -> tuple[dict, bool]:
+    """Insert ``document`` (with its client-chosen ``_id``) at most once.
+
+    Returns ``(document, created)``.  A retry of the same request (same id,
+    same ``request`` content) returns the stored document with
+    ``created=False``; the same id with different content is a CONFLICT.
+    Other unique-index violations propagate as DuplicateKeyError for the
+    caller to name.
+    """
+    document["requestHash"] = request_hash(request)
+    try:
+        await collection.insert_one(document, session=session)
+        return document, True
+    except DuplicateKeyError as e:
+        if "_id" not in duplicate_key(e):
+            raise
+    existing = await collection.find_one({"_id": document["_id"]}, session=session)
+    if existing is None or existing.get("requestHash") != document["requestHash"]:
+        raise Conflict(f"a different {what} already exists with this id", "id")
+    return existing, False

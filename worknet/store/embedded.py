@@ -1,0 +1,144 @@
+"""The embedded database: SecantusDB run as a child process.
+
+Used when ``MONGODB_URI`` is unset (a laptop, ``make run``).  SecantusDB is
+GPL-2.0, so it is only ever run as a separate program, never imported.  The
+service picks a free loopback port, spawns ``secantusd-py``, and on stop sends
+SIGTERM and waits for the process to exit (it must release its data directory
+before anything may open it again).  If the process exits on its own, the
+daemon stops with a message saying why: it cannot serve without its database.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, error, protocol
+from worknet.logs import logger
+
+log = logger(__name__)
+
+STOP_GRACE_SECONDS = 30.0
+
+
+def find_secantusd() -> str | None:
+    """The ``secantusd-py`` launcher: beside this interpreter first, then on PATH."""
+    beside = Path(sys.executable).with_name("secantusd-py")
+    if beside.exists():
+        return str(beside)
+    return shutil.which("secantusd-py")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class _DatabaseProcess(protocol.ProcessProtocol):
+    def __init__(self, owner: EmbeddedDatabase) -> None:
+        self.owner = owner
+        self.tail: deque[str] = deque(maxlen=20)
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def _lines(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                self.tail.append(line.rstrip())
+                log.debug("secantusd: {line}", line=line.rstrip())
+
+    outReceived = _lines
+    errReceived = _lines
+
+    def processEnded(self, reason: Any) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.owner._ended(code, list(self.tail))
+        self.ended.callback(None)
+
+
+class EmbeddedDatabase(service.Service):
+    """Runs ``secantusd-py --sync-on-commit`` on a free loopback port."""
+
+    name = "embedded-database"
+
+    def __init__(self, data_dir: str, reactor: Any = None, executable: str | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self._reactor = reactor
+        self.data_dir = os.path.abspath(data_dir)
+        self.executable = executable or find_secantusd()
+        self.port = 0
+        self._process: _DatabaseProcess | None = None
+        self._transport: Any = None
+        self._stopping = False
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
+
+    def startService(self) -> None:
+        super().startService()
+        if self.executable is None:
+            self._fail("secantusd-py was not found; install the SecantusDB package or set MONGODB_URI")
+            return
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.port = free_port()
+        argv = [
+            self.executable, "--host", "127.0.0.1", "--port", str(self.port),
+            "--storage-path", self.data_dir, "--sync-on-commit", "--log-level", "WARNING",
+        ]
+        self._process = _DatabaseProcess(self)
+        self._transport = self._reactor.spawnProcess(
+            self._process, self.executable, argv, env=dict(os.environ),
+            childFDs={0: "w", 1: "r", 2: "r"},
+        )
+        log.info("embedded database (SecantusDB) starting on 127.0.0.1:{port}, data in {path}",
+                 port=self.port, path=self.data_dir)
+
+    def _ended(self, code: int | None, tail: list[str]) -> None:
+        self._transport = None
+        if self._stopping:
+            log.info("embedded database stopped")
+            return
+        reason = next((line for line in reversed(tail) if "Error" in line), tail[-1] if tail else "no output")
+        self._fail(f"the embedded database exited unexpectedly (exit code {code}): {reason}")
+
+    def _fail(self, message: str) -> None:
+        log.critical("cannot run without the database: {message}", message=message)
+        if self._reactor.running:
+            # twistd would otherwise exit 0: make the failure visible to supervisors.
+            self._reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+            self._reactor.stop()
+        else:
+            self._reactor.callWhenRunning(self._fail, message)
+
+    async def stopService(self) -> None:  # type: ignore[override]
+        super().stopService()
+        if self._transport is None or self._process is None:
+            return
+        self._stopping = True
+        ended = self._process.ended
+        try:
+            self._transport.signalProcess("TERM")
+        except error.ProcessExitedAlready:
+            return
+        kill = self._reactor.callLater(STOP_GRACE_SECONDS, self._kill)
+        await ended
+        if kill.active():
+            kill.cancel()
+
+    def _kill(self) -> None:
+        if self._transport is not None:
+            log.warn("embedded database did not stop within {s} s; killing it", s=STOP_GRACE_SECONDS)
+            try:
+                self._transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass

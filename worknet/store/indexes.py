@@ -1,0 +1,27 @@
+"""Every index the daemon relies on, created idempotently at startup.
+
+Unique indexes are where invariants live (one account per e-mail, one slug per
+category, one review per user and gig, ...): they hold across any number of
+daemons sharing the database, which no check in process memory could.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ASC, DESC = 1, -1
+
+# collection -> list of (keys, options)
+INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
+    "categories": [
+        ([("slug", ASC)], {"unique": True, "name": "slug_unique"}),
+        ([("nameLower", ASC)], {"unique": True, "name": "name_unique"}),
+        ([("isActive", ASC), ("name", ASC)], {"name": "active_by_name"}),
+    ],
+    "gigs": [
+        ([("category", ASC), ("isActive", ASC)], {"name": "category_active"}),
+    ],
+    "orders": [
+        ([("gigId", ASC), ("status", ASC)], {"name": "gig_status"}),
+    ],
+}

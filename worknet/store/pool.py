@@ -1,0 +1,164 @@
+"""The txmongo connection pool as a Twisted service.
+
+``MongoStore`` owns the pool: it connects when the service starts (txmongo
+reconnects by itself after the database restarts), creates the indexes once
+the database first answers, finds out whether the server runs transactions,
+and disconnects when the service stops -- last, since ``MultiService`` stops
+its children in reverse order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Optional, TypeVar
+
+from pymongo.errors import OperationFailure, PyMongoError
+from twisted.application import service
+from twisted.internet import defer, task
+from worknet.logs import logger
+from txmongo import filter as qf
+from txmongo.connection import ConnectionPool
+from txmongo.database import Database
+from txmongo.sessions import ClientSession
+
+from worknet.config import Settings
+from worknet.store.indexes import INDEXES
+
+T = TypeVar("T")
+
+log = logger(__name__)
+
+Session = Optional[ClientSession]
+
+
+class MongoStore(service.Service):
+    """Database access for the services: collections, ping, transactions."""
+
+    name = "mongodb"
+    ready: defer.Deferred[None]
+
+    def __init__(self, settings: Settings, uri: Callable[[], str], reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self._settings = settings
+        self._uri = uri
+        self._reactor = reactor
+        self._pool: ConnectionPool | None = None
+        self.supports_transactions = False
+        self.connected = False
+        self.ready = defer.Deferred()
+
+    # -- service life -------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool = ConnectionPool(
+            self._uri(),
+            pool_size=self._settings.mongodb_pool_size,
+            retry_delay=0.5,
+            max_delay=2.0,
+            ping_interval=5,
+            ping_timeout=5,
+        )
+        for factory in self._pool.getprotocols():
+            factory.noisy = False  # no "Starting factory" line per reconnect
+        self._preparing = defer.ensureDeferred(self._prepare())
+
+    async def _prepare(self) -> None:
+        """Wait until the database answers, then create indexes and probe transactions."""
+        attempt = 0
+        while self.running:
+            try:
+                hello = await self.command({"hello": 1})
+                await self._create_indexes()
+            except Exception as e:  # the database is not up yet: keep trying
+                attempt += 1
+                if attempt in (1, 20) or attempt % 120 == 0:
+                    log.warn("waiting for the database ({reason})", reason=type(e).__name__)
+                await task.deferLater(self._reactor, 0.25, lambda: None)
+                continue
+            self.supports_transactions = bool(hello.get("setName") or hello.get("msg") == "isdbgrid")
+            if not self.supports_transactions:
+                log.warn(
+                    "the database has no transactions (standalone server): multi-document "
+                    "changes run step by step, each step guarded so that a retry completes it"
+                )
+            self.connected = True
+            log.info("database ready: {db} ({mode})", db=self._settings.db_name,
+                     mode="transactions" if self.supports_transactions else "no transactions")
+            self.ready.callback(None)
+            return
+
+    async def stopService(self) -> None:  # type: ignore[override]
+        super().stopService()
+        if self._pool is not None:
+            await self._pool.disconnect()
+            self._pool = None
+
+    async def _create_indexes(self) -> None:
+        for collection, specs in INDEXES.items():
+            for keys, options in specs:
+                await self.db[collection].create_index(qf.sort(keys), **options)
+
+    # -- access ---------------------------------------------------------------
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            raise RuntimeError("the database service is not running")
+        return self._pool
+
+    @property
+    def db(self) -> Database:
+        return self.pool[self._settings.db_name]
+
+    def __getitem__(self, collection: str) -> Any:
+        return self.db[collection]
+
+    def open_connections(self) -> int:
+        """How many pool connections are established right now."""
+        if self._pool is None:
+            return 0
+        return sum(1 for factory in self._pool.getprotocols() if factory.instance is not None)
+
+    async def command(self, command: dict, timeout: float | None = None) -> dict:
+        return await self.pool.command(
+            self._settings.db_name, command, timeout=timeout or self._settings.db_timeout_seconds
+        )
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        """True when the database answers ``ping`` within ``timeout`` seconds. Never raises."""
+        if self._pool is None:
+            return False
+        try:
+            await self.command({"ping": 1}, timeout=timeout)
+        except Exception:
+            self.connected = False
+            return False
+        self.connected = True
+        return True
+
+    async def transaction(self, steps: Callable[[Session], Awaitable[T]]) -> T:
+        """Run ``steps(session)`` as one transaction, retried on transient errors.
+
+        Without transaction support ``steps(None)`` runs once, as plain
+        writes: callers order and guard their steps (compare-and-set,
+        unique keys) so that a retry completes a half-done change.
+        """
+        if not self.supports_transactions:
+            return await steps(None)
+        attempts = 5
+        for attempt in range(1, attempts + 1):
+            async with self.pool.start_session() as session:
+                try:
+                    async with session.start_transaction():
+                        return await steps(session)
+                except PyMongoError as e:
+                    transient = isinstance(e, OperationFailure) and (
+                        e.has_error_label("TransientTransactionError") or e.code in (112, 251)
+                    )
+                    if transient and attempt < attempts:
+                        continue
+                    raise
+        raise AssertionError("unreachable")

@@ -1,0 +1,101 @@
+"""``twistd worknet-rpc``: command-line options and the service tree (no logic here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.python import usage
+
+from worknet.config import Settings, load_settings
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "WorkNet RPC: the XML-RPC business-logic server of the WorkNet marketplace. "
+        "Settings come from the environment and an optional .env file; these options override them. "
+        "Without MONGODB_URI the daemon runs an embedded SecantusDB database under --data-dir."
+    )
+    optParameters = [
+        ["listen", "l", None,
+         "Twisted endpoint string to listen on (default tcp:$RPC_PORT:interface=$RPC_HOST, "
+         "i.e. tcp:8000:interface=127.0.0.1); e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem"],
+        ["mongodb-uri", None, None, "MongoDB connection string (default $MONGODB_URI; unset: embedded database)"],
+        ["db-name", None, None, "database name (default $DB_NAME or worknet)"],
+        ["env-file", None, None, "read settings from this file instead of ./.env"],
+        ["log-level", None, None, "DEBUG, INFO, WARNING, ERROR or CRITICAL (default $LOG_LEVEL or INFO)"],
+        ["data-dir", None, None, "data directory of the embedded database (default $DATA_DIR or ./var/db)"],
+        ["pool-size", None, None, "database connections in the pool (default $MONGODB_POOL_SIZE or 10)"],
+    ]
+
+    settings: Settings
+
+    def postOptions(self) -> None:
+        overrides: dict[str, Any] = {
+            "rpc_listen": self["listen"],
+            "mongodb_uri": self["mongodb-uri"],
+            "db_name": self["db-name"],
+            "log_level": self["log-level"].upper() if self["log-level"] else None,
+            "data_dir": self["data-dir"],
+        }
+        try:
+            if self["pool-size"] is not None:
+                overrides["mongodb_pool_size"] = int(self["pool-size"])
+            self.settings = load_settings(env_file=self["env-file"], overrides=overrides)
+        except ValueError as e:  # ConfigError included
+            raise usage.UsageError(str(e)) from None
+        if self.settings.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise usage.UsageError("--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        if not 1 <= self.settings.mongodb_pool_size <= 200:
+            raise usage.UsageError("--pool-size must be between 1 and 200")
+        if self.settings.embedded_database:
+            from worknet.store.embedded import find_secantusd
+
+            if find_secantusd() is None:
+                raise usage.UsageError(
+                    "MONGODB_URI is unset and secantusd-py (the embedded database) is not installed"
+                )
+
+
+def makeService(options: Options) -> service.MultiService:
+    # Heavy imports here, so that `twistd --help` stays fast.
+    from twisted.application.strports import service as endpoint_service
+    from twisted.internet import reactor
+
+    from worknet import logs
+    from worknet.app import build_site
+    from worknet.config import weak_secret
+    from worknet.store import MongoStore
+    from worknet.store.embedded import EmbeddedDatabase
+
+    settings = options.settings
+    parent = getattr(options, "parent", None)
+    foreground = bool(parent is not None and parent.get("nodaemon"))
+    logs.configure(settings.log_level, settings.log_file, foreground)
+    log = logs.logger("worknet.tap")
+
+    top = service.MultiService()
+    if settings.embedded_database:
+        embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor)
+        embedded.setServiceParent(top)
+        uri = lambda: embedded.uri  # noqa: E731 - the port is chosen when the service starts
+    else:
+        uri = lambda: settings.mongodb_uri  # noqa: E731
+    store = MongoStore(settings, uri, reactor=reactor)
+    store.setServiceParent(top)
+    site = build_site(store, settings, reactor=reactor)
+    listener = endpoint_service(settings.listen, site, reactor=reactor)
+    listener.setName("xmlrpc")
+    listener.setServiceParent(top)
+
+    mode = "development" if settings.development else settings.node_env
+    log.info("WorkNet RPC starting ({mode} mode) on {listen}, database {db} ({where})",
+             mode=mode, listen=settings.listen, db=settings.db_name,
+             where="embedded SecantusDB" if settings.embedded_database else "MONGODB_URI")
+    if settings.development and weak_secret(settings):
+        log.warn("!!! DEVELOPMENT MODE with a weak JWT_SECRET: tokens are forgeable. "
+                 "Never run like this in production. !!!")
+    if settings.rpc_auth_token == "":
+        log.info("RPC_AUTH_TOKEN is unset: callers are not authenticated (keep the port on a private network)")
+    return top
