@@ -109,3 +109,25 @@ async def create_once(
     if existing is None or existing.get("requestHash") != document["requestHash"]:
         raise Conflict(f"a different {what} already exists with this id", "id")
     return existing, False
+
+
+NOTIFICATION_TYPES = ("order", "message", "review", "payment", "system")
+
+
+def notification(user_id: ObjectId, kind: str, message: str, link: str = "") -> dict:
+    """A new, unread notification document (see docs/DATA_MODEL.md)."""
+    return {
+        "_id": ObjectId(),
+        "userId": user_id,
+        "type": kind,
+        "message": message[:500],
+        "link": link,
+        "isRead": False,
+        "readAt": None,
+        "createdAt": now(),
+    }
+
+
+async def notify(store: Any, user_id: ObjectId, kind: str, message: str, link: str = "", session: Any = None) -> None:
+    """Tell a user something happened (new order, payment, review, message)."""
+    await store["notifications"].insert_one(notification(user_id, kind, message, link), session=session)

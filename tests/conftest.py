@@ -1,0 +1,234 @@
+"""Test harness: a real database server and real daemons, called by real clients.
+
+* ``database`` (session): a throw-away SecantusDB on a free port, or the
+  server named by ``WORKNET_TEST_MONGODB_URI``.
+* ``daemon`` (per test): ``twistd -n worknet-rpc`` started as a user would
+  start it, on a free port, with a database name of its own, so tests never
+  see each other's data.  Its log goes to a file; a test fails if the daemon
+  logged an internal error it did not expect.
+* ``rpc``: an ``xmlrpc.client.ServerProxy`` on that daemon; ``db``: a pymongo
+  handle on its database, to check what was really stored.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import xmlrpc.client
+from pathlib import Path
+from typing import Iterator
+
+import pymongo
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Database:
+    """A SecantusDB server process (``secantusd-py``) on a free loopback port."""
+
+    def __init__(self, storage: Path, *extra: str) -> None:
+        self.storage = storage
+        self.extra = extra
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        executable = BIN / "secantusd-py"
+        argv = [str(executable if executable.exists() else shutil.which("secantusd-py")),
+                "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", str(self.storage),
+                "--sync-on-commit", "--log-level", "WARNING", *self.extra]
+        self.log = open(self.storage.parent / f"secantusd-{self.port}.log", "ab")
+        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        client = pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=500, directConnection=True)
+
+        def answers() -> bool:
+            assert self.process is not None and self.process.poll() is None, "secantusd-py exited"
+            try:
+                return bool(client.admin.command("ping")["ok"])
+            except pymongo.errors.PyMongoError:
+                return False
+
+        try:
+            wait_for(answers, START_TIMEOUT, "the database to answer")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """SIGTERM, then wait for the exit (it must release its data directory)."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+class Daemon:
+    """``twistd -n worknet-rpc`` as a subprocess."""
+
+    def __init__(self, workdir: Path, mongodb_uri: str, db_name: str, **env: str) -> None:
+        self.workdir = workdir
+        self.mongodb_uri = mongodb_uri
+        self.db_name = db_name
+        self.port = free_port()
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "NODE_ENV": "test",
+            "JWT_SECRET": secrets.token_urlsafe(48),
+            "LOG_LEVEL": "INFO",
+            "DB_TIMEOUT_SECONDS": "3",
+            **env,
+        }
+        self.process: subprocess.Popen | None = None
+        self.log_path = workdir / f"daemon-{self.port}.log"
+        self.expected_errors = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/RPC2"
+
+    def argv(self) -> list[str]:
+        argv = [str(BIN / "twistd"), "-n", "--pidfile=", "worknet-rpc",
+                "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--db-name", self.db_name]
+        if self.mongodb_uri:
+            argv += ["--mongodb-uri", self.mongodb_uri]
+        return argv
+
+    def start(self, wait: bool = True) -> None:
+        self.log_file = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.argv(), cwd=self.workdir, env=self.env, stdout=self.log_file,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        if wait:
+            wait_for(self._ready, START_TIMEOUT, f"the daemon on port {self.port} (log: {self.log_path})")
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"the daemon exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        try:
+            return self.proxy().ping()["mongodb"] == "connected"
+        except (OSError, xmlrpc.client.Error):
+            return False
+
+    def proxy(self, **kwargs) -> xmlrpc.client.ServerProxy:
+        return xmlrpc.client.ServerProxy(self.url, allow_none=True, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError("the daemon did not stop within the timeout")
+        code = self.process.returncode
+        self.process = None
+        self.log_file.close()
+        return code
+
+    def internal_errors(self) -> list[str]:
+        return [line for line in self.log().splitlines() if "#critical]" in line or "#error]" in line]
+
+
+@pytest.fixture(scope="session")
+def database(tmp_path_factory) -> Iterator[str]:
+    external = os.environ.get("WORKNET_TEST_MONGODB_URI")
+    if external:
+        yield external
+        return
+    server = Database(tmp_path_factory.mktemp("secantus") / "data")
+    server.start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo(database) -> Iterator[pymongo.MongoClient]:
+    client = pymongo.MongoClient(database, serverSelectionTimeoutMS=5000, tz_aware=True)
+    yield client
+    client.close()
+
+
+def unique_db_name(request) -> str:
+    stem = "".join(c if c.isalnum() else "_" for c in request.node.name)[:30]
+    return f"t_{stem}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_daemon(database, tmp_path, request):
+    """Start extra daemons (same or other database) inside one test."""
+    started: list[Daemon] = []
+
+    def make(db_name: str | None = None, mongodb_uri: str | None = None, start: bool = True, **env: str) -> Daemon:
+        daemon = Daemon(tmp_path, database if mongodb_uri is None else mongodb_uri,
+                        db_name or unique_db_name(request), **env)
+        started.append(daemon)
+        if start:
+            daemon.start()
+        return daemon
+
+    yield make
+    problems = []
+    for daemon in started:
+        daemon.stop()
+        if not daemon.expected_errors and daemon.internal_errors():
+            problems.append("\n".join(daemon.internal_errors()[:5]))
+    assert not problems, "the daemon logged internal errors:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def daemon(make_daemon) -> Daemon:
+    return make_daemon()
+
+
+@pytest.fixture
+def rpc(daemon) -> xmlrpc.client.ServerProxy:
+    return daemon.proxy()
+
+
+@pytest.fixture
+def db(daemon, mongo):
+    return mongo[daemon.db_name]
