@@ -22,8 +22,8 @@ import sys
 import time
 import uuid
 import xmlrpc.client
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pymongo
 import pytest
@@ -161,7 +161,7 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-                raise AssertionError("the daemon did not stop within the timeout")
+                raise AssertionError("the daemon did not stop within the timeout") from None
         code = self.process.returncode
         self.process = None
         self.log_file.close()

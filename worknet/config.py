@@ -9,10 +9,10 @@ at ``os.environ`` again.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Mapping
 
 from dotenv import dotenv_values
 

@@ -10,9 +10,9 @@ import os
 
 from twisted.logger import (
     FilteringLogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
     globalLogPublisher,
     textFileLogObserver,
 )
@@ -41,4 +41,4 @@ def configure(level: str, log_file: str, foreground: bool) -> None:
         directory, name = os.path.split(os.path.abspath(log_file))
         os.makedirs(directory, exist_ok=True)
         stream = LogFile(name, directory, rotateLength=10_000_000, maxRotatedFiles=5)
-        globalLogPublisher.addObserver(textFileLogObserver(stream))
+        globalLogPublisher.addObserver(textFileLogObserver(stream))  # type: ignore[arg-type]  # LogFile is file-like

@@ -10,9 +10,10 @@ database query.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from bson import ObjectId
@@ -151,7 +152,7 @@ def slug(value: Any, field: str = "slug") -> str:
 
 def iso_datetime(value: Any, field: str) -> datetime:
     """An ISO-8601 date or date-time (XML-RPC dateTime.iso8601 accepted too); naive means UTC."""
-    if hasattr(value, "value") and isinstance(getattr(value, "value"), str):  # xmlrpc.client.DateTime
+    if hasattr(value, "value") and isinstance(value.value, str):  # xmlrpc.client.DateTime
         value = value.value
     if not isinstance(value, str):
         raise ValidationError(field, f"{field} must be an ISO-8601 date")
@@ -166,8 +167,8 @@ def iso_datetime(value: Any, field: str) -> datetime:
         except ValueError:
             raise ValidationError(field, f"{field} must be an ISO-8601 date") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def string_list(value: Any, field: str, max_items: int, item: Validator) -> list:

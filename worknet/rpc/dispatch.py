@@ -12,16 +12,18 @@ import inspect
 import re
 import secrets
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pymongo.errors import AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeout
-from twisted.internet import defer, error as net_error
-from worknet.logs import logger
+from twisted.internet import defer
+from twisted.internet import error as net_error
 from twisted.python.failure import Failure
 from twisted.web import xmlrpc
 from txmongo.errors import TimeExceeded
 
 from worknet.errors import DomainError, Unavailable
+from worknet.logs import logger
 from worknet.rpc.metrics import Metrics
 from worknet.rpc.wire import to_wire
 

@@ -32,7 +32,7 @@ class _Refused(Exception):
 class _SafeParser:
     def __init__(self) -> None:
         self.target = Unmarshaller(use_datetime=False, use_builtin_types=False)
-        self.target._encoding = None  # expat already hands out str, nothing to decode
+        self.target._encoding = None  # type: ignore[assignment]  # expat hands out str: nothing to decode
         self.value_depth = 0
         self.depth = 0
         self.root: str | None = None

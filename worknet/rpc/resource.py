@@ -12,13 +12,13 @@ import base64
 import hmac
 import html
 import time
-from xmlrpc.client import dumps
 from typing import Any
+from xmlrpc.client import dumps
 
 from twisted.internet import defer
-from worknet.logs import logger
 from twisted.web import http, server, xmlrpc
 
+from worknet.logs import logger
 from worknet.rpc.dispatch import INVALID_REQUEST, NOT_WELL_FORMED, Dispatcher, camel_case
 from worknet.rpc.metrics import Metrics
 from worknet.rpc.parsing import NotAnXmlRpcCall, NotWellFormed, parse_call
@@ -51,8 +51,9 @@ class LimitedRequest(server.Request):
         self._received += len(data)
         if self._received > self.max_body:
             self.body_too_large = True
-            self.content.seek(0)
-            self.content.truncate()
+            if self.content is not None:
+                self.content.seek(0)
+                self.content.truncate()
             return
         super().handleContentChunk(data)
 
@@ -176,8 +177,10 @@ class RPCRoot(xmlrpc.XMLRPC):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return f"413 Request Entity Too Large: the limit is {self.settings.rpc_max_body} bytes\n".encode()
         request.setHeader(b"content-type", b"text/xml; charset=utf-8")
-        request.content.seek(0, 0)
-        body = request.content.read()
+        body = b""
+        if request.content is not None:
+            request.content.seek(0, 0)
+            body = request.content.read()
         try:
             method, args = parse_call(body)
         except NotWellFormed as e:

@@ -8,7 +8,7 @@ counters, token versions, search keys) never leave the server.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -29,7 +29,7 @@ HIDDEN_FIELDS = frozenset({
 def iso(moment: datetime) -> str:
     """``2026-11-25T11:39:29.123Z``; naive datetimes (as BSON returns them) are UTC."""
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

@@ -61,9 +61,11 @@ class CategoriesService(ServiceResource):
     async def xmlrpc_create(self, name: Any, slug: Any, description: Any = "") -> dict:
         """Create a category. name 2-60 characters, unique; slug lower-case words joined by hyphens, unique, at most 60; description at most 1000. Returns category_id, category."""
         moment = now()
-        doc = {
+        clean_name = _name(name)
+        doc: dict[str, Any] = {
             "_id": ObjectId(),
-            "name": _name(name),
+            "name": clean_name,
+            "nameLower": clean_name.lower(),
             "slug": v.slug(slug),
             "description": _description(description if description is not None else ""),
             "icon": "",
@@ -72,7 +74,6 @@ class CategoriesService(ServiceResource):
             "createdAt": moment,
             "updatedAt": moment,
         }
-        doc["nameLower"] = doc["name"].lower()
         try:
             await self.categories.insert_one(doc)
         except DuplicateKeyError as e:

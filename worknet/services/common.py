@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import datetime, timezone
-from typing import Any, Iterable
-
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from bson import Decimal128, ObjectId
 from pymongo.errors import DuplicateKeyError
@@ -27,7 +27,7 @@ def ok(**fields: Any) -> dict:
 
 def now() -> datetime:
     """The current UTC time, truncated to the millisecond (what BSON dates keep)."""
-    moment = datetime.now(timezone.utc)
+    moment = datetime.now(UTC)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 

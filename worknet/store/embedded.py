@@ -20,6 +20,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol
+
 from worknet.logs import logger
 
 log = logger(__name__)
@@ -120,7 +121,7 @@ class EmbeddedDatabase(service.Service):
         else:
             self._reactor.callWhenRunning(self._fail, message)
 
-    async def stopService(self) -> None:  # type: ignore[override]
+    async def stopService(self) -> None:
         super().stopService()
         if self._transport is None or self._process is None:
             return

@@ -9,25 +9,25 @@ its children in reverse order.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from pymongo.errors import OperationFailure, PyMongoError
 from twisted.application import service
 from twisted.internet import defer, task
-from worknet.logs import logger
 from txmongo import filter as qf
 from txmongo.connection import ConnectionPool
 from txmongo.database import Database
 from txmongo.sessions import ClientSession
 
 from worknet.config import Settings
+from worknet.logs import logger
 from worknet.store.indexes import INDEXES
 
 T = TypeVar("T")
 
 log = logger(__name__)
 
-Session = Optional[ClientSession]
 
 
 class MongoStore(service.Service):
@@ -90,7 +90,7 @@ class MongoStore(service.Service):
             self.ready.callback(None)
             return
 
-    async def stopService(self) -> None:  # type: ignore[override]
+    async def stopService(self) -> None:
         super().stopService()
         if self._pool is not None:
             await self._pool.disconnect()
@@ -139,7 +139,7 @@ class MongoStore(service.Service):
         self.connected = True
         return True
 
-    async def transaction(self, steps: Callable[[Session], Awaitable[T]]) -> T:
+    async def transaction(self, steps: Callable[[ClientSession | None], Awaitable[T]]) -> T:
         """Run ``steps(session)`` as one transaction, retried on transient errors.
 
         Without transaction support ``steps(None)`` runs once, as plain

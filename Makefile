@@ -1,0 +1,38 @@
+# WorkNet RPC -- the two commands: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test lint install node-deps bench clean
+
+$(BIN)/twistd: setup.py setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]' --config-settings editable_mode=compat
+	@touch $@
+
+install: $(BIN)/twistd
+
+# A first run writes a development .env (random JWT_SECRET, embedded database).
+.env:
+	@$(BIN)/python -c "import secrets; print('NODE_ENV=development'); print('JWT_SECRET=' + secrets.token_urlsafe(48))" > .env
+	@echo "wrote .env for local development (NODE_ENV=development, a random JWT_SECRET, embedded database)"
+
+run: install .env
+	$(BIN)/twistd --nodaemon --pidfile= worknet-rpc
+
+lint: install
+	$(BIN)/ruff check worknet twisted tests bench
+	$(BIN)/mypy worknet
+
+node-deps:
+	cd tests/node && npm install --no-package-lock --no-audit --no-fund --loglevel=error
+
+test: install lint node-deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var rpc_server.log* tests/node/node_modules .pytest_cache .mypy_cache .ruff_cache
