@@ -204,7 +204,9 @@ class RPCRoot(xmlrpc.XMLRPC):
         return dumps(payload, methodresponse=True, allow_none=True, encoding="utf-8").encode("utf-8")
 
     def _write(self, request: server.Request, result: Any) -> None:
-        request.write(self._encode(result))
+        body = self._encode(result)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
         request.finish()
 
     def render_GET(self, request: server.Request) -> bytes:

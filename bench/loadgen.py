@@ -1,0 +1,200 @@
+"""Load generator and process helpers shared by the benchmarks.
+
+``run_load`` opens ``concurrency`` keep-alive HTTP/1.1 connections to a
+loopback port and has each send XML-RPC request bodies back to back until the
+duration or the request count runs out; it records the latency of every
+request.  One asyncio process drives all connections, so the client costs
+little CPU next to the server it measures.  Loopback only, always bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pymongo
+
+BIN = Path(sys.executable).parent
+Bodies = Sequence[bytes] | Callable[[int], bytes]
+
+
+def call_body(method: str, *params: object) -> bytes:
+    """An XML-RPC request body."""
+    return xmlrpc.client.dumps(params, method, allow_none=True, encoding="utf-8").encode("utf-8")
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+@dataclass
+class Result:
+    count: int = 0
+    errors: int = 0
+    faults: int = 0
+    elapsed: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return self.count / self.elapsed if self.elapsed else 0.0
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(sorted(self.latencies_ms), 99)
+
+    def row(self, name: str) -> str:
+        return f"{name:<34} {self.rps:>9.0f} {self.p50_ms:>9.2f} {self.p99_ms:>9.2f} {self.count:>8} {self.errors + self.faults:>6}"
+
+
+HEADER = f"{'scenario':<34} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'count':>8} {'errors':>6}"
+
+
+async def _worker(host: str, port: int, path: str, body_at: Callable[[int], bytes], counter: list[int],
+                  stop_at: float, max_requests: int | None, result: Result, headers: dict[str, str]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    try:
+        while time.perf_counter() < stop_at and (max_requests is None or counter[0] < max_requests):
+            i = counter[0]
+            counter[0] += 1
+            body = body_at(i)
+            head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: text/xml\r\n"
+                    f"Content-Length: {len(body)}\r\n{extra}\r\n").encode()
+            started = time.perf_counter()
+            writer.write(head + body)
+            status_line = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+            payload = await reader.readexactly(length)
+            result.latencies_ms.append((time.perf_counter() - started) * 1000)
+            if not status_line.startswith(b"HTTP/1.1 200"):
+                result.errors += 1
+            elif b"<fault>" in payload or b"<name>success</name><value><boolean>0" in payload:
+                result.faults += 1
+            result.count += 1
+    except (OSError, asyncio.IncompleteReadError):
+        result.errors += 1
+    finally:
+        writer.close()
+
+
+async def _run(host: str, port: int, bodies: Bodies, concurrency: int, duration: float,
+               max_requests: int | None, path: str, headers: dict[str, str]) -> Result:
+    body_at = bodies if callable(bodies) else (lambda i: bodies[i % len(bodies)])
+    result = Result()
+    counter = [0]
+    started = time.perf_counter()
+    stop_at = started + duration
+    await asyncio.gather(*(
+        _worker(host, port, path, body_at, counter, stop_at, max_requests, result, headers)
+        for _ in range(concurrency)
+    ))
+    result.elapsed = time.perf_counter() - started
+    return result
+
+
+def run_load(port: int, bodies: Bodies, concurrency: int, duration: float, max_requests: int | None = None,
+             host: str = "127.0.0.1", path: str = "/RPC2", headers: dict[str, str] | None = None) -> Result:
+    """Drive ``concurrency`` keep-alive connections for ``duration`` seconds (and at most ``max_requests``)."""
+    assert host.startswith("127.") or host in ("localhost", "::1"), "benchmarks only target loopback"
+    duration = min(duration, 600.0)
+    return asyncio.run(_run(host, port, bodies, concurrency, duration, max_requests, path, headers or {}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def start_database(path: str | Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """A SecantusDB server on a free port, storing under ``path``."""
+    port = free_port()
+    Path(path).mkdir(parents=True, exist_ok=True)
+    log = open(Path(path).parent / f"secantusd-{port}.log", "ab")
+    process = subprocess.Popen(
+        [str(BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(path),
+         "--sync-on-commit", "--log-level", "WARNING", *extra],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    uri = f"mongodb://127.0.0.1:{port}/"
+    client: pymongo.MongoClient = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500, directConnection=True)
+
+    def answers() -> bool:
+        try:
+            return bool(client.admin.command("ping")["ok"])
+        except pymongo.errors.PyMongoError:
+            return False
+
+    _wait(answers, 60, "the database")
+    client.close()
+    return process, uri
+
+
+def start_daemon(uri: str, db_name: str, port: int, log_path: str | Path | None = None, **env: str) -> subprocess.Popen:
+    """``twistd -n worknet-rpc`` against ``uri``; returns once ``ping`` reports the database connected."""
+    environment = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NODE_ENV": "test",
+        "JWT_SECRET": secrets.token_urlsafe(48), "LOG_LEVEL": "WARNING", "LOG_FILE": "", **env,
+    }
+    log = open(log_path or os.devnull, "ab")
+    process = subprocess.Popen(
+        [str(BIN / "twistd"), "-n", "--pidfile=", "worknet-rpc", "--listen", f"tcp:{port}:interface=127.0.0.1",
+         "--mongodb-uri", uri, "--db-name", db_name],
+        env=environment, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2")
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {process.returncode}")
+        try:
+            return proxy.ping()["mongodb"] == "connected"
+        except (OSError, xmlrpc.client.Error):
+            return False
+
+    _wait(ready, 60, "the daemon")
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
