@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.application import service
 from twisted.internet import defer
 from twisted.web import http, resource, server
 
@@ -78,6 +79,40 @@ class QuietSite(server.Site):
 
     def log(self, request: http.Request) -> None:
         pass
+
+
+class SequentialMultiService(service.MultiService):
+    """Stops its children one after the other, in reverse order, each waiting for the previous.
+
+    (``MultiService`` stops them all at once.)  The daemon's order: listener,
+    drain of in-flight calls, database pool, embedded database.
+    """
+
+    async def stopService(self) -> None:
+        service.Service.stopService(self)
+        for child in reversed(list(self)):
+            await defer.maybeDeferred(child.stopService)
+
+
+class DrainService(service.Service):
+    """On stop, waits (up to ``timeout`` seconds) for in-flight XML-RPC calls to finish."""
+
+    name = "drain"
+
+    def __init__(self, site: server.Site, timeout: float, reactor: Any) -> None:
+        self.site = site
+        self.timeout = timeout
+        self.reactor = reactor
+
+    async def stopService(self) -> None:
+        super().stopService()
+        rpc: RPCRoot = self.site.resource.rpc
+        d = rpc.dispatcher.drained()
+        d.addTimeout(self.timeout, self.reactor)
+        try:
+            await d
+        except defer.TimeoutError:
+            pass
 
 
 def build_site(store: Any, settings: Settings, reactor: Any = None) -> server.Site:

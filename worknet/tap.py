@@ -64,7 +64,7 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     from worknet import logs
-    from worknet.app import build_site
+    from worknet.app import DrainService, SequentialMultiService, build_site
     from worknet.config import weak_secret
     from worknet.store import MongoStore
     from worknet.store.embedded import EmbeddedDatabase
@@ -75,7 +75,7 @@ def makeService(options: Options) -> service.MultiService:
     logs.configure(settings.log_level, settings.log_file, foreground)
     log = logs.logger("worknet.tap")
 
-    top = service.MultiService()
+    top = SequentialMultiService()
     if settings.embedded_database:
         embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor)
         embedded.setServiceParent(top)
@@ -85,6 +85,7 @@ def makeService(options: Options) -> service.MultiService:
     store = MongoStore(settings, uri, reactor=reactor)
     store.setServiceParent(top)
     site = build_site(store, settings, reactor=reactor)
+    DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
     listener = endpoint_service(settings.listen, site, reactor=reactor)
     listener.setName("xmlrpc")
     listener.setServiceParent(top)

@@ -110,16 +110,33 @@ class Dispatcher:
         self.call_timeout = call_timeout
         self.reactor = reactor
         self.known_methods: frozenset[str] = frozenset()
+        self.active = 0
+        self._idle: list[defer.Deferred[None]] = []
+
+    def drained(self) -> defer.Deferred[None]:
+        """Fires once no call is running (at once if none is)."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if self.active == 0:
+            d.callback(None)
+        else:
+            self._idle.append(d)
+        return d
 
     async def call(self, method: str, args: tuple) -> Any:
         """Result value (already converted for the wire) or an ``xmlrpc.Fault``."""
         started = time.perf_counter()
         label = method if method in self.known_methods else "unknown"
         self.metrics.in_flight.inc()
+        self.active += 1
         try:
             result = await self._run(method, args)
         finally:
             self.metrics.in_flight.dec()
+            self.active -= 1
+            if self.active == 0:
+                waiting, self._idle = self._idle, []
+                for d in waiting:
+                    d.callback(None)
         elapsed = time.perf_counter() - started
         if isinstance(result, xmlrpc.Fault):
             outcome = f"fault {result.faultCode}"
@@ -144,7 +161,8 @@ class Dispatcher:
         except xmlrpc.Fault as fault:
             return fault
         d = defer.maybeDeferred(function, *args)
-        d.addTimeout(self.call_timeout, self.reactor)
+        if not getattr(function, "runs_calls", False):  # multicall: each sub-call has its own deadline
+            d.addTimeout(self.call_timeout, self.reactor)
         try:
             result = await d
         except DomainError as e:

@@ -122,6 +122,7 @@ class Introspection(xmlrpc.XMLRPCIntrospection):
         return results
 
     xmlrpc_multicall.signature = [["array", "array"]]  # type: ignore[attr-defined]
+    xmlrpc_multicall.runs_calls = True  # type: ignore[attr-defined]
 
 
 class RPCRoot(xmlrpc.XMLRPC):
