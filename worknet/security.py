@@ -1,0 +1,200 @@
+"""Passwords, tokens and the clock they are judged by.
+
+* Passwords: bcrypt with ``BCRYPT_ROUNDS`` (default 12), always computed in the
+  reactor's thread pool (``deferToThread``) -- the reactor thread never hashes.
+  A password is 8 to 72 bytes of UTF-8; longer is a validation error, never a
+  silent truncation.
+* Tokens: JWT HS256 signed with ``JWT_SECRET`` (PyJWT), claims ``sub`` (user
+  id), ``role``, ``type`` (``access``/``refresh``), ``iat``, ``exp`` and
+  ``ver`` (the user's ``tokenVersion``: bumping it revokes every older token);
+  refresh tokens also carry a unique ``jti``.  Decoding pins
+  ``algorithms=["HS256"]`` (no ``alg: none``, no algorithm confusion); the
+  type and the expiry are checked here, the version and the user's existence
+  by the caller (:mod:`worknet.services.users`) against the database.
+* Clock: token expiry and login lockouts read the time through a
+  :class:`Clock`.  Only when ``NODE_ENV=test`` *and* the environment variable
+  ``WORKNET_TEST_CLOCK_FILE`` names a file does the clock add the number of
+  seconds written in that file (tests move time forward by writing it); the
+  file is read in the thread pool, never on the reactor thread.  Outside
+  ``NODE_ENV=test`` the variable is ignored and the clock is the system's.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import jwt
+from twisted.internet import threads
+
+from worknet.errors import Unauthorized, ValidationError
+
+PASSWORD_MIN_BYTES = 8
+PASSWORD_MAX_BYTES = 72
+ALGORITHM = "HS256"
+ACCESS, REFRESH = "access", "refresh"
+TEST_CLOCK_VARIABLE = "WORKNET_TEST_CLOCK_FILE"
+BAD_TOKEN = "The token is invalid or has expired."  # noqa: S105 - an error message, not a secret
+
+# A well-formed bcrypt hash of a random password nobody knows: logins for an
+# unknown e-mail are checked against it (with the configured cost) so that
+# they take as long as a wrong password for a real account.
+_DUMMY_SALT_AND_HASH = "N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"
+
+
+# -- the clock --------------------------------------------------------------
+
+
+def _read_offset(path: str) -> float:
+    try:
+        raw = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return 0.0
+    return float(raw) if raw else 0.0
+
+
+class Clock:
+    """The current time (UTC), optionally shifted by a test-only offset file."""
+
+    def __init__(self, offset_file: str | None = None) -> None:
+        self.offset_file = offset_file
+
+    @classmethod
+    def from_settings(cls, settings: Any, environ: Any = None) -> Clock:
+        """The system clock, or a movable one under ``NODE_ENV=test`` with ``WORKNET_TEST_CLOCK_FILE`` set."""
+        if settings.node_env != "test":
+            return cls()
+        environ = os.environ if environ is None else environ
+        return cls(environ.get(TEST_CLOCK_VARIABLE) or None)
+
+    async def now(self) -> datetime:
+        """The current UTC time, truncated to the millisecond (what BSON dates keep)."""
+        moment = datetime.now(UTC)
+        if self.offset_file:
+            moment += timedelta(seconds=await threads.deferToThread(_read_offset, self.offset_file))
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+# -- passwords --------------------------------------------------------------
+
+
+def password(value: Any, field: str = "password") -> str:
+    """A password of 8 to 72 bytes of UTF-8 (bcrypt's limit: longer is refused, never truncated)."""
+    if not isinstance(value, str):
+        raise ValidationError(field, f"{field} must be a string")
+    size = len(value.encode("utf-8", errors="surrogatepass"))
+    if size < PASSWORD_MIN_BYTES:
+        raise ValidationError(field, f"{field} must be at least {PASSWORD_MIN_BYTES} bytes long")
+    if size > PASSWORD_MAX_BYTES:
+        raise ValidationError(field, f"{field} must be at most {PASSWORD_MAX_BYTES} bytes long (UTF-8)")
+    return value
+
+
+def login_password(value: Any, field: str = "password") -> str:
+    """A password as typed at login: a non-empty string of at most 72 bytes."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(field, f"{field} must be a non-empty string")
+    if len(value.encode("utf-8", errors="surrogatepass")) > PASSWORD_MAX_BYTES:
+        raise ValidationError(field, f"{field} must be at most {PASSWORD_MAX_BYTES} bytes long (UTF-8)")
+    return value
+
+
+def _hash(secret: str, rounds: int) -> str:
+    return bcrypt.hashpw(secret.encode("utf-8"), bcrypt.gensalt(rounds)).decode("ascii")
+
+
+def _check(secret: str, hashed: str) -> bool:
+    try:
+        return bcrypt.checkpw(secret.encode("utf-8"), hashed.encode("ascii"))
+    except ValueError:  # a malformed stored hash never matches
+        return False
+
+
+class Passwords:
+    """bcrypt in the reactor's thread pool."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        self.dummy_hash = f"$2b${rounds:02d}${_DUMMY_SALT_AND_HASH}"
+
+    async def hash(self, secret: str) -> str:
+        return await threads.deferToThread(_hash, secret, self.rounds)
+
+    async def check(self, secret: str, hashed: str | None) -> bool:
+        """True when ``secret`` matches ``hashed``; with ``None`` checks against the dummy hash and is False."""
+        if hashed is None:
+            await threads.deferToThread(_check, secret, self.dummy_hash)
+            return False
+        return await threads.deferToThread(_check, secret, hashed)
+
+
+# -- tokens -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claims:
+    user_id: str
+    role: str
+    kind: str
+    version: int
+    issued_at: datetime
+    expires_at: datetime
+    jti: str | None
+
+
+class Tokens:
+    """JWT HS256 issue and verify."""
+
+    def __init__(self, secret: str, access_days: int, refresh_days: int) -> None:
+        self._secret = secret
+        self.lifetimes = {ACCESS: timedelta(days=access_days), REFRESH: timedelta(days=refresh_days)}
+
+    @staticmethod
+    def new_jti() -> str:
+        return secrets.token_urlsafe(16)
+
+    def issue(self, user_id: str, role: str, kind: str, version: int, moment: datetime, jti: str | None = None) -> str:
+        issued = int(moment.timestamp())
+        claims: dict[str, Any] = {
+            "sub": user_id,
+            "role": role,
+            "type": kind,
+            "iat": issued,
+            "exp": issued + int(self.lifetimes[kind].total_seconds()),
+            "ver": version,
+        }
+        if jti is not None:
+            claims["jti"] = jti
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str, kind: str, moment: datetime) -> Claims:
+        """The claims of a well-signed, unexpired token of type ``kind``, or Unauthorized."""
+        required = ["sub", "role", "type", "iat", "exp", "ver"] + (["jti"] if kind == REFRESH else [])
+        try:
+            claims = jwt.decode(
+                token, self._secret, algorithms=[ALGORITHM],
+                # expiry is judged by our clock (below), not PyJWT's
+                options={"require": required, "verify_exp": False, "verify_iat": False, "verify_nbf": False},
+            )
+        except jwt.InvalidTokenError:
+            raise Unauthorized(BAD_TOKEN) from None
+        sub, role, version, exp, iat = (claims.get(k) for k in ("sub", "role", "ver", "exp", "iat"))
+        jti = claims.get("jti")
+        if (
+            claims.get("type") != kind
+            or not isinstance(sub, str) or len(sub) != 24
+            or not isinstance(role, str)
+            or isinstance(version, bool) or not isinstance(version, int)
+            or isinstance(exp, bool) or not isinstance(exp, int)
+            or isinstance(iat, bool) or not isinstance(iat, int)
+            or (kind == REFRESH and not isinstance(jti, str))
+            or exp <= moment.timestamp()
+        ):
+            raise Unauthorized(BAD_TOKEN)
+        return Claims(sub, role, kind, version, datetime.fromtimestamp(iat, UTC),
+                      datetime.fromtimestamp(exp, UTC), jti)

@@ -1,0 +1,382 @@
+"""usersService: accounts, passwords and tokens.
+
+* Uniqueness of usernames and e-mails lives in unique indexes on
+  ``usernameLower`` and ``email`` (stored lower-cased): it holds across any
+  number of daemons.  A soft-deleted account keeps its username and e-mail
+  reserved.
+* Passwords are bcrypt hashes computed in the thread pool
+  (:mod:`worknet.security`).  Login gives one error for an unknown e-mail and a
+  wrong password and costs one bcrypt check in both cases.
+* Lockout: ``loginFailures`` holds the times of the last five failed logins
+  (``$push`` with ``$slice``, atomic, so several daemons agree); when five
+  fall within 15 minutes, ``lockedUntil`` is set 15 minutes ahead and the
+  failures are cleared.  While locked, ``login`` (and ``change_password``)
+  answer ``RATE_LIMITED`` without checking the password.  The failing attempt
+  that triggers the lock still answers ``UNAUTHORIZED``.
+* Tokens carry the user's ``tokenVersion``; a password change or a deletion
+  bumps it, so older tokens stop verifying.  The user keeps one current
+  refresh token (``refreshJti``): login, register, change_password and
+  refresh replace it, so a refresh token works once and only the newest one
+  works.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import Decimal128, ObjectId
+from pymongo.errors import DuplicateKeyError
+from txmongo.collection import ReturnDocument
+
+from worknet import validators as v
+from worknet.errors import Conflict, InvalidState, NotFound, RateLimited, Unauthorized, ValidationError
+from worknet.rpc.dispatch import ServiceResource, signature
+from worknet.security import ACCESS, BAD_TOKEN, REFRESH, Clock, Passwords, Tokens, login_password, password
+from worknet.services.common import NOT_DELETED, decimal, duplicate_key, get_or_404, ok, paged
+
+ROLES = ("client", "freelancer")
+ALL_ROLES = ("client", "freelancer", "admin")
+MAX_FAILURES = 5
+FAILURE_WINDOW = timedelta(minutes=15)
+LOCK_TIME = timedelta(minutes=15)
+BAD_CREDENTIALS = "Invalid email or password."
+ACTIVE_ORDER_STATUSES = ["pending", "in_progress"]
+OPEN_ORDER_STATUSES = ["pending", "in_progress", "disputed"]
+
+_USERNAME = re.compile(r"^[A-Za-z0-9_]+$")
+_PHONE = re.compile(r"^\+?[0-9 ().-]{0,30}$")
+
+
+def _username(value: Any, field: str = "username") -> str:
+    return v.text(value, field, 3, 30, pattern=_USERNAME, pattern_hint="may contain only letters, digits and _")
+
+
+def _picture(value: Any, field: str) -> str:
+    return "" if value == "" else v.url(value, field)
+
+
+UPDATES = {
+    "username": _username,
+    "email": v.email,
+    "phone": lambda value, field: v.text(value, field, 0, 30, pattern=_PHONE, pattern_hint="is not a phone number"),
+    "country": lambda value, field: v.text(value, field, 0, 60),
+    "bio": lambda value, field: v.text(value, field, 0, 2000),
+    "profilePicture": _picture,
+    "skills": lambda value, field: v.string_list(value, field, 30, lambda s, f: v.text(s, f, 1, 50)),
+    "isSeller": v.boolean,
+}
+
+FILTERS = {
+    "role": lambda value, field: v.choice(value, field, ALL_ROLES),
+    "country": lambda value, field: v.text(value, field, 1, 60),
+    "is_seller": v.boolean,
+    "search": lambda value, field: v.text(value, field, 1, 100),
+}
+
+
+def _conflict(error: DuplicateKeyError) -> Conflict:
+    if "usernameLower" in duplicate_key(error):
+        return Conflict("this username is already taken", "username")
+    return Conflict("an account with this email already exists", "email")
+
+
+def _token_string(value: Any, field: str) -> str:
+    return v.text(value, field, 1, 4096)
+
+
+class UsersService(ServiceResource):
+    """usersService.*"""
+
+    def __init__(self, store: Any, settings: Any) -> None:
+        super().__init__(store, settings)
+        self.clock = Clock.from_settings(settings)
+        self.passwords = Passwords(settings.bcrypt_rounds)
+        self.tokens = Tokens(settings.jwt_secret, settings.jwt_expires_in_days, settings.jwt_refresh_expires_in_days)
+
+    @property
+    def users(self) -> Any:
+        return self.store["users"]
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _token_pair(self, user: dict, moment: datetime, jti: str) -> dict:
+        user_id, role, version = str(user["_id"]), user["role"], user.get("tokenVersion", 0)
+        return {
+            "token": self.tokens.issue(user_id, role, ACCESS, version, moment),
+            "refresh_token": self.tokens.issue(user_id, role, REFRESH, version, moment, jti),
+        }
+
+    async def _check_not_locked(self, user: dict, moment: datetime) -> None:
+        locked_until = user.get("lockedUntil")
+        if locked_until is not None and _aware(locked_until) > moment:
+            minutes = max(1, int((_aware(locked_until) - moment).total_seconds() // 60) + 1)
+            raise RateLimited(f"Too many failed logins; try again in {minutes} minutes.")
+
+    async def _record_failure(self, user_id: ObjectId, moment: datetime) -> None:
+        """Remember a failed password check; the fifth within 15 minutes locks the account."""
+        after = await self.users.find_one_and_update(
+            {"_id": user_id},
+            {"$push": {"loginFailures": {"$each": [moment], "$slice": -MAX_FAILURES}}},
+            projection={"loginFailures": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        failures = [_aware(f) for f in (after or {}).get("loginFailures") or []]
+        if len(failures) >= MAX_FAILURES and min(failures) > moment - FAILURE_WINDOW:
+            await self.users.update_one(
+                {"_id": user_id},
+                {"$set": {"lockedUntil": moment + LOCK_TIME, "loginFailures": []}},
+            )
+
+    async def _user_for_token(self, token: str, kind: str) -> tuple[dict, Any]:
+        claims = self.tokens.verify(token, kind, await self.clock.now())
+        user = await self.users.find_one({"_id": ObjectId(claims.user_id), **NOT_DELETED}) \
+            if _is_hex24(claims.user_id) else None
+        if user is None or user.get("tokenVersion", 0) != claims.version:
+            raise Unauthorized(BAD_TOKEN)
+        return user, claims
+
+    # -- methods ----------------------------------------------------------------
+
+    @signature("struct", "string", "string", "string", "string")
+    async def xmlrpc_register(self, username: Any, email: Any, password_: Any, role: Any) -> dict:
+        """Create an account. username 3-30 letters, digits or _ (unique, case-insensitively); email valid and unique (stored lower-case); password 8-72 bytes of UTF-8; role client or freelancer (a freelancer is a seller; admin cannot be registered). Returns user_id, user, token (access JWT), refresh_token. A taken username or email is CONFLICT (field username or email)."""
+        clean_username = _username(username)
+        clean_email = v.email(email)
+        secret = password(password_)
+        clean_role = v.choice(role, "role", ROLES)
+        taken = await self.users.find_one(
+            {"$or": [{"usernameLower": clean_username.lower()}, {"email": clean_email}]},
+            projection={"usernameLower": 1},
+        )
+        if taken is not None:  # a cheap early answer; the unique indexes decide races
+            if taken.get("usernameLower") == clean_username.lower():
+                raise Conflict("this username is already taken", "username")
+            raise Conflict("an account with this email already exists", "email")
+        hashed = await self.passwords.hash(secret)
+        moment = await self.clock.now()
+        jti = self.tokens.new_jti()
+        doc: dict[str, Any] = {
+            "_id": ObjectId(),
+            "username": clean_username,
+            "usernameLower": clean_username.lower(),
+            "email": clean_email,
+            "passwordHash": hashed,
+            "role": clean_role,
+            "isSeller": clean_role == "freelancer",
+            "phone": "",
+            "country": "",
+            "bio": "",
+            "profilePicture": "",
+            "skills": [],
+            "rating": 0.0,
+            "reviewCount": 0,
+            "totalEarnings": Decimal128("0.00"),
+            "tokenVersion": 0,
+            "loginFailures": [],
+            "lockedUntil": None,
+            "refreshJti": jti,
+            "createdAt": moment,
+            "updatedAt": moment,
+        }
+        try:
+            await self.users.insert_one(doc)
+        except DuplicateKeyError as e:
+            raise _conflict(e) from None
+        return ok(user_id=str(doc["_id"]), user=doc, **self._token_pair(doc, moment, jti))
+
+    @signature("struct", "string", "string")
+    async def xmlrpc_login(self, email: Any, password_: Any) -> dict:
+        """Log in with email and password. An unknown email and a wrong password give the same UNAUTHORIZED answer (and cost the same bcrypt check); 5 failures within 15 minutes lock the account for 15 minutes (RATE_LIMITED). Deleted accounts cannot log in. Returns token (access JWT), refresh_token (replaces the previous one), user."""
+        clean_email = v.email(email)
+        secret = login_password(password_)
+        moment = await self.clock.now()
+        user = await self.users.find_one({"email": clean_email, **NOT_DELETED})
+        if user is not None:
+            await self._check_not_locked(user, moment)
+        matched = await self.passwords.check(secret, user.get("passwordHash") if user else None)
+        if user is None or not matched:
+            if user is not None:
+                await self._record_failure(user["_id"], moment)
+            raise Unauthorized(BAD_CREDENTIALS)
+        jti = self.tokens.new_jti()
+        fresh = await self.users.find_one_and_update(
+            {"_id": user["_id"], **NOT_DELETED, "tokenVersion": user.get("tokenVersion", 0),
+             "$or": [{"lockedUntil": None}, {"lockedUntil": {"$lte": moment}}]},
+            {"$set": {"loginFailures": [], "lockedUntil": None, "refreshJti": jti}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if fresh is None:  # locked, deleted or password changed meanwhile
+            raise Unauthorized(BAD_CREDENTIALS)
+        return ok(user=fresh, **self._token_pair(fresh, moment, jti))
+
+    @signature("struct", "string")
+    async def xmlrpc_get_by_id(self, user_id: Any) -> dict:
+        """One user by id (deleted users are NOT_FOUND). Returns user."""
+        _id = v.object_id(user_id, "user_id")
+        return ok(user=await get_or_404(self.users, _id, "user"))
+
+    @signature("struct", "int", "int", "struct")
+    async def xmlrpc_get_all(self, page: Any = None, limit: Any = None, filters: Any = None) -> dict:
+        """Users, newest first, paged (page >= 1, limit 1-100, default 20). filters (all optional): role (client, freelancer, admin), country (exact), is_seller (boolean), search (prefix of the username or the email, case-insensitive, taken literally). Deleted users are left out. Returns users, total, page, limit, pages."""
+        page, limit = v.paging(page, limit)
+        clean = v.struct(filters, "filters", FILTERS)
+        query: dict[str, Any] = {**NOT_DELETED}
+        if "role" in clean:
+            query["role"] = clean["role"]
+        if "country" in clean:
+            query["country"] = clean["country"]
+        if "is_seller" in clean:
+            query["isSeller"] = clean["is_seller"]
+        if "search" in clean:
+            prefix = v.escape_prefix(clean["search"].lower())
+            query["$or"] = [{"usernameLower": {"$regex": prefix}}, {"email": {"$regex": prefix}}]
+        return await paged(self.users, query, [("createdAt", -1), ("_id", -1)], page, limit, "users")
+
+    @signature("struct", "string", "struct")
+    async def xmlrpc_update_profile(self, user_id: Any, updates: Any) -> dict:
+        """Update a profile. updates may hold only username, email (both stay unique: CONFLICT), phone, country, bio (<= 2000), profilePicture (http(s) URL or ""), skills (<= 30 strings), isSeller (a freelancer is always a seller); password, role, rating, earnings and any other key are refused (VALIDATION_ERROR). Returns user."""
+        _id = v.object_id(user_id, "user_id")
+        changes = v.struct(updates, "updates", UPDATES, allow_empty=False)
+        user = await get_or_404(self.users, _id, "user", projection={"role": 1})
+        if changes.get("isSeller") is False and user.get("role") == "freelancer":
+            raise ValidationError("isSeller", "a freelancer is always a seller")
+        if "username" in changes:
+            changes["usernameLower"] = changes["username"].lower()
+        changes["updatedAt"] = await self.clock.now()
+        try:
+            doc = await self.users.find_one_and_update(
+                {"_id": _id, **NOT_DELETED}, {"$set": changes}, return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError as e:
+            raise _conflict(e) from None
+        if doc is None:
+            raise NotFound("user not found")
+        return ok(user=doc)
+
+    @signature("struct", "string", "string", "string")
+    async def xmlrpc_change_password(self, user_id: Any, old_password: Any, new_password: Any) -> dict:
+        """Change a password: old_password must match (UNAUTHORIZED otherwise, counted like a failed login; RATE_LIMITED while locked); new_password 8-72 bytes of UTF-8 and different from the old one. Every token issued before stops verifying. Returns token, refresh_token (new ones)."""
+        _id = v.object_id(user_id, "user_id")
+        old = login_password(old_password, "old_password")
+        new = password(new_password, "new_password")
+        if new == old:
+            raise ValidationError("new_password", "the new password must differ from the old one")
+        user = await get_or_404(self.users, _id, "user")
+        moment = await self.clock.now()
+        await self._check_not_locked(user, moment)
+        if not await self.passwords.check(old, user.get("passwordHash")):
+            await self._record_failure(_id, moment)
+            raise Unauthorized("The current password is wrong.", "old_password")
+        hashed = await self.passwords.hash(new)
+        jti = self.tokens.new_jti()
+        fresh = await self.users.find_one_and_update(
+            {"_id": _id, **NOT_DELETED, "passwordHash": user.get("passwordHash")},
+            {"$set": {"passwordHash": hashed, "refreshJti": jti, "loginFailures": [], "updatedAt": moment},
+             "$inc": {"tokenVersion": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if fresh is None:
+            raise Conflict("the password was changed at the same time; try again")
+        return ok(**self._token_pair(fresh, moment, jti))
+
+    @signature("struct", "string")
+    async def xmlrpc_delete_user(self, user_id: Any) -> dict:
+        """Soft-delete a user (deletedAt): refused (INVALID_STATE) while the user has pending or in-progress orders as buyer or seller. Afterwards the user is NOT_FOUND everywhere, cannot log in and its tokens fail; the username and email stay reserved. Returns deleted: true."""
+        _id = v.object_id(user_id, "user_id")
+        await get_or_404(self.users, _id, "user", projection={"_id": 1})
+        busy = await self.store["orders"].count_documents(
+            {"$or": [{"buyerId": _id}, {"sellerId": _id}], "status": {"$in": ACTIVE_ORDER_STATUSES}}, limit=1,
+        )
+        if busy:
+            raise InvalidState("the user has pending or in-progress orders")
+        moment = await self.clock.now()
+        result = await self.users.update_one(
+            {"_id": _id, **NOT_DELETED},
+            {"$set": {"deletedAt": moment, "updatedAt": moment, "refreshJti": None}, "$inc": {"tokenVersion": 1}},
+        )
+        if result.modified_count == 0:
+            raise NotFound("user not found")
+        return ok(deleted=True)
+
+    @signature("struct", "string")
+    async def xmlrpc_get_stats(self, user_id: Any) -> dict:
+        """Figures of a user. stats: totalOrders, completedOrders, activeOrders (ints, buyer and seller sides added; active = pending, in_progress or disputed), asBuyer and asSeller (structs with totalOrders, completedOrders, activeOrders for each side), totalGigs and activeGigs (live gigs, active ones), totalReviews and averageRating (reviews received as seller, 2 decimals, 0 when none), totalEarnings (the user's credited earnings), totalSpent (completed orders as buyer). Returns stats."""
+        _id = v.object_id(user_id, "user_id")
+        user = await get_or_404(self.users, _id, "user", projection={"totalEarnings": 1})
+        orders = await self.store["orders"].aggregate([
+            {"$match": {"$or": [{"buyerId": _id}, {"sellerId": _id}]}},
+            {"$group": {
+                "_id": {"$cond": [{"$eq": ["$buyerId", _id]}, "buyer", "seller"]},
+                "total": {"$sum": 1},
+                "completed": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, 1, 0]}},
+                "active": {"$sum": {"$cond": [{"$in": ["$status", OPEN_ORDER_STATUSES]}, 1, 0]}},
+                "spent": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, "$totalPrice", 0]}},
+            }},
+        ])
+        gigs = await self.store["gigs"].aggregate([
+            {"$match": {"userId": _id, **NOT_DELETED}},
+            {"$group": {
+                "_id": None,
+                "total": {"$sum": 1},
+                "active": {"$sum": {"$cond": [{"$eq": ["$isActive", True]}, 1, 0]}},
+            }},
+        ])
+        reviews = await self.store["reviews"].aggregate([
+            {"$match": {"sellerId": _id}},
+            {"$group": {"_id": None, "count": {"$sum": 1}, "sum": {"$sum": "$rating"}}},
+        ])
+        sides = {row["_id"]: row for row in orders}
+
+        def side(name: str) -> dict:
+            row = sides.get(name, {})
+            return {"totalOrders": row.get("total", 0), "completedOrders": row.get("completed", 0),
+                    "activeOrders": row.get("active", 0)}
+
+        buyer, seller = side("buyer"), side("seller")
+        g = gigs[0] if gigs else {}
+        r = reviews[0] if reviews else {}
+        count = r.get("count", 0)
+        return ok(stats={
+            "totalOrders": buyer["totalOrders"] + seller["totalOrders"],
+            "completedOrders": buyer["completedOrders"] + seller["completedOrders"],
+            "activeOrders": buyer["activeOrders"] + seller["activeOrders"],
+            "asBuyer": buyer,
+            "asSeller": seller,
+            "totalGigs": g.get("total", 0),
+            "activeGigs": g.get("active", 0),
+            "totalReviews": count,
+            "averageRating": round(r.get("sum", 0) / count, 2) if count else 0,
+            "totalEarnings": decimal(user.get("totalEarnings") or 0),
+            "totalSpent": decimal(sides.get("buyer", {}).get("spent", 0)),
+        })
+
+    @signature("struct", "string")
+    async def xmlrpc_verify_token(self, token: Any) -> dict:
+        """Check an access token (HS256 signature, type access, not expired, user not deleted, issued after the last password change). Returns user_id, role, expires_at; UNAUTHORIZED otherwise (refresh tokens are refused)."""
+        user, claims = await self._user_for_token(_token_string(token, "token"), ACCESS)
+        return ok(user_id=str(user["_id"]), role=user["role"], expires_at=claims.expires_at)
+
+    @signature("struct", "string")
+    async def xmlrpc_refresh_token(self, refresh_token: Any) -> dict:
+        """Exchange a refresh token for a new access token and a new refresh token (rotation: each refresh token works once, and only the newest one issued to the user). Access tokens are refused. Returns token, refresh_token; UNAUTHORIZED otherwise."""
+        user, claims = await self._user_for_token(_token_string(refresh_token, "refresh_token"), REFRESH)
+        jti = self.tokens.new_jti()
+        fresh = await self.users.find_one_and_update(
+            {"_id": user["_id"], **NOT_DELETED, "tokenVersion": claims.version, "refreshJti": claims.jti},
+            {"$set": {"refreshJti": jti}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if fresh is None:
+            raise Unauthorized(BAD_TOKEN)
+        return ok(**self._token_pair(fresh, await self.clock.now(), jti))
+
+
+def _is_hex24(value: str) -> bool:
+    return bool(re.fullmatch(r"[0-9a-f]{24}", value))
+
+
+def _aware(moment: datetime) -> datetime:
+    """BSON dates come back naive (UTC) from txmongo: make them comparable with the clock."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
