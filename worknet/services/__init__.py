@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from worknet.services.categories import CategoriesService
+from worknet.services.users import UsersService
 
 SERVICES: dict[str, type] = {
     "categoriesService": CategoriesService,
+    "usersService": UsersService,
 }
 
 

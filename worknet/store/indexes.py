@@ -18,6 +18,11 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ([("nameLower", ASC)], {"unique": True, "name": "name_unique"}),
         ([("isActive", ASC), ("name", ASC)], {"name": "active_by_name"}),
     ],
+    "users": [
+        ([("usernameLower", ASC)], {"unique": True, "name": "username_unique"}),
+        ([("email", ASC)], {"unique": True, "name": "email_unique"}),
+        ([("createdAt", DESC), ("_id", DESC)], {"name": "users_newest"}),
+    ],
     "gigs": [
         ([("category", ASC), ("isActive", ASC)], {"name": "category_active"}),
     ],
