@@ -22,6 +22,7 @@ INT32_MAX = 2**31 - 1
 HIDDEN_FIELDS = frozenset({
     "passwordHash", "password", "tokenVersion", "loginFailures", "lockedUntil",
     "usernameLower", "nameLower", "searchTerms", "idempotencyKey", "requestHash",
+    "pairKey",
     "refreshJti",
     "deletedAt_",
 })

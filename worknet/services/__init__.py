@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from worknet.services.categories import CategoriesService
+from worknet.services.messages import MessagesService
+from worknet.services.notifications import NotificationsService
 from worknet.services.users import UsersService
 
 SERVICES: dict[str, type] = {
     "categoriesService": CategoriesService,
+    "messagesService": MessagesService,
+    "notificationsService": NotificationsService,
     "usersService": UsersService,
 }
 

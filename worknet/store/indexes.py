@@ -29,4 +29,16 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "orders": [
         ([("gigId", ASC), ("status", ASC)], {"name": "gig_status"}),
     ],
+    "conversations": [
+        ([("pairKey", ASC)], {"unique": True, "name": "pair_unique"}),
+        ([("participants", ASC), ("lastMessageAt", DESC)], {"name": "participant_recent"}),
+    ],
+    "messages": [
+        ([("recipientId", ASC), ("isRead", ASC), ("conversationId", ASC)], {"name": "recipient_unread"}),
+        ([("conversationId", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "conversation_newest"}),
+    ],
+    "notifications": [
+        ([("userId", ASC), ("isRead", ASC), ("type", ASC)], {"name": "user_unread"}),
+        ([("userId", ASC), ("createdAt", DESC)], {"name": "user_newest"}),
+    ],
 }
