@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -92,6 +93,29 @@ class SequentialMultiService(service.MultiService):
         service.Service.stopService(self)
         for child in reversed(list(self)):
             await defer.maybeDeferred(child.stopService)
+
+
+class GracefulTermination(service.Service):
+    """SIGTERM is the normal way to stop the daemon: a clean shutdown, then exit code 0.
+
+    (twistd re-raises the stopping signal at exit, which supervisors read as a crash.)
+    Installed once the reactor runs, replacing the reactor's own SIGTERM handler.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        # After the reactor has installed its own handlers (it does so when it starts running).
+        self.reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._terminate)
+
+    def _terminate(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._stop)
+
+    def _stop(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
 
 
 class DrainService(service.Service):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.application import service
@@ -43,8 +44,9 @@ class Options(usage.Options):
             if self["pool-size"] is not None:
                 overrides["mongodb_pool_size"] = int(self["pool-size"])
             self.settings = load_settings(env_file=self["env-file"], overrides=overrides)
-        except ValueError as e:  # ConfigError included
-            raise usage.UsageError(str(e)) from None
+        except ValueError as e:  # ConfigError included: one line naming the setting, no usage text
+            sys.stderr.write(f"worknet-rpc: configuration error: {e}\n")
+            raise SystemExit(2) from None
         if self.settings.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise usage.UsageError("--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 1 <= self.settings.mongodb_pool_size <= 200:
@@ -64,7 +66,7 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     from worknet import logs
-    from worknet.app import DrainService, SequentialMultiService, build_site
+    from worknet.app import DrainService, GracefulTermination, SequentialMultiService, build_site
     from worknet.config import weak_secret
     from worknet.store import MongoStore
     from worknet.store.embedded import EmbeddedDatabase
@@ -76,6 +78,7 @@ def makeService(options: Options) -> service.MultiService:
     log = logs.logger("worknet.tap")
 
     top = SequentialMultiService()
+    GracefulTermination(reactor).setServiceParent(top)
     if settings.embedded_database:
         embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor)
         embedded.setServiceParent(top)

@@ -90,7 +90,11 @@ class EmbeddedDatabase(service.Service):
         if self.executable is None:
             self._fail("secantusd-py was not found; install the SecantusDB package or set MONGODB_URI")
             return
-        os.makedirs(self.data_dir, exist_ok=True)
+        try:
+            os.makedirs(self.data_dir, exist_ok=True)
+        except OSError as e:
+            self._fail(f"cannot create the data directory {self.data_dir}: {e.strerror}")
+            return
         self.port = free_port()
         argv = [
             self.executable, "--host", "127.0.0.1", "--port", str(self.port),

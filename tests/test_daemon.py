@@ -1,0 +1,168 @@
+"""The daemon's life: configuration errors, database outages, shutdown, daemonising, the embedded database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import xmlrpc.client
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN, Database, free_port, wait_for
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def http_status(port: int, path: str) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response.status
+
+
+@pytest.mark.parametrize("variable, value, mentions", [
+    ("RPC_PORT", "abc", "RPC_PORT"),
+    ("MONGODB_POOL_SIZE", "0", "MONGODB_POOL_SIZE"),
+    ("PLATFORM_FEE_PERCENT", "120", "PLATFORM_FEE_PERCENT"),
+    ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
+])
+def test_bad_settings_stop_the_daemon_with_one_line(tmp_path, variable, value, mentions):
+    env = {"PATH": os.environ["PATH"], "NODE_ENV": "development", variable: value}
+    done = subprocess.run([str(BIN / "twistd"), "-n", "--pidfile=", "worknet-rpc"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and mentions in lines[0], lines
+
+
+def test_production_refuses_a_weak_jwt_secret(tmp_path):
+    for secret in ("", "short-secret"):
+        env = {"PATH": os.environ["PATH"], "NODE_ENV": "production", "JWT_SECRET": secret}
+        done = subprocess.run([str(BIN / "twistd"), "-n", "--pidfile=", "worknet-rpc"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and "JWT_SECRET" in done.stderr
+        assert secret == "" or secret not in done.stderr
+
+
+def test_database_outage_is_reported_and_survived(tmp_path, make_daemon):
+    server = Database(tmp_path / "outage-db")
+    server.start()
+    try:
+        daemon = make_daemon(mongodb_uri=server.uri)
+        rpc = daemon.proxy()
+        assert rpc.categoriesService.create("Before", "before", "")["success"]
+        server.stop()
+
+        assert wait_for(lambda: rpc.ping()["mongodb"] == "disconnected", 15, "ping to report disconnected")
+        assert http_status(daemon.port, "/health") == 503
+        started = time.monotonic()
+        down = rpc.categoriesService.get_by_slug("before")
+        assert time.monotonic() - started < 5
+        assert down["success"] is False and down["code"] == "UNAVAILABLE"
+        assert "mongo" not in down["error"].lower() or "database" in down["error"].lower()
+
+        server.start()  # same port, same data
+        assert wait_for(lambda: rpc.categoriesService.get_by_slug("before").get("success"), 30,
+                        "calls to succeed again")
+        assert rpc.ping()["mongodb"] == "connected"
+        assert http_status(daemon.port, "/health") == 200
+    finally:
+        server.stop()
+
+
+def test_sigterm_finishes_calls_and_stops_the_embedded_database(tmp_path, make_daemon):
+    data_dir = tmp_path / "embedded-data"
+    daemon = make_daemon(mongodb_uri="", DATA_DIR=str(data_dir))
+    assert processes_mentioning(str(data_dir)), "the embedded database should be running"
+    results: list = []
+    barrier = threading.Barrier(21)
+
+    def create(i: int) -> None:
+        proxy = daemon.proxy()
+        barrier.wait()
+        try:
+            results.append(("ok", proxy.categoriesService.create(f"Category {i}", f"category-{i}", "")))
+        except (ConnectionError, OSError) as e:  # arrived after the listener closed
+            results.append(("refused", repr(e)))
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    time.sleep(0.02)
+    assert daemon.stop(signal.SIGTERM) == 0
+    for t in threads:
+        t.join(10)
+    assert len(results) == 20
+    answered = [r for kind, r in results if kind == "ok"]
+    assert answered, "calls in flight at SIGTERM should have been answered"
+    assert all(r["success"] for r in answered), answered
+    wait_for(lambda: not processes_mentioning(str(data_dir)), 30, "the embedded database to exit")
+
+    # Everything acknowledged before the stop is in the database after a restart.
+    again = make_daemon(db_name=daemon.db_name, mongodb_uri="", DATA_DIR=str(data_dir))
+    stored = {c["slug"] for c in again.proxy().categoriesService.get_all(1, 100)["categories"]}
+    assert {r["category"]["slug"] for r in answered} <= stored
+
+
+def test_embedded_database_failure_stops_the_daemon(tmp_path, make_daemon):
+    data_dir = tmp_path / "shared-data"
+    first = make_daemon(mongodb_uri="", DATA_DIR=str(data_dir))
+    second = make_daemon(mongodb_uri="", start=False, DATA_DIR=str(data_dir))
+    second.expected_errors = True
+    second.start(wait=False)
+    assert second.process is not None
+    code = second.process.wait(timeout=60)
+    assert code != 0
+    assert "cannot run without the database" in second.log()
+    assert first.proxy().ping()["mongodb"] == "connected"
+
+
+def test_twistd_daemonises_with_pidfile_and_logfile(tmp_path, database):
+    port = free_port()
+    pidfile, logfile = tmp_path / "worknet.pid", tmp_path / "worknet.log"
+    env = {"PATH": os.environ["PATH"], "NODE_ENV": "development", "HOME": str(tmp_path)}
+    subprocess.run(
+        [str(BIN / "twistd"), f"--pidfile={pidfile}", f"--logfile={logfile}", "worknet-rpc",
+         "--listen", f"tcp:{port}:interface=127.0.0.1", "--mongodb-uri", database, "--db-name", f"daemonised_{port}"],
+        cwd=tmp_path, env=env, check=True, timeout=60, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for(pidfile.exists, 30, "the pidfile")
+    pid = int(pidfile.read_text())
+    proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2")
+
+    def up() -> bool:
+        try:
+            return proxy.ping()["mongodb"] == "connected"
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, 30, "the daemonised server")
+        proxy.categoriesService.create("Logged call", "logged-call", "argument-never-logged-7f3a")
+        wait_for(lambda: "categoriesService.create" in logfile.read_text(), 10, "the call's log line")
+        assert "argument-never-logged-7f3a" not in logfile.read_text()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pidfile.exists(), 30, "the pidfile to be removed")
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "the daemon process to exit")
