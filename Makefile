@@ -24,6 +24,7 @@ run: install .env
 lint: install
 	$(BIN)/ruff check worknet twisted tests bench
 	$(BIN)/mypy worknet
+	$(BIN)/hadolint Dockerfile
 
 node-deps:
 	cd tests/node && npm install --no-package-lock --no-audit --no-fund --loglevel=error
