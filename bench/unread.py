@@ -1,0 +1,242 @@
+"""Unread-message counts under load: messagesService.get_unread_count vs the same query in pymongo.
+
+    .venv/bin/python -m bench.unread [--users 10000] [--conversations 50000]
+        [--messages 1000000] [--budget 480] [--duration 20] [--concurrency 32]
+
+Starts a throw-away SecantusDB and a daemon, creates the daemon's indexes,
+generates users, conversations and messages straight into the database with
+pymongo ``insert_many`` (progress bars), prints the query plans of the two
+unread-count queries (messages by conversation, notifications by type), then
+drives ``messagesService.get_unread_count`` for random users at 32 concurrent
+keep-alive clients for 20 s, next to the same work done straight against the
+database by 32 pymongo threads: the aggregate alone, and the user check plus
+the aggregate (what the service does per call).
+
+Generation is bounded by ``--budget`` seconds: if the message rate measured
+while generating says the full count would not fit, the message count is
+scaled down and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pymongo
+from bson import ObjectId
+from tqdm import tqdm
+
+from bench.loadgen import HEADER, Result, call_body, free_port, run_load, start_daemon, start_database, stop
+from worknet.store.indexes import INDEXES
+
+BATCH = 5000
+READ_SHARE = 0.8
+WORDS = "hello thanks sure deadline logo draft revision invoice delivered great 東京 café 🎉".split()
+
+
+def create_indexes(db: Any) -> None:
+    """The daemon's own index definitions, so its startup ``create_index`` calls are no-ops."""
+    for collection, specs in INDEXES.items():
+        for keys, options in specs:
+            db[collection].create_index(keys, **options)
+
+
+def generate(db: Any, users: int, conversations: int, messages: int, budget: float) -> tuple[list[ObjectId], int, float]:
+    started = time.monotonic()
+    epoch = datetime(2026, 1, 1, tzinfo=UTC)
+    user_ids = [ObjectId() for _ in range(users)]
+    for start in tqdm(range(0, users, BATCH), desc="users", unit="batch"):
+        db.users.insert_many([
+            {"_id": _id, "username": f"user{start + i}", "usernameLower": f"user{start + i}",
+             "email": f"user{start + i}@example.com", "passwordHash": "x", "role": "client",
+             "isSeller": False, "tokenVersion": 0, "createdAt": epoch, "updatedAt": epoch}
+            for i, _id in enumerate(user_ids[start:start + BATCH])
+        ], ordered=False)
+    pairs: dict[str, tuple[ObjectId, ObjectId]] = {}
+    while len(pairs) < conversations:
+        a, b = random.sample(user_ids, 2)
+        low, high = sorted((a, b), key=str)
+        pairs.setdefault(f"{low}:{high}", (low, high))
+    conv = [(ObjectId(), key, pair) for key, pair in pairs.items()]
+    for start in tqdm(range(0, len(conv), BATCH), desc="conversations", unit="batch"):
+        db.conversations.insert_many([
+            {"_id": _id, "participants": list(pair), "pairKey": key, "lastMessageAt": None, "createdAt": epoch}
+            for _id, key, pair in conv[start:start + BATCH]
+        ], ordered=False)
+    written = 0
+    target = messages
+    bar = tqdm(total=messages, desc="messages", unit="msg", unit_scale=True)
+    msg_started = time.monotonic()
+    while written < target:
+        docs = []
+        for _ in range(min(BATCH, target - written)):
+            _id, _key, pair = random.choice(conv)
+            sender, recipient = pair if random.random() < 0.5 else pair[::-1]
+            read = random.random() < READ_SHARE
+            at = epoch + timedelta(seconds=written)
+            docs.append({"_id": ObjectId(), "conversationId": _id, "senderId": sender, "recipientId": recipient,
+                         "text": " ".join(random.choices(WORDS, k=8)), "attachments": [], "isRead": read,
+                         "readAt": at if read else None, "createdAt": at})
+        db.messages.insert_many(docs, ordered=False)
+        written += len(docs)
+        bar.update(len(docs))
+        elapsed = time.monotonic() - started
+        if written >= 4 * BATCH and target == messages:
+            rate = written / (time.monotonic() - msg_started)
+            projected = elapsed + (messages - written) / rate
+            if projected > budget:
+                target = max(written, int(written + (budget - elapsed) * rate) // BATCH * BATCH)
+                bar.write(f"scaling down: {messages} messages would take about {projected:.0f} s at "
+                          f"{rate:.0f}/s; generating {target} instead (budget {budget:.0f} s)")
+                bar.total = target
+                bar.refresh()
+    bar.close()
+    return user_ids, written, time.monotonic() - started
+
+
+def plan_summary(explained: dict) -> str:
+    """``IXSCAN(index) <- FETCH`` style summary of a winning plan, plus keys/docs examined."""
+    planner = explained.get("queryPlanner") or explained["stages"][0]["$cursor"]["queryPlanner"]
+    stages = []
+    node = planner["winningPlan"]
+    while node:
+        stages.append(node["stage"] + (f"({node['indexName']})" if "indexName" in node else ""))
+        node = node.get("inputStage")
+    stats = explained.get("executionStats", {})
+    examined = ""
+    if stats:
+        examined = f"; keys examined {stats.get('totalKeysExamined')}, docs examined {stats.get('totalDocsExamined')}, returned {stats.get('nReturned')}"
+    return " <- ".join(reversed(stages)) + examined
+
+
+def show_plans(db: Any, user: ObjectId) -> None:
+    unread_messages = {"recipientId": user, "isRead": False}
+    unread_notes = {"userId": user, "isRead": False}
+    print("\nquery plans (user with the most unread messages):")
+    agg = db.command("explain", {"aggregate": "messages", "cursor": {}, "pipeline": [
+        {"$match": unread_messages}, {"$group": {"_id": "$conversationId", "n": {"$sum": 1}}},
+    ]}, verbosity="executionStats")
+    print("  messages aggregate  :", plan_summary(agg))
+    print("  messages find       :", plan_summary(db.messages.find(unread_messages).explain()))
+    nagg = db.command("explain", {"aggregate": "notifications", "cursor": {}, "pipeline": [
+        {"$match": unread_notes}, {"$group": {"_id": "$type", "n": {"$sum": 1}}},
+    ]}, verbosity="executionStats")
+    print("  notifications aggr. :", plan_summary(nagg))
+    print("  notifications find  :", plan_summary(db.notifications.find(unread_notes).explain()))
+    for name, explained in (("messages", agg), ("notifications", nagg)):
+        if "COLLSCAN" in json.dumps(explained, default=str):
+            print(f"  WARNING: the {name} unread query scans the collection")
+
+
+def direct_load(uri: str, db_name: str, users: list[ObjectId], concurrency: int, duration: float,
+                with_user_check: bool) -> Result:
+    """The service's query straight to the database: ``concurrency`` threads, one pooled pymongo client."""
+    client: pymongo.MongoClient = pymongo.MongoClient(uri, directConnection=True, maxPoolSize=concurrency)
+    db = client[db_name]
+    result = Result()
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + duration
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        latencies = []
+        while time.perf_counter() < stop_at:
+            user = rng.choice(users)
+            began = time.perf_counter()
+            if with_user_check:
+                db.users.find_one({"_id": user, "deletedAt": None}, {"_id": 1})
+            groups = list(db.messages.aggregate([
+                {"$match": {"recipientId": user, "isRead": False}},
+                {"$group": {"_id": "$conversationId", "n": {"$sum": 1}}},
+            ]))
+            {str(g["_id"]): g["n"] for g in groups}  # noqa: B018 - the same shaping as the service
+            latencies.append((time.perf_counter() - began) * 1000)
+        with lock:
+            result.latencies_ms.extend(latencies)
+            result.count += len(latencies)
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(worker, range(concurrency)))
+    result.elapsed = time.perf_counter() - began
+    client.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--conversations", type=int, default=50_000)
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds allowed for data generation")
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--pool-size", type=int, default=10, help="the daemon's MONGODB_POOL_SIZE")
+    args = parser.parse_args()
+    args.users = max(2, min(args.users, 1_000_000))
+    args.conversations = min(args.conversations, args.users * (args.users - 1) // 2)
+    args.duration = min(args.duration, 120.0)
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-unread-"))
+    database, uri = start_database(workdir / "data")
+    daemon = None
+    try:
+        client: pymongo.MongoClient = pymongo.MongoClient(uri, directConnection=True)
+        db_name = "bench_unread"
+        db = client[db_name]
+        create_indexes(db)
+        users, written, took = generate(db, args.users, args.conversations, args.messages, args.budget)
+        scaled = written < args.messages
+        print(f"generated {len(users)} users, {args.conversations} conversations, {written} messages "
+              f"in {took:.0f} s ({(len(users) + args.conversations + written) / took:.0f} documents/s)"
+              + (f" -- SCALED DOWN from {args.messages} messages to fit the {args.budget:.0f} s budget" if scaled else ""))
+        notes = [{"_id": ObjectId(), "userId": random.choice(users), "type": random.choice(("order", "message", "system")),
+                  "message": "bench", "link": "", "isRead": random.random() < READ_SHARE, "readAt": None,
+                  "createdAt": datetime.now(UTC)} for _ in range(20_000)]
+        db.notifications.insert_many(notes, ordered=False)
+        unread = list(db.messages.aggregate([
+            {"$match": {"isRead": False}}, {"$group": {"_id": "$recipientId", "n": {"$sum": 1}}},
+        ]))
+        counts = [g["n"] for g in unread]
+        busiest = max(unread, key=lambda g: g["n"])["_id"]
+        print(f"unread messages per user: mean {statistics.mean(counts):.1f}, max {max(counts)}")
+        show_plans(db, busiest)
+
+        port = free_port()
+        daemon = start_daemon(uri, db_name, port, log_path=workdir / "daemon.log",
+                              MONGODB_POOL_SIZE=str(args.pool_size))
+        rng = random.Random(7)
+        bodies = [call_body("messagesService.get_unread_count", str(rng.choice(users))) for _ in range(5000)]
+        run_load(port, bodies, args.concurrency, 2.0)  # warm-up
+        rows = [
+            (f"daemon get_unread_count (pool {args.pool_size})", run_load(port, bodies, args.concurrency, args.duration)),
+            ("pymongo aggregate only", direct_load(uri, db_name, users, args.concurrency, args.duration, False)),
+            ("pymongo user check + aggregate", direct_load(uri, db_name, users, args.concurrency, args.duration, True)),
+        ]
+        print(f"\n{args.concurrency} concurrent clients, {args.duration:.0f} s each, "
+              f"{written} messages{' (scaled down)' if scaled else ''}:")
+        print(HEADER)
+        for name, result in rows:
+            print(result.row(name))
+        service, direct = rows[0][1], rows[2][1]
+        if direct.rps:
+            print(f"\ndaemon / direct (same work): {service.rps / direct.rps:.2f}x requests/s")
+    finally:
+        if daemon is not None:
+            stop(daemon)
+        stop(database)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
