@@ -61,10 +61,10 @@ class Result:
         return percentile(sorted(self.latencies_ms), 99)
 
     def row(self, name: str) -> str:
-        return f"{name:<34} {self.rps:>9.0f} {self.p50_ms:>9.2f} {self.p99_ms:>9.2f} {self.count:>8} {self.errors + self.faults:>6}"
+        return f"{name:<44} {self.rps:>9.0f} {self.p50_ms:>9.2f} {self.p99_ms:>9.2f} {self.count:>8} {self.errors + self.faults:>6}"
 
 
-HEADER = f"{'scenario':<34} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'count':>8} {'errors':>6}"
+HEADER = f"{'scenario':<44} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'count':>8} {'errors':>6}"
 
 
 async def _worker(host: str, port: int, path: str, body_at: Callable[[int], bytes], counter: list[int],

@@ -1,0 +1,1 @@
+"""The servers the transport benchmark compares the daemon with."""
