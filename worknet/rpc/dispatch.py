@@ -8,6 +8,7 @@ with a short reference id that is also in the log (with the traceback).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import secrets
@@ -88,17 +89,21 @@ def signature(*types: str) -> Callable[[Callable], Callable]:
     return mark
 
 
+@functools.lru_cache(maxsize=1024)
+def _arity(function: Callable) -> tuple[int, int]:
+    """(required, maximum) positional parameters of an XML-RPC method."""
+    params = [
+        p for p in inspect.signature(function).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
+    ]
+    return sum(1 for p in params if p.default is p.empty), len(params)
+
+
 def _check_arity(function: Callable, args: tuple) -> None:
-    try:
-        inspect.signature(function).bind(*args)
-    except TypeError:
-        params = [
-            p for p in inspect.signature(function).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-        required = sum(1 for p in params if p.default is p.empty)
-        expected = str(required) if required == len(params) else f"{required} to {len(params)}"
-        raise xmlrpc.Fault(INVALID_PARAMS, f"invalid params: expected {expected} parameters, got {len(args)}") from None
+    required, maximum = _arity(getattr(function, "__func__", function))
+    if not required <= len(args) <= maximum:
+        expected = str(required) if required == maximum else f"{required} to {maximum}"
+        raise xmlrpc.Fault(INVALID_PARAMS, f"invalid params: expected {expected} parameters, got {len(args)}")
 
 
 class Dispatcher:
