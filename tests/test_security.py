@@ -1,0 +1,194 @@
+"""Passwords and tokens under attack: bcrypt off the reactor, JWT tampering, clock, secrets."""
+
+from __future__ import annotations
+
+import base64
+import json
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import jwt
+import pytest
+from bson import ObjectId
+
+from tests.conftest import wait_for
+
+PASSWORD = "correct horse"  # noqa: S105 - a test account's password
+DAY = 86400
+
+
+@pytest.fixture
+def clock_file(tmp_path):
+    path = tmp_path / "clock-offset"
+    path.write_text("0")
+    return path
+
+
+@pytest.fixture
+def daemon(make_daemon, clock_file):
+    return make_daemon(BCRYPT_ROUNDS="4", WORKNET_TEST_CLOCK_FILE=str(clock_file))
+
+
+def register(rpc, username="alice", email="alice@example.com", role="client"):
+    result = rpc.usersService.register(username, email, PASSWORD, role)
+    assert result["success"] is True, result
+    return result
+
+
+def b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def test_tokens_carry_the_documented_claims(daemon, rpc):
+    created = register(rpc, role="freelancer")
+    secret = daemon.env["JWT_SECRET"]
+    assert jwt.get_unverified_header(created["token"])["alg"] == "HS256"
+    access = jwt.decode(created["token"], secret, algorithms=["HS256"])
+    refresh = jwt.decode(created["refresh_token"], secret, algorithms=["HS256"])
+    assert {k: access[k] for k in ("sub", "role", "type", "ver")} == {
+        "sub": created["user_id"], "role": "freelancer", "type": "access", "ver": 0}
+    assert access["exp"] - access["iat"] == 7 * DAY
+    assert refresh["type"] == "refresh" and refresh["exp"] - refresh["iat"] == 30 * DAY
+    assert isinstance(refresh["jti"], str) and len(refresh["jti"]) >= 16
+    assert abs(access["iat"] - time.time()) < 60
+
+
+def test_tampered_tokens_are_refused(daemon, rpc, db):
+    created = register(rpc)
+    uid = created["user_id"]
+    secret = daemon.env["JWT_SECRET"]
+    claims = jwt.decode(created["token"], secret, algorithms=["HS256"])
+    header, payload, signature = created["token"].split(".")
+    forged = {
+        "wrong secret": jwt.encode(claims, "another secret that is long enough 0123456789", algorithm="HS256"),
+        "payload changed, old signature": ".".join([header, b64({**claims, "role": "admin"}), signature]),
+        "alg none": ".".join([b64({"alg": "none", "typ": "JWT"}), b64(claims), ""]),
+        "alg none with signature": ".".join([b64({"alg": "none", "typ": "JWT"}), b64(claims), signature]),
+        "HS512 with the right secret": jwt.encode(claims, secret, algorithm="HS512"),
+        "refresh type as access": jwt.encode({**claims, "type": "refresh", "jti": "x" * 22}, secret, algorithm="HS256"),
+        "unknown type": jwt.encode({**claims, "type": "admin"}, secret, algorithm="HS256"),
+        "no version": jwt.encode({k: v for k, v in claims.items() if k != "ver"}, secret, algorithm="HS256"),
+        "old version": jwt.encode({**claims, "ver": -1}, secret, algorithm="HS256"),
+        "no expiry": jwt.encode({k: v for k, v in claims.items() if k != "exp"}, secret, algorithm="HS256"),
+        "sub not an id": jwt.encode({**claims, "sub": {"$ne": None}}, secret, algorithm="HS256"),
+        "sub of nobody": jwt.encode({**claims, "sub": str(ObjectId())}, secret, algorithm="HS256"),
+        "garbage": "not.a.token",
+        "empty segments": "..",
+    }
+    for name, token in forged.items():
+        result = rpc.usersService.verify_token(token)
+        assert result["code"] == "UNAUTHORIZED", (name, result)
+        assert rpc.usersService.refresh_token(token)["code"] == "UNAUTHORIZED", name
+    # the genuine token still works, and the error text is the same for every case
+    assert rpc.usersService.verify_token(created["token"])["user_id"] == uid
+    messages = {rpc.usersService.verify_token(t)["error"] for t in forged.values()}
+    assert len(messages) == 1 and "Traceback" not in messages.pop()
+    # bumping the stored version (what change_password does) or deleting the user revokes
+    db.users.update_one({"_id": ObjectId(uid)}, {"$inc": {"tokenVersion": 1}})
+    assert rpc.usersService.verify_token(created["token"])["code"] == "UNAUTHORIZED"
+    login = rpc.usersService.login("alice@example.com", PASSWORD)
+    assert rpc.usersService.verify_token(login["token"])["success"] is True
+    db.users.update_one({"_id": ObjectId(uid)}, {"$set": {"deletedAt": db.users.find_one()["createdAt"]}})
+    assert rpc.usersService.verify_token(login["token"])["code"] == "UNAUTHORIZED"
+    assert rpc.usersService.refresh_token(login["refresh_token"])["code"] == "UNAUTHORIZED"
+
+
+def test_tokens_expire_by_the_clock(rpc, clock_file):
+    created = register(rpc)
+    clock_file.write_text(str(7 * DAY - 60))
+    assert rpc.usersService.verify_token(created["token"])["success"] is True
+    clock_file.write_text(str(7 * DAY + 1))
+    assert rpc.usersService.verify_token(created["token"])["code"] == "UNAUTHORIZED"
+    renewed = rpc.usersService.refresh_token(created["refresh_token"])  # the refresh token lives 30 days
+    assert renewed["success"] is True
+    assert rpc.usersService.verify_token(renewed["token"])["success"] is True
+    clock_file.write_text(str(7 * DAY + 31 * DAY))
+    assert rpc.usersService.refresh_token(renewed["refresh_token"])["code"] == "UNAUTHORIZED"
+    assert rpc.usersService.verify_token(renewed["token"])["code"] == "UNAUTHORIZED"
+
+
+def test_the_clock_file_is_ignored_outside_test_mode(make_daemon, tmp_path):
+    clock = tmp_path / "offset"
+    clock.write_text(str(365 * DAY))
+    production = make_daemon(BCRYPT_ROUNDS="4", NODE_ENV="production", WORKNET_TEST_CLOCK_FILE=str(clock))
+    rpc = production.proxy()
+    created = register(rpc)
+    assert rpc.usersService.verify_token(created["token"])["success"] is True
+
+
+@pytest.mark.parametrize("secret", ["short-secret", "your-secret-key-change-in-production"])
+def test_a_production_daemon_refuses_a_weak_jwt_secret(make_daemon, secret):
+    weak = make_daemon(start=False, NODE_ENV="production", JWT_SECRET=secret)
+    weak.expected_errors = True
+    weak.start(wait=False)
+    wait_for(lambda: weak.process.poll() is not None, 30, "the daemon to exit")
+    assert weak.process.returncode != 0
+    lines = [line for line in weak.log().splitlines() if "JWT_SECRET" in line]
+    assert len(lines) == 1, weak.log()
+    assert secret not in weak.log() and "Traceback" not in weak.log()
+    weak.stop()
+
+
+def test_a_development_daemon_accepts_a_weak_secret_loudly(make_daemon):
+    dev = make_daemon(NODE_ENV="development", JWT_SECRET="short-secret", BCRYPT_ROUNDS="4")
+    assert "weak JWT_SECRET" in dev.log()
+    created = register(dev.proxy())
+    assert dev.proxy().usersService.verify_token(created["token"])["success"] is True
+
+
+def test_bcrypt_cost_12_runs_off_the_reactor_and_unknown_emails_cost_the_same(make_daemon, mongo):
+    real = make_daemon(DB_TIMEOUT_SECONDS="20")  # the default bcrypt cost, 12; a loaded machine is slow
+    rpc = real.proxy()
+    created = register(rpc)
+    stored = mongo[real.db_name].users.find_one({"_id": ObjectId(created["user_id"])})
+    assert stored["passwordHash"].startswith("$2b$12$")
+
+    def timed(email, password):
+        started = time.perf_counter()
+        result = rpc.usersService.login(email, password)
+        assert result["code"] == "UNAUTHORIZED"
+        return time.perf_counter() - started
+
+    wrong = statistics.median(timed("alice@example.com", "wrong password") for _ in range(3))
+    rpc.usersService.login("alice@example.com", PASSWORD)  # reset the failure count
+    unknown = statistics.median(timed("nobody@example.com", "wrong password") for _ in range(3))
+    assert wrong > 0.05 and unknown > 0.05, (wrong, unknown)  # both paid for a bcrypt check
+    assert 0.4 < unknown / wrong < 2.5, (wrong, unknown)
+
+    # six concurrent logins (most of a second of bcrypt on two cores) while pinging
+    stop = threading.Event()
+    pings: list[float] = []
+
+    def ping():
+        proxy = real.proxy()
+        while not stop.is_set():
+            started = time.perf_counter()
+            proxy.ping()
+            pings.append(time.perf_counter() - started)
+
+    pinger = threading.Thread(target=ping)
+    pinger.start()
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            results = list(pool.map(lambda _: real.proxy().usersService.login("alice@example.com", PASSWORD),
+                                    range(6)))
+    finally:
+        stop.set()
+        pinger.join()
+    assert all(r["success"] for r in results), results
+    assert len(pings) >= 5 and statistics.median(pings) < 0.1, sorted(pings)
+
+
+def test_no_password_hash_or_token_reaches_the_log(daemon, rpc):
+    created = register(rpc)
+    rpc.usersService.login("alice@example.com", "wrong password")
+    login = rpc.usersService.login("alice@example.com", PASSWORD)
+    changed = rpc.usersService.change_password(created["user_id"], PASSWORD, "another password")
+    rpc.usersService.refresh_token(changed["refresh_token"])
+    log = daemon.log()
+    assert "usersService.login" in log  # the calls are logged ...
+    for secret in (PASSWORD, "wrong password", "another password", "$2b$", created["token"],
+                   login["refresh_token"], changed["token"], daemon.env["JWT_SECRET"]):
+        assert secret not in log  # ... never what they carried
