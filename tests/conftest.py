@@ -103,6 +103,7 @@ class Daemon:
         self.mongodb_uri = mongodb_uri
         self.db_name = db_name
         self.port = free_port()
+        self.listen = f"tcp:{self.port}:interface=127.0.0.1"
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/tmp"),
@@ -122,7 +123,7 @@ class Daemon:
 
     def argv(self) -> list[str]:
         argv = [str(BIN / "twistd"), "-n", "--pidfile=", "worknet-rpc",
-                "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--db-name", self.db_name]
+                "--listen", self.listen, "--db-name", self.db_name]
         if self.mongodb_uri:
             argv += ["--mongodb-uri", self.mongodb_uri]
         return argv

@@ -166,3 +166,39 @@ def test_twistd_daemonises_with_pidfile_and_logfile(tmp_path, database):
         os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not pidfile.exists(), 30, "the pidfile to be removed")
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "the daemon process to exit")
+
+
+def test_tls_endpoint_string(make_daemon, tmp_path):
+    import ssl
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    daemon = make_daemon(start=False)
+    daemon.listen = f"ssl:{daemon.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    daemon.start(wait=False)
+    context = ssl.create_default_context(cafile=str(cert))
+    proxy = xmlrpc.client.ServerProxy(f"https://127.0.0.1:{daemon.port}/RPC2", context=context)
+
+    def up() -> bool:
+        try:
+            return proxy.ping()["mongodb"] == "connected"
+        except OSError:
+            return False
+
+    wait_for(up, 30, "the TLS listener")
+    assert proxy.categoriesService.get_by_slug("none-here")["code"] == "NOT_FOUND"
+    plain = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{daemon.port}/RPC2")
+    with pytest.raises((OSError, xmlrpc.client.ProtocolError)):
+        plain.ping()
+
+
+def test_foreground_logs_one_line_per_call_to_rpc_server_log(daemon, tmp_path):
+    daemon.proxy().categoriesService.create("Logged", "logged", "secret-looking-argument-91")
+    log_file = tmp_path / "rpc_server.log"
+    wait_for(lambda: log_file.exists() and "categoriesService.create" in log_file.read_text(), 10, "rpc_server.log")
+    lines = [line for line in log_file.read_text().splitlines() if "categoriesService.create" in line]
+    assert len(lines) == 1 and " ms ok" in lines[0]
+    assert "secret-looking-argument-91" not in log_file.read_text()
+    assert "categoriesService.create" in daemon.log()  # and the console
