@@ -172,6 +172,11 @@ def test_health_metrics_and_method_page(daemon, rpc):
     metrics = conn.getresponse().read().decode()
     assert 'worknet_rpc_requests_total{method="ping",outcome="ok"}' in metrics
     assert 'worknet_rpc_requests_total{method="categoriesService.get_by_id",outcome="VALIDATION_ERROR"} 1.0' in metrics
+    rpc.categoriesService.getById("bad")  # an alias counts under the method's own name
+    conn.request("GET", "/metrics")
+    metrics = conn.getresponse().read().decode()
+    assert 'worknet_rpc_requests_total{method="categoriesService.get_by_id",outcome="VALIDATION_ERROR"} 2.0' in metrics
+    assert "getById" not in metrics
     assert "worknet_rpc_request_duration_seconds_bucket" in metrics
     assert "worknet_rpc_in_flight_requests" in metrics and "worknet_db_pool_size" in metrics
     conn.request("GET", "/RPC2")

@@ -114,7 +114,8 @@ class Dispatcher:
         self.metrics = metrics
         self.call_timeout = call_timeout
         self.reactor = reactor
-        self.known_methods: frozenset[str] = frozenset()
+        # every callable name -> its canonical (snake_case) name, for metrics and logs
+        self.canonical: dict[str, str] = {}
         self.active = 0
         self._idle: list[defer.Deferred[None]] = []
 
@@ -130,7 +131,7 @@ class Dispatcher:
     async def call(self, method: str, args: tuple) -> Any:
         """Result value (already converted for the wire) or an ``xmlrpc.Fault``."""
         started = time.perf_counter()
-        label = method if method in self.known_methods else "unknown"
+        label = self.canonical.get(method, "unknown")
         self.metrics.in_flight.inc()
         self.active += 1
         try:
@@ -152,7 +153,7 @@ class Dispatcher:
             outcome = "ok"
         self.metrics.requests.labels(label, outcome.split(" ")[0]).inc()
         self.metrics.latency.labels(label).observe(elapsed)
-        log.info("{method} {ms:.1f} ms {outcome}", method=method if label != "unknown" else "(unknown method)",
+        log.info("{method} {ms:.1f} ms {outcome}", method=label if label != "unknown" else "(unknown method)",
                  ms=elapsed * 1000, outcome=outcome)
         return result
 

@@ -142,7 +142,13 @@ class RPCRoot(xmlrpc.XMLRPC):
             self.putSubHandler(name, handler)
         self.putSubHandler("system", Introspection(self))
         self.dispatcher = Dispatcher(self, metrics, settings.db_timeout_seconds, reactor)
-        self.dispatcher.known_methods = frozenset(self.all_methods())
+        self.dispatcher.canonical = {name: self.canonical_name(name) for name in self.all_methods()}
+
+    def canonical_name(self, name: str) -> str:
+        """``usersService.getById`` -> ``usersService.get_by_id``."""
+        function = self.lookupProcedure(name)
+        prefix, _, _ = name.rpartition(".")
+        return (prefix + "." if prefix else "") + function.__name__.removeprefix("xmlrpc_")
 
     def all_methods(self) -> list[str]:
         names: list[str] = []
@@ -218,10 +224,10 @@ class RPCRoot(xmlrpc.XMLRPC):
 
     def method_page(self) -> str:
         rows = []
-        for name in self.all_methods():
-            function = self.lookupProcedure(name)
-            if name.split(".")[-1] != function.__name__.removeprefix("xmlrpc_"):
+        for name, canonical in self.dispatcher.canonical.items():
+            if name != canonical:
                 continue  # camelCase alias: listed with its snake_case name
+            function = self.lookupProcedure(name)
             sigs = getattr(function, "signature", None) or []
             params = ", ".join(html.escape(t) for t in (sigs[0][1:] if sigs else []))
             returns = html.escape(sigs[0][0]) if sigs else ""
