@@ -75,6 +75,10 @@ class Root(resource.Resource):
         return resource.NoResource()
 
 
+# Keep-alive connections idle this long are closed (Twisted's default is 12 hours).
+IDLE_CONNECTION_SECONDS = 120
+
+
 class QuietSite(server.Site):
     """No access log: the dispatcher already logs one line per call."""
 
@@ -146,7 +150,7 @@ def build_site(store: Any, settings: Settings, reactor: Any = None) -> server.Si
     root.putChild(b"RPC2", rpc)
     root.putChild(b"health", Health(store))
     root.putChild(b"metrics", MetricsPage(metrics, store, settings))
-    site = QuietSite(root)
+    site = QuietSite(root, timeout=IDLE_CONNECTION_SECONDS)
     site.requestFactory = request_factory(settings.rpc_max_body)
     site.displayTracebacks = False
     site.noisy = False
