@@ -91,13 +91,16 @@ def generate(db: Any, users: int, conversations: int, messages: int, budget: flo
         written += len(docs)
         bar.update(len(docs))
         elapsed = time.monotonic() - started
-        if written >= 4 * BATCH and target == messages:
+        if written >= 4 * BATCH and written < target:
+            # re-checked after every batch: the rate drops when the machine is busy
             rate = written / (time.monotonic() - msg_started)
-            projected = elapsed + (messages - written) / rate
-            if projected > budget:
-                target = max(written, int(written + (budget - elapsed) * rate) // BATCH * BATCH)
-                bar.write(f"scaling down: {messages} messages would take about {projected:.0f} s at "
-                          f"{rate:.0f}/s; generating {target} instead (budget {budget:.0f} s)")
+            projected = elapsed + (target - written) / rate
+            if projected > budget * 1.02:
+                new_target = max(written, int(written + (budget - elapsed) * rate) // BATCH * BATCH)
+                if target == messages or new_target <= target - 5 * BATCH or new_target == written:
+                    bar.write(f"scaling down: {target} messages would take about {projected:.0f} s at "
+                              f"{rate:.0f}/s; generating {new_target} instead (budget {budget:.0f} s)")
+                target = new_target
                 bar.total = target
                 bar.refresh()
     bar.close()

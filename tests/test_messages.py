@@ -154,6 +154,17 @@ def test_create_with_a_client_id_replays_and_conflicts(rpc, db, pair):
     assert db.notifications.count_documents({}) == 1  # the retry wrote no second notification
 
 
+def test_a_message_id_already_used_by_a_notification_still_notifies(rpc, db, pair):
+    a, b = pair
+    conv = conversation(rpc, a, b)
+    chosen = str(ObjectId())
+    assert rpc.notificationsService.create(chosen, a, "system", {"message": "unrelated"})["success"]
+    send(rpc, conv, a, "hello", message_id=chosen)
+    notes = list(db.notifications.find({"userId": ObjectId(b), "type": "message"}))
+    assert len(notes) == 1 and notes[0]["_id"] != ObjectId(chosen)
+    assert db.notifications.find_one({"_id": ObjectId(chosen)})["message"] == "unrelated"
+
+
 def test_last_message_at_only_moves_forward(rpc, db, pair):
     a, b = pair
     conv = conversation(rpc, a, b)

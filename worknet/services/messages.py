@@ -146,6 +146,11 @@ class MessagesService(ServiceResource):
         except DuplicateKeyError as e:
             if "_id" not in duplicate_key(e):
                 raise
+            earlier = await self.store["notifications"].find_one({"_id": note["_id"]}, projection={"userId": 1, "type": 1})
+            if earlier is None or (earlier.get("userId"), earlier.get("type")) != (recipient, "message"):
+                # the client reused an id some other notification already has
+                note["_id"] = ObjectId()
+                await self.store["notifications"].insert_one(note)
         return ok(message_id=str(stored["_id"]), message=stored, created=created)
 
     @signature("struct", "string", "string")

@@ -19,11 +19,12 @@ from bson import ObjectId
 from worknet import validators as v
 from worknet.errors import NotFound, ValidationError
 from worknet.rpc.dispatch import ServiceResource, signature
-from worknet.services.common import NOT_DELETED, NOTIFICATION_TYPES, create_once, get_or_404, notification, now, ok
+from worknet.services.common import NOTIFICATION_TYPES, create_once, get_or_404, notification, now, ok
 
 MESSAGE = (1, 500)
 LINK_MAX = 2048
 BULK_MAX = 1000
+IN_CHUNK = 50
 
 
 def link(value: Any, field: str = "link") -> str:
@@ -57,6 +58,22 @@ class NotificationsService(ServiceResource):
     @property
     def notifications(self) -> Any:
         return self.store["notifications"]
+
+    async def _live_users(self, ids: list[ObjectId]) -> set[ObjectId]:
+        """The ids among ``ids`` that name live users.
+
+        Looked up ``IN_CHUNK`` ids at a time, by ``_id`` alone, with the
+        soft-delete check done here: SecantusDB 0.7 evaluates a long ``$in``
+        in time quadratic in its length (1000 ids: ~1.5 s; 20 chunks of 50:
+        ~0.1 s), and any chunk size is fine for MongoDB.
+        """
+        live: set[ObjectId] = set()
+        for start in range(0, len(ids), IN_CHUNK):
+            found = await self.store["users"].find(
+                {"_id": {"$in": ids[start:start + IN_CHUNK]}}, projection={"_id": 1, "deletedAt": 1},
+            )
+            live.update(doc["_id"] for doc in found if doc.get("deletedAt") is None)
+        return live
 
     @signature("struct", "string", "string", "string", "struct")
     async def xmlrpc_create(self, notification_id: Any, user_id: Any, notification_type: Any, extra: Any = None) -> dict:
@@ -125,12 +142,7 @@ class NotificationsService(ServiceResource):
                     invalid.append(raw)
                 continue
             wanted.setdefault(_id, raw)
-        live: set[ObjectId] = set()
-        if wanted:
-            found = await self.store["users"].find(
-                {"_id": {"$in": list(wanted)}, **NOT_DELETED}, projection={"_id": 1},
-            )
-            live = {doc["_id"] for doc in found}
+        live = await self._live_users(list(wanted))
         invalid.extend(raw for _id, raw in wanted.items() if _id not in live)
         docs = [notification(_id, kind, text, target) for _id in wanted if _id in live]
         sent = 0
