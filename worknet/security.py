@@ -1,7 +1,8 @@
 """Passwords, tokens and the clock they are judged by.
 
-* Passwords: bcrypt with ``BCRYPT_ROUNDS`` (default 12), always computed in the
-  reactor's thread pool (``deferToThread``) -- the reactor thread never hashes.
+* Passwords: bcrypt with ``BCRYPT_ROUNDS`` (default 12), always computed in a
+  thread pool of one thread per core (:class:`CpuPool`) -- the reactor thread
+  never hashes.
   A password is 8 to 72 bytes of UTF-8; longer is a validation error, never a
   silent truncation.
 * Tokens: JWT HS256 signed with ``JWT_SECRET`` (PyJWT), claims ``sub`` (user
@@ -23,22 +24,28 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import bcrypt
 import jwt
-from twisted.internet import threads
+from twisted.internet import defer, threads
+from twisted.python.threadpool import ThreadPool
 
-from worknet.errors import Unauthorized, ValidationError
+from worknet.errors import Unauthorized, Unavailable, ValidationError
 
 PASSWORD_MIN_BYTES = 8
 PASSWORD_MAX_BYTES = 72
 ALGORITHM = "HS256"
+T = TypeVar("T")
 ACCESS, REFRESH = "access", "refresh"
 TEST_CLOCK_VARIABLE = "WORKNET_TEST_CLOCK_FILE"
+BUSY = "The server is busy; try again in a moment."
 BAD_TOKEN = "The token is invalid or has expired."  # noqa: S105 - an error message, not a secret
 
 # A well-formed bcrypt hash of a random password nobody knows: logins for an
@@ -115,22 +122,106 @@ def _check(secret: str, hashed: str) -> bool:
         return False
 
 
-class Passwords:
-    """bcrypt in the reactor's thread pool."""
+class CpuPool:
+    """A thread pool for CPU-bound work (bcrypt): one thread per core, never on the reactor thread.
 
-    def __init__(self, rounds: int) -> None:
+    * Sized to the cores rather than the reactor's default pool (10 threads),
+      and its threads lower their own scheduling priority (nice 10, Linux), so
+      that during a login storm the reactor thread and the database still get
+      the CPU promptly while bcrypt takes whatever is left.
+    * Deadlines: a job that a thread picks up too late to finish within
+      ``budget`` seconds (the call timeout) of its submission, or whose caller
+      already gave up (the call timed out and cancelled its Deferred), is
+      skipped and answered ``Unavailable`` (busy): no CPU is spent on answers
+      nobody will read, so a storm beyond capacity still completes logins at
+      the pool's full rate.  A queue longer than 64 jobs per thread is refused
+      at once.
+
+    Started when the reactor runs, stopped at its shutdown.
+    """
+
+    NICE = 10
+    MAX_QUEUE_PER_THREAD = 64
+
+    def __init__(self, size: int | None = None, budget: float = 5.0, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self.size = size or os.cpu_count() or 1
+        self.budget = budget
+        self.pending = 0  # queued or running jobs (changed on the reactor thread only)
+        self.job_seconds = 0.0  # moving average of a job's duration
+        self.pool = ThreadPool(minthreads=0, maxthreads=self.size, name="worknet-bcrypt")
+        self._niced = threading.local()
+        reactor.callWhenRunning(self._start)
+
+    def _start(self) -> None:
+        self.pool.start()
+        self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
+
+    def _lower_priority(self) -> None:
+        if getattr(self._niced, "done", False):
+            return
+        self._niced.done = True
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.NICE)
+        except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+            pass
+
+    def run(self, function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        if self.pending >= self.size * self.MAX_QUEUE_PER_THREAD:
+            raise Unavailable(BUSY)
+        abandoned = threading.Event()
+        result: defer.Deferred[T] = defer.Deferred(canceller=lambda _: abandoned.set())
+        enqueued = time.monotonic()
+        latest_start = self.budget * 0.9 - self.job_seconds  # later than this, the answer would come too late
+        self.pending += 1
+
+        def job() -> tuple[bool, T | None, float]:
+            if abandoned.is_set() or time.monotonic() - enqueued > latest_start:
+                return False, None, 0.0
+            self._lower_priority()
+            started = time.perf_counter()
+            value = function(*args)
+            return True, value, time.perf_counter() - started
+
+        def done(success: bool, outcome: Any) -> None:
+            self.pending -= 1
+            if success and outcome[2]:
+                seconds = outcome[2]
+                self.job_seconds = seconds if not self.job_seconds else 0.8 * self.job_seconds + 0.2 * seconds
+            if abandoned.is_set():  # already errbacked with CancelledError
+                return
+            if not success:
+                result.errback(outcome)
+            elif not outcome[0]:
+                result.errback(Unavailable(BUSY))
+            else:
+                result.callback(outcome[1])
+
+        self.pool.callInThreadWithCallback(lambda ok, outcome: self.reactor.callFromThread(done, ok, outcome), job)
+        return result
+
+
+class Passwords:
+    """bcrypt with the configured cost, in a :class:`CpuPool`."""
+
+    def __init__(self, rounds: int, pool: CpuPool) -> None:
         self.rounds = rounds
         self.dummy_hash = f"$2b${rounds:02d}${_DUMMY_SALT_AND_HASH}"
+        self.pool = pool
 
     async def hash(self, secret: str) -> str:
-        return await threads.deferToThread(_hash, secret, self.rounds)
+        return await self.pool.run(_hash, secret, self.rounds)
 
     async def check(self, secret: str, hashed: str | None) -> bool:
         """True when ``secret`` matches ``hashed``; with ``None`` checks against the dummy hash and is False."""
         if hashed is None:
-            await threads.deferToThread(_check, secret, self.dummy_hash)
+            await self.pool.run(_check, secret, self.dummy_hash)
             return False
-        return await threads.deferToThread(_check, secret, hashed)
+        return await self.pool.run(_check, secret, hashed)
 
 
 # -- tokens -----------------------------------------------------------------

@@ -33,7 +33,7 @@ from txmongo.collection import ReturnDocument
 from worknet import validators as v
 from worknet.errors import Conflict, InvalidState, NotFound, RateLimited, Unauthorized, ValidationError
 from worknet.rpc.dispatch import ServiceResource, signature
-from worknet.security import ACCESS, BAD_TOKEN, REFRESH, Clock, Passwords, Tokens, login_password, password
+from worknet.security import ACCESS, BAD_TOKEN, REFRESH, Clock, CpuPool, Passwords, Tokens, login_password, password
 from worknet.services.common import NOT_DELETED, decimal, duplicate_key, get_or_404, ok, paged
 
 ROLES = ("client", "freelancer")
@@ -92,7 +92,7 @@ class UsersService(ServiceResource):
     def __init__(self, store: Any, settings: Any) -> None:
         super().__init__(store, settings)
         self.clock = Clock.from_settings(settings)
-        self.passwords = Passwords(settings.bcrypt_rounds)
+        self.passwords = Passwords(settings.bcrypt_rounds, CpuPool(budget=settings.db_timeout_seconds))
         self.tokens = Tokens(settings.jwt_secret, settings.jwt_expires_in_days, settings.jwt_refresh_expires_in_days)
 
     @property
