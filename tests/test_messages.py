@@ -272,7 +272,7 @@ def test_fifty_concurrent_messages_then_all_read(daemon, db, pair):
     def write(i: int) -> dict:
         return daemon.proxy().messagesService.create("", conv, a, {"text": f"message {i}"})
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
+    with ThreadPoolExecutor(max_workers=50) as pool:
         sent = list(pool.map(write, range(50)))
     assert all(r["success"] for r in sent), sent
     counts = rpc.messagesService.get_unread_count(b)
@@ -284,7 +284,7 @@ def test_fifty_concurrent_messages_then_all_read(daemon, db, pair):
     def read(result: dict) -> dict:
         return daemon.proxy().messagesService.mark_as_read(result["message_id"], b)
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
+    with ThreadPoolExecutor(max_workers=50) as pool:
         marked = list(pool.map(read, sent))
     assert all(r == {"success": True, "updated": True} for r in marked), marked
     assert rpc.messagesService.get_unread_count(b) == {"success": True, "count": 0, "by_conversation": {}}

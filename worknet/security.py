@@ -22,11 +22,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +36,7 @@ from typing import Any, TypeVar
 
 import bcrypt
 import jwt
+from jwt.warnings import InsecureKeyLengthWarning
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
@@ -90,11 +93,18 @@ class Clock:
 # -- passwords --------------------------------------------------------------
 
 
+def _utf8_size(value: str, field: str) -> int:
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: not text
+        raise ValidationError(field, f"{field} is not valid UTF-8 text") from None
+
+
 def password(value: Any, field: str = "password") -> str:
     """A password of 8 to 72 bytes of UTF-8 (bcrypt's limit: longer is refused, never truncated)."""
     if not isinstance(value, str):
         raise ValidationError(field, f"{field} must be a string")
-    size = len(value.encode("utf-8", errors="surrogatepass"))
+    size = _utf8_size(value, field)
     if size < PASSWORD_MIN_BYTES:
         raise ValidationError(field, f"{field} must be at least {PASSWORD_MIN_BYTES} bytes long")
     if size > PASSWORD_MAX_BYTES:
@@ -106,7 +116,7 @@ def login_password(value: Any, field: str = "password") -> str:
     """A password as typed at login: a non-empty string of at most 72 bytes."""
     if not isinstance(value, str) or not value:
         raise ValidationError(field, f"{field} must be a non-empty string")
-    if len(value.encode("utf-8", errors="surrogatepass")) > PASSWORD_MAX_BYTES:
+    if _utf8_size(value, field) > PASSWORD_MAX_BYTES:
         raise ValidationError(field, f"{field} must be at most {PASSWORD_MAX_BYTES} bytes long (UTF-8)")
     return value
 
@@ -227,6 +237,16 @@ class Passwords:
 # -- tokens -----------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _short_key_allowed(quiet: bool) -> Iterator[None]:
+    if not quiet:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        yield
+
+
 @dataclass(frozen=True)
 class Claims:
     user_id: str
@@ -243,6 +263,9 @@ class Tokens:
 
     def __init__(self, secret: str, access_days: int, refresh_days: int) -> None:
         self._secret = secret
+        # Only a development daemon runs with a short secret (config refuses it elsewhere) and
+        # says so loudly at startup; PyJWT would repeat that warning on every token.
+        self._quiet = len(secret.encode("utf-8")) < 32
         self.lifetimes = {ACCESS: timedelta(days=access_days), REFRESH: timedelta(days=refresh_days)}
 
     @staticmethod
@@ -261,17 +284,19 @@ class Tokens:
         }
         if jti is not None:
             claims["jti"] = jti
-        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        with _short_key_allowed(self._quiet):
+            return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify(self, token: str, kind: str, moment: datetime) -> Claims:
         """The claims of a well-signed, unexpired token of type ``kind``, or Unauthorized."""
         required = ["sub", "role", "type", "iat", "exp", "ver"] + (["jti"] if kind == REFRESH else [])
         try:
-            claims = jwt.decode(
-                token, self._secret, algorithms=[ALGORITHM],
-                # expiry is judged by our clock (below), not PyJWT's
-                options={"require": required, "verify_exp": False, "verify_iat": False, "verify_nbf": False},
-            )
+            with _short_key_allowed(self._quiet):
+                claims = jwt.decode(
+                    token, self._secret, algorithms=[ALGORITHM],
+                    # expiry is judged by our clock (below), not PyJWT's
+                    options={"require": required, "verify_exp": False, "verify_iat": False, "verify_nbf": False},
+                )
         except jwt.InvalidTokenError:
             raise Unauthorized(BAD_TOKEN) from None
         sub, role, version, exp, iat = (claims.get(k) for k in ("sub", "role", "ver", "exp", "iat"))
