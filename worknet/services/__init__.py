@@ -5,15 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from worknet.services.categories import CategoriesService
+from worknet.services.gigs import GigsService
 from worknet.services.messages import MessagesService
 from worknet.services.notifications import NotificationsService
+from worknet.services.orders import OrdersService
+from worknet.services.payments import PaymentsService
+from worknet.services.reviews import ReviewsService
 from worknet.services.users import UsersService
 
 SERVICES: dict[str, type] = {
     "categoriesService": CategoriesService,
+    "usersService": UsersService,
+    "gigsService": GigsService,
     "messagesService": MessagesService,
     "notificationsService": NotificationsService,
-    "usersService": UsersService,
+    "reviewsService": ReviewsService,
+    "ordersService": OrdersService,
+    "paymentsService": PaymentsService,
 }
 
 

@@ -25,9 +25,38 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     ],
     "gigs": [
         ([("category", ASC), ("isActive", ASC)], {"name": "category_active"}),
+        ([("searchTerms", ASC)], {"name": "search_terms"}),
+        ([("userId", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "user_newest"}),
+        ([("categoryId", ASC), ("isActive", ASC)], {"name": "category_id_active"}),
+        ([("isActive", ASC), ("price", ASC), ("_id", ASC)], {"name": "active_price"}),
+        ([("isActive", ASC), ("rating", DESC), ("reviewCount", DESC), ("createdAt", DESC), ("_id", DESC)],
+         {"name": "active_relevance"}),
+        ([("isActive", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "active_newest"}),
+    ],
+    "reviews": [
+        ([("gigId", ASC), ("userId", ASC)], {"unique": True, "name": "gig_user_unique"}),
     ],
     "orders": [
         ([("gigId", ASC), ("status", ASC)], {"name": "gig_status"}),
+        ([("buyerId", ASC), ("gigId", ASC)],
+         {"unique": True, "partialFilterExpression": {"status": "pending"}, "name": "one_pending_per_buyer_gig"}),
+        ([("buyerId", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "buyer_newest"}),
+        ([("sellerId", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "seller_newest"}),
+        ([("sellerId", ASC), ("status", ASC), ("completedAt", ASC)], {"name": "seller_completed"}),
+        ([("status", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "status_newest"}),
+        ([("createdAt", DESC), ("_id", DESC)], {"name": "orders_newest"}),
+    ],
+    "payments": [
+        ([("orderId", ASC)], {"name": "payment_order"}),
+        ([("liveOrderId", ASC)],
+         {"unique": True, "partialFilterExpression": {"liveOrderId": {"$exists": True}}, "name": "one_live_per_order"}),
+    ],
+    "ledger": [
+        ([("key", ASC)], {"unique": True, "name": "ledger_key_unique"}),
+        ([("sellerId", ASC), ("kind", ASC)], {"name": "ledger_seller"}),
+    ],
+    "idempotency": [
+        ([("createdAt", ASC)], {"expireAfterSeconds": 24 * 3600, "name": "idempotency_ttl"}),
     ],
     "conversations": [
         ([("pairKey", ASC)], {"unique": True, "name": "pair_unique"}),

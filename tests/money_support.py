@@ -1,0 +1,103 @@
+"""Helpers of the orders/payments tests: seeding users and gigs, checking the money invariants."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from bson import Decimal128, ObjectId
+
+ORDER_NEXT = {
+    "pending": {"in_progress", "cancelled"},
+    "in_progress": {"completed", "disputed", "cancelled"},
+    "disputed": {"completed", "cancelled"},
+    "completed": set(),
+    "cancelled": set(),
+}
+PAYMENT_NEXT = {
+    "pending": {"completed", "failed"},
+    "completed": {"partially_refunded", "refunded"},
+    "partially_refunded": {"partially_refunded", "refunded"},
+    "failed": set(),
+    "refunded": set(),
+}
+
+
+def dec(value) -> Decimal:
+    if isinstance(value, Decimal128):
+        value = value.to_decimal()
+    return Decimal(str(value)).quantize(Decimal("0.01"))
+
+
+def seed_user(db, role="client", is_seller=False) -> str:
+    name = "u" + uuid.uuid4().hex[:10]
+    now = datetime.now(UTC)
+    _id = db.users.insert_one({
+        "username": name, "usernameLower": name, "email": f"{name}@example.com", "role": role,
+        "isSeller": is_seller, "rating": 0.0, "reviewCount": 0, "totalEarnings": Decimal128("0.00"),
+        "tokenVersion": 0, "createdAt": now, "updatedAt": now,
+    }).inserted_id
+    return str(_id)
+
+
+def seed_gig(db, seller_id: str, price="25.00", active=True, **extra) -> str:
+    now = datetime.now(UTC)
+    _id = db.gigs.insert_one({
+        "userId": ObjectId(seller_id), "title": "A logo for your company", "description": "d" * 30,
+        "categoryId": ObjectId(), "category": "design", "price": Decimal128(price), "deliveryTime": 3,
+        "isActive": active, "rating": 0.0, "reviewCount": 0, "createdAt": now, "updatedAt": now, **extra,
+    }).inserted_id
+    return str(_id)
+
+
+def market(db, price="25.00"):
+    """A seller with a gig and a buyer: (seller_id, gig_id, buyer_id)."""
+    seller = seed_user(db, "freelancer", True)
+    return seller, seed_gig(db, seller, price), seed_user(db)
+
+
+def ledger_sum(db, seller_id: str) -> Decimal:
+    total = Decimal("0.00")
+    for entry in db.ledger.find({"sellerId": ObjectId(seller_id)}):
+        total += dec(entry["amount"]) if entry["kind"] == "credit" else -dec(entry["amount"])
+    return total
+
+
+def earnings(db, seller_id: str) -> Decimal:
+    return dec(db.users.find_one({"_id": ObjectId(seller_id)}).get("totalEarnings", 0))
+
+
+def check_invariants(db, seller_ids) -> None:
+    """Earnings = ledger; refunds <= payments; histories follow the machines; one credit per completed order."""
+    for seller in seller_ids:
+        assert earnings(db, seller) == ledger_sum(db, seller), seller
+        for entry in db.ledger.find({"sellerId": ObjectId(seller)}):
+            assert entry["applied"] is True, entry
+    for payment in db.payments.find():
+        assert Decimal(0) <= dec(payment["refundedTotal"]) <= dec(payment["amount"]), payment
+        steps = payment["statusHistory"]
+        assert steps[0]["to"] == "pending"
+        for before, after in itertools.pairwise(steps):
+            assert after["from"] == before["to"] and after["to"] in PAYMENT_NEXT[before["to"]], steps
+        assert steps[-1]["to"] == payment["status"]
+        assert sum(dec(r["amount"]) for r in payment.get("refunds", [])) == dec(payment["refundedTotal"])
+    for order in db.orders.find():
+        steps = order["statusHistory"]
+        assert steps[0]["to"] == "pending"
+        for before, after in itertools.pairwise(steps):
+            assert after["from"] == before["to"] and after["to"] in ORDER_NEXT[before["to"]], steps
+        assert steps[-1]["to"] == order["status"]
+        credits = db.ledger.count_documents({"orderId": order["_id"], "kind": "credit"})
+        assert credits == (1 if order["status"] == "completed" else 0), order
+        live = db.payments.count_documents({"orderId": order["_id"],
+                                            "status": {"$in": ["pending", "completed", "partially_refunded"]}})
+        assert live <= 1
+        if order["status"] == "cancelled":
+            assert db.payments.count_documents({"orderId": order["_id"],
+                                                "status": {"$in": ["completed", "partially_refunded"]}}) == 0
+        if order["status"] == "completed":
+            # the seller keeps the seller share of what was not refunded
+            debits = sum(dec(e["amount"]) for e in db.ledger.find({"orderId": order["_id"], "kind": "debit"}))
+            assert Decimal(0) <= debits <= dec(order["sellerAmount"])

@@ -1,0 +1,212 @@
+"""paymentsService: paying for orders, refunds and the platform fee.
+
+Payment status: ``pending -> completed | failed``; ``completed ->
+partially_refunded -> refunded`` (or straight to ``refunded``); ``failed`` and
+``refunded`` are final.  The id is client-chosen so Node can retry a create.
+An order has at most one live payment (pending, completed or partially
+refunded): the internal ``liveOrderId`` field, set only while the payment is
+live, carries a unique partial index.  Paying never credits the seller: only
+completing the order does (see :mod:`worknet.services.orders`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
+from txmongo.collection import ReturnDocument
+
+from worknet import money
+from worknet import validators as v
+from worknet.errors import Conflict, InvalidState, NotFound, ValidationError
+from worknet.rpc.dispatch import ServiceResource, signature
+from worknet.services.common import get_or_404, notify, now, ok, request_hash
+from worknet.services.orders import ATTEMPTS, Lost, refund_step, settle_order, transition
+
+METHODS = ("stripe", "paypal", "bank_transfer", "other")
+PAYABLE = ("pending", "in_progress")  # order statuses a new payment is accepted for
+
+
+class PaymentsService(ServiceResource):
+    """paymentsService.*"""
+
+    @property
+    def payments(self) -> Any:
+        return self.store["payments"]
+
+    async def _run(self, steps: Any) -> Any:
+        for _ in range(ATTEMPTS):
+            try:
+                return await self.store.transaction(steps)
+            except Lost:
+                continue
+        raise Conflict("the payment changed at the same time; try again")
+
+    async def _repair(self, payment_id: ObjectId) -> None:
+        """Without transactions: finish what a crash may have left half-done around this payment."""
+        if self.store.supports_transactions:
+            return
+        payment = await self.payments.find_one({"_id": payment_id})
+        if payment is None:
+            return
+        order = await self.store["orders"].find_one({"_id": payment["orderId"]})
+        if order is None:
+            return
+
+        async def steps(session: Any) -> None:
+            at = now()
+            current = order
+            if payment["status"] in ("completed", "partially_refunded", "refunded") and current["status"] == "pending":
+                current = await transition(self.store, current, "in_progress", "payment completed", at, session)
+            await settle_order(self.store, current, at, session)
+
+        await self._run(steps)
+
+    @signature("struct", "string", "string", "double", "string")
+    async def xmlrpc_create(self, payment_id: Any, order_id: Any, amount: Any, payment_method: Any) -> dict:
+        """Create a pending payment for an order: payment_id (client-chosen id, or "" to let the server choose), order_id (a pending or in-progress order), amount (must equal the order total), payment_method stripe, paypal, bank_transfer or other. An order has at most one live (pending or completed) payment (CONFLICT). Re-sending the same create returns the original with created false; the same id with different content is a CONFLICT. Returns payment_id, payment, created."""
+        await self.store.ready  # the unique indexes exist before anything is written
+        pid = v.client_id(payment_id, "payment_id") or ObjectId()
+        oid = v.object_id(order_id, "order_id")
+        paid = v.money(amount, "amount")
+        method = v.choice(payment_method, "payment_method", METHODS)
+        fingerprint = request_hash({"order": str(oid), "amount": str(paid), "method": method})
+
+        existing = await self.payments.find_one({"_id": pid})
+        if existing is not None:
+            return self._repeat(existing, fingerprint)
+        order = await get_or_404(self.store["orders"], oid, "order")
+        if order["status"] not in PAYABLE:
+            raise InvalidState(f"the order is {order['status']} and cannot be paid")
+        total = money.as_decimal(order["totalPrice"])
+        if paid != total:
+            raise ValidationError("amount", f"amount must equal the order total ({total:.2f})")
+        at = now()
+        doc = {
+            "_id": pid,
+            "orderId": oid,
+            "liveOrderId": oid,
+            "buyerId": order["buyerId"],
+            "sellerId": order["sellerId"],
+            "amount": money.dec128(paid),
+            "refundedTotal": money.dec128(money.ZERO),
+            "refundCount": 0,
+            "refunds": [],
+            "paymentMethod": method,
+            "status": "pending",
+            "statusHistory": [{"from": None, "to": "pending", "at": at, "reason": "payment created"}],
+            "requestHash": fingerprint,
+            "createdAt": at,
+            "updatedAt": at,
+        }
+        try:
+            await self.payments.insert_one(doc)
+        except DuplicateKeyError:
+            existing = await self.payments.find_one({"_id": pid})
+            if existing is not None:
+                return self._repeat(existing, fingerprint)
+            raise Conflict("the order already has a live payment", "order_id") from None
+        return ok(payment_id=str(pid), payment=doc, created=True)
+
+    @staticmethod
+    def _repeat(existing: dict, fingerprint: str) -> dict:
+        if existing.get("requestHash") != fingerprint:
+            raise Conflict("a different payment already exists with this id", "payment_id")
+        return ok(payment_id=str(existing["_id"]), payment=existing, created=False)
+
+    @signature("struct", "string", "string")
+    async def xmlrpc_process(self, payment_id: Any, status: Any) -> dict:
+        """Settle a pending payment as completed or failed. completed moves a pending order to in_progress in the same transaction and notifies buyer and seller; a cancelled (or completed) order cannot be paid (INVALID_STATE). Returns payment, order_status."""
+        await self.store.ready  # the unique indexes exist before anything is written
+        pid = v.object_id(payment_id, "payment_id")
+        to = v.choice(status, "status", ("completed", "failed"))
+        notified: list[Any] = []
+
+        async def steps(session: Any) -> tuple[dict, str]:
+            notified.clear()
+            payment = await get_or_404(self.payments, pid, "payment", session=session)
+            if payment["status"] != "pending":
+                raise InvalidState(f"the payment is {payment['status']} and cannot become {to}")
+            order = await get_or_404(self.store["orders"], payment["orderId"], "order", session=session)
+            at = now()
+            update: dict[str, Any] = {
+                "$set": {"status": to, "updatedAt": at},
+                "$push": {"statusHistory": {"from": "pending", "to": to, "at": at, "reason": f"payment {to}"}},
+            }
+            if to == "failed":
+                update["$unset"] = {"liveOrderId": ""}
+            elif order["status"] in ("cancelled", "completed"):
+                raise InvalidState(f"the order is {order['status']} and cannot be paid")
+            doc = await self.payments.find_one_and_update(
+                {"_id": pid, "status": "pending"}, update, return_document=ReturnDocument.AFTER, session=session,
+            )
+            if doc is None:
+                raise Lost()
+            if to == "failed":
+                return doc, order["status"]
+            if order["status"] == "pending":
+                try:
+                    order = await transition(self.store, order, "in_progress", "payment completed", at, session)
+                except Lost:
+                    order = await self.store["orders"].find_one({"_id": order["_id"]}, session=session)
+                    if order["status"] == "pending":
+                        order = await transition(self.store, order, "in_progress", "payment completed", at, session)
+                    elif order["status"] == "cancelled":  # cancelled meanwhile (no transactions): give it back
+                        await settle_order(self.store, order, at, session)
+                        raise InvalidState("the order was cancelled meanwhile; the payment has been refunded") from None
+            text = f"Payment of {money.as_decimal(doc['amount']):.2f} received for order {order['_id']}"
+            link = f"/orders/{order['_id']}"
+            await notify(self.store, doc["buyerId"], "payment", text, link, session=session)
+            await notify(self.store, doc["sellerId"], "payment", text, link, session=session)
+            return doc, order["status"]
+
+        try:
+            doc, order_status = await self._run(steps)
+        except InvalidState:
+            await self._repair(pid)
+            raise
+        return ok(payment=doc, order_status=order_status)
+
+    @signature("struct", "string", "double")
+    async def xmlrpc_refund(self, payment_id: Any, amount: Any) -> dict:
+        """Refund part or all of a completed or partially refunded payment: amount > 0; the refunds together never exceed the amount paid (VALIDATION_ERROR). The payment becomes partially_refunded or refunded; if the order is completed (the seller was credited) the seller's share of the refund is debited from their earnings. Returns payment, refunded_total."""
+        await self.store.ready  # the unique indexes exist before anything is written
+        pid = v.object_id(payment_id, "payment_id")
+        value = v.money(amount, "amount")
+
+        async def steps(session: Any) -> dict:
+            payment = await get_or_404(self.payments, pid, "payment", session=session)
+            at = now()
+            doc = await refund_step(self.store, payment, value, "refund", at, session)
+            order = await self.store["orders"].find_one({"_id": doc["orderId"]}, session=session)
+            if order is not None:
+                await settle_order(self.store, order, at, session)
+            return doc
+
+        try:
+            doc = await self._run(steps)
+        except InvalidState:
+            await self._repair(pid)
+            raise
+        return ok(payment=doc, refunded_total=doc["refundedTotal"])
+
+    @signature("struct", "string")
+    async def xmlrpc_get_status(self, payment_id: Any) -> dict:
+        """The state of a payment. Returns status, amount, refunded_total, order_id."""
+        await self.store.ready  # the unique indexes exist before anything is written
+        pid = v.object_id(payment_id, "payment_id")
+        payment = await self.payments.find_one({"_id": pid})
+        if payment is None:
+            raise NotFound("payment not found")
+        return ok(status=payment["status"], amount=payment["amount"],
+                  refunded_total=payment.get("refundedTotal", money.ZERO), order_id=payment["orderId"])
+
+    @signature("struct", "double")
+    async def xmlrpc_calculate_fees(self, amount: Any) -> dict:
+        """The split of an amount: platform_fee = amount x PLATFORM_FEE_PERCENT / 100 rounded half up to the cent, seller_amount = amount - platform_fee (they always add up to the amount). Returns total_amount, platform_fee, platform_fee_percentage, seller_amount."""
+        await self.store.ready  # the unique indexes exist before anything is written
+        total = v.money(amount, "amount")
+        percent = self.settings.platform_fee_percent
+        fee, seller = money.split(total, percent)
+        return ok(total_amount=total, platform_fee=fee, platform_fee_percentage=float(percent), seller_amount=seller)
