@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 import xmlrpc.client
 from collections.abc import Iterator
@@ -141,9 +142,12 @@ class Daemon:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"the daemon exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        # /health is 200 once the database answers and the startup indexes exist;
+        # only then may a test write to the database beside the daemon.
         try:
-            return self.proxy().ping()["mongodb"] == "connected"
-        except (OSError, xmlrpc.client.Error):
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as answer:  # noqa: S310
+                return answer.status == 200
+        except OSError:  # refused, or an HTTPError (503) while starting
             return False
 
     def proxy(self, **kwargs) -> xmlrpc.client.ServerProxy:

@@ -10,6 +10,7 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
+import pymongo
 import pytest
 
 from tests.conftest import BIN, Database, free_port, wait_for
@@ -86,6 +87,38 @@ def test_database_outage_is_reported_and_survived(tmp_path, make_daemon):
         assert rpc.ping()["mongodb"] == "connected"
         assert http_status(daemon.port, "/health") == 200
     finally:
+        server.stop()
+
+
+def test_calls_wait_for_the_indexes_when_the_database_comes_up_late(tmp_path, make_daemon):
+    server = Database(tmp_path / "late-db")
+    daemon = make_daemon(mongodb_uri=server.uri, start=False)
+    daemon.start(wait=False)
+    try:
+        rpc = daemon.proxy()
+
+        def answers_ping() -> bool:
+            try:
+                return rpc.ping()["mongodb"] == "disconnected"
+            except OSError:  # not listening yet
+                return False
+
+        wait_for(answers_ping, 30, "the daemon to answer ping")
+        assert http_status(daemon.port, "/health") == 503
+        started = time.monotonic()
+        early = rpc.categoriesService.create("Too early", "too-early", "")
+        assert time.monotonic() - started < 5
+        assert early["success"] is False and early["code"] == "UNAVAILABLE", early
+
+        server.start()
+        # the call that gave up must not have spoiled the wait for the others
+        wait_for(lambda: http_status(daemon.port, "/health") == 200, 30, "the indexes to be created")
+        created = rpc.categoriesService.create("In time", "in-time", "")
+        assert created["success"] is True, created
+        with pymongo.MongoClient(server.uri, directConnection=True) as client:
+            assert "email_unique" in client[daemon.db_name].users.index_information()
+    finally:
+        daemon.stop()
         server.stop()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,21 +47,6 @@ def send(rpc, conv: str, sender: str, text: str = "Hello", message_id: str = "",
     result = rpc.messagesService.create(message_id, conv, sender, {"text": text, **extra})
     assert result["success"] is True, result
     return result
-
-
-@pytest.fixture(autouse=True)
-def indexes_ready(daemon):
-    """Wait until the daemon has created its indexes.
-
-    ``ping`` answers "connected" before MongoStore has finished creating the
-    indexes, so a call arriving in that window runs without the unique index
-    on ``pairKey`` (reported to the lead; the daemon should wait for
-    ``store.ready``).
-    """
-    deadline = time.monotonic() + 30
-    while "database ready" not in daemon.log():
-        assert time.monotonic() < deadline, "the daemon did not create its indexes within 30 s"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -18,7 +18,11 @@ from worknet.services import build_services
 
 
 class Health(resource.Resource):
-    """``GET /health``: 200 when the database answers a ping, 503 otherwise. Open to all."""
+    """``GET /health``: 200 when the database answers a ping and the startup indexes exist.
+
+    503 otherwise: ``"starting"`` while the indexes are being created,
+    ``"degraded"`` while the database does not answer.  Open to all.
+    """
 
     isLeaf = True
 
@@ -30,10 +34,11 @@ class Health(resource.Resource):
         d = defer.ensureDeferred(self.store.ping())
 
         def answer(connected: bool) -> None:
-            request.setResponseCode(200 if connected else 503)
+            serving = connected and self.store.is_ready
+            request.setResponseCode(200 if serving else 503)
             request.setHeader(b"content-type", b"application/json")
-            body = {"status": "ok" if connected else "degraded",
-                    "mongodb": "connected" if connected else "disconnected"}
+            status = "ok" if serving else ("starting" if connected else "degraded")
+            body = {"status": status, "mongodb": "connected" if connected else "disconnected"}
             request.write(json.dumps(body).encode())
             request.finish()
 

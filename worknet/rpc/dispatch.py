@@ -166,7 +166,7 @@ class Dispatcher:
             _check_arity(function, args)
         except xmlrpc.Fault as fault:
             return fault
-        d = defer.maybeDeferred(function, *args)
+        d = defer.ensureDeferred(self._invoke(function, args))
         if not getattr(function, "runs_calls", False):  # multicall: each sub-call has its own deadline
             d.addTimeout(self.call_timeout, self.reactor)
         try:
@@ -182,3 +182,16 @@ class Dispatcher:
             log.failure("internal error in {method} (ref {ref})", Failure(), method=method, ref=reference)
             return xmlrpc.Fault(INTERNAL_ERROR, f"internal error (ref {reference})")
         return to_wire(result)
+
+    @staticmethod
+    async def _invoke(function: Callable, args: tuple) -> Any:
+        """Call a procedure; a service's methods first wait for the startup indexes.
+
+        Until the unique indexes exist a write could slip a duplicate in, so no
+        service method runs before them (afterwards the wait costs nothing).
+        ``ping`` and introspection answer at once.
+        """
+        owner = getattr(function, "__self__", None)
+        if isinstance(owner, ServiceResource) and not owner.store.is_ready:
+            await owner.store.wait_ready()
+        return await defer.maybeDeferred(function, *args)

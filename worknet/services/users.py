@@ -99,16 +99,6 @@ class UsersService(ServiceResource):
     def users(self) -> Any:
         return self.store["users"]
 
-    async def _indexes_ready(self) -> None:
-        """Wait until the store has created its indexes (once, at startup).
-
-        Uniqueness of usernames and e-mails lives in unique indexes: a write
-        that arrives before they exist could slip a duplicate in (and
-        SecantusDB 0.7 can hang when an insert races the creation of the
-        collection's indexes).  Afterwards this costs nothing.
-        """
-        await self.store.ready
-
     # -- helpers ----------------------------------------------------------------
 
     def _token_pair(self, user: dict, moment: datetime, jti: str) -> dict:
@@ -152,7 +142,6 @@ class UsersService(ServiceResource):
     @signature("struct", "string", "string", "string", "string")
     async def xmlrpc_register(self, username: Any, email: Any, password_: Any, role: Any) -> dict:
         """Create an account. username 3-30 letters, digits or _ (unique, case-insensitively); email valid and unique (stored lower-case); password 8-72 bytes of UTF-8; role client or freelancer (a freelancer is a seller; admin cannot be registered). Returns user_id, user, token (access JWT), refresh_token. A taken username or email is CONFLICT (field username or email)."""
-        await self._indexes_ready()
         clean_username = _username(username)
         clean_email = v.email(email)
         secret = password(password_)
@@ -200,7 +189,6 @@ class UsersService(ServiceResource):
     @signature("struct", "string", "string")
     async def xmlrpc_login(self, email: Any, password_: Any) -> dict:
         """Log in with email and password. An unknown email and a wrong password give the same UNAUTHORIZED answer (and cost the same bcrypt check); 5 failures within 15 minutes lock the account for 15 minutes (RATE_LIMITED). Deleted accounts cannot log in. Returns token (access JWT), refresh_token (replaces the previous one), user."""
-        await self._indexes_ready()
         clean_email = v.email(email)
         secret = login_password(password_)
         moment = await self.clock.now()
@@ -226,14 +214,12 @@ class UsersService(ServiceResource):
     @signature("struct", "string")
     async def xmlrpc_get_by_id(self, user_id: Any) -> dict:
         """One user by id (deleted users are NOT_FOUND). Returns user."""
-        await self._indexes_ready()
         _id = v.object_id(user_id, "user_id")
         return ok(user=await get_or_404(self.users, _id, "user"))
 
     @signature("struct", "int", "int", "struct")
     async def xmlrpc_get_all(self, page: Any = None, limit: Any = None, filters: Any = None) -> dict:
         """Users, newest first, paged (page >= 1, limit 1-100, default 20). filters (all optional): role (client, freelancer, admin), country (exact), is_seller (boolean), search (prefix of the username or the email, case-insensitive, taken literally). Deleted users are left out. Returns users, total, page, limit, pages."""
-        await self._indexes_ready()
         page, limit = v.paging(page, limit)
         clean = v.struct(filters, "filters", FILTERS)
         query: dict[str, Any] = {**NOT_DELETED}
@@ -251,7 +237,6 @@ class UsersService(ServiceResource):
     @signature("struct", "string", "struct")
     async def xmlrpc_update_profile(self, user_id: Any, updates: Any) -> dict:
         """Update a profile. updates may hold only username, email (both stay unique: CONFLICT), phone, country, bio (<= 2000), profilePicture (http(s) URL or ""), skills (<= 30 strings), isSeller (a freelancer is always a seller); password, role, rating, earnings and any other key are refused (VALIDATION_ERROR). Returns user."""
-        await self._indexes_ready()
         _id = v.object_id(user_id, "user_id")
         changes = v.struct(updates, "updates", UPDATES, allow_empty=False)
         user = await get_or_404(self.users, _id, "user", projection={"role": 1})
@@ -273,7 +258,6 @@ class UsersService(ServiceResource):
     @signature("struct", "string", "string", "string")
     async def xmlrpc_change_password(self, user_id: Any, old_password: Any, new_password: Any) -> dict:
         """Change a password: old_password must match (UNAUTHORIZED otherwise, counted like a failed login; RATE_LIMITED while locked); new_password 8-72 bytes of UTF-8 and different from the old one. Every token issued before stops verifying. Returns token, refresh_token (new ones)."""
-        await self._indexes_ready()
         _id = v.object_id(user_id, "user_id")
         old = login_password(old_password, "old_password")
         new = password(new_password, "new_password")
@@ -300,7 +284,6 @@ class UsersService(ServiceResource):
     @signature("struct", "string")
     async def xmlrpc_delete_user(self, user_id: Any) -> dict:
         """Soft-delete a user (deletedAt): refused (INVALID_STATE) while the user has pending or in-progress orders as buyer or seller. Afterwards the user is NOT_FOUND everywhere, cannot log in and its tokens fail; the username and email stay reserved. Returns deleted: true."""
-        await self._indexes_ready()
         _id = v.object_id(user_id, "user_id")
         await get_or_404(self.users, _id, "user", projection={"_id": 1})
         busy = await self.store["orders"].count_documents(
@@ -320,7 +303,6 @@ class UsersService(ServiceResource):
     @signature("struct", "string")
     async def xmlrpc_get_stats(self, user_id: Any) -> dict:
         """Figures of a user. stats: totalOrders, completedOrders, activeOrders (ints, buyer and seller sides added; active = pending, in_progress or disputed), asBuyer and asSeller (structs with totalOrders, completedOrders, activeOrders for each side), totalGigs and activeGigs (live gigs, active ones), totalReviews and averageRating (reviews received as seller, 2 decimals, 0 when none), totalEarnings (the user's credited earnings), totalSpent (completed orders as buyer). Returns stats."""
-        await self._indexes_ready()
         _id = v.object_id(user_id, "user_id")
         user = await get_or_404(self.users, _id, "user", projection={"totalEarnings": 1})
         orders = await self.store["orders"].aggregate([
@@ -373,14 +355,12 @@ class UsersService(ServiceResource):
     @signature("struct", "string")
     async def xmlrpc_verify_token(self, token: Any) -> dict:
         """Check an access token (HS256 signature, type access, not expired, user not deleted, issued after the last password change). Returns user_id, role, expires_at; UNAUTHORIZED otherwise (refresh tokens are refused)."""
-        await self._indexes_ready()
         user, claims = await self._user_for_token(_token_string(token, "token"), ACCESS)
         return ok(user_id=str(user["_id"]), role=user["role"], expires_at=claims.expires_at)
 
     @signature("struct", "string")
     async def xmlrpc_refresh_token(self, refresh_token: Any) -> dict:
         """Exchange a refresh token for a new access token and a new refresh token (rotation: each refresh token works once, and only the newest one issued to the user). Access tokens are refused. Returns token, refresh_token; UNAUTHORIZED otherwise."""
-        await self._indexes_ready()
         user, claims = await self._user_for_token(_token_string(refresh_token, "refresh_token"), REFRESH)
         jti = self.tokens.new_jti()
         fresh = await self.users.find_one_and_update(

@@ -34,7 +34,6 @@ class MongoStore(service.Service):
     """Database access for the services: collections, ping, transactions."""
 
     name = "mongodb"
-    ready: defer.Deferred[None]
 
     def __init__(self, settings: Settings, uri: Callable[[], str], reactor: Any = None) -> None:
         if reactor is None:
@@ -47,7 +46,8 @@ class MongoStore(service.Service):
         self._pool: ConnectionPool | None = None
         self.supports_transactions = False
         self.connected = False
-        self.ready = defer.Deferred()
+        self.is_ready = False  # indexes created: the services may read and write
+        self._waiting: list[defer.Deferred[None]] = []
 
     # -- service life -------------------------------------------------------
 
@@ -87,8 +87,29 @@ class MongoStore(service.Service):
             self.connected = True
             log.info("database ready: {db} ({mode})", db=self._settings.db_name,
                      mode="transactions" if self.supports_transactions else "no transactions")
-            self.ready.callback(None)
+            self.is_ready = True
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                if not d.called:  # a caller that gave up (timeout) cancelled its own Deferred only
+                    d.callback(None)
             return
+
+    def wait_ready(self) -> defer.Deferred[None]:
+        """A new Deferred that fires once the indexes exist (at once afterwards).
+
+        Each caller gets its own Deferred, so a call that times out and cancels
+        it leaves the others waiting.
+        """
+        if self.is_ready:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    @property
+    def ready(self) -> defer.Deferred[None]:
+        """Same as :meth:`wait_ready`."""
+        return self.wait_ready()
 
     async def stopService(self) -> None:
         super().stopService()
