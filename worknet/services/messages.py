@@ -15,7 +15,7 @@ second notification.
 
 Only the recipient may mark a message read: ``reader_id`` is optional in the
 signature (API.md) but a call without it is a VALIDATION_ERROR rather than an
-unchecked write (see docs/messaging.md).
+unchecked write (see docs/DECISIONS.md).
 """
 
 from __future__ import annotations
