@@ -284,7 +284,7 @@ class GigsService(ServiceResource):
 
     @signature("struct", "string", "struct", "int", "int")
     async def xmlrpc_search(self, query: Any = None, filters: Any = None, page: Any = None, limit: Any = None) -> dict:
-        """Search active gigs. query: words (at most 200 characters) that must all appear in the title, description or tags, case- and accent-insensitively (empty lists everything). filters: category (slug or id), min_price, max_price (money), min_rating (0-5), max_delivery_days (1-365), seller_id, sort: relevance (default: rating, then review count, then newest), price_asc, price_desc, rating, newest. Returns gigs, total, page, limit, pages."""
+        """Search active gigs. query: words (at most 200 characters) that must all appear in the title, description or tags, case- and accent-insensitively (empty or blank lists everything; a query with no letters or digits, such as ".*", finds nothing). filters: category (slug or id), min_price, max_price (money), min_rating (0-5), max_delivery_days (1-365), seller_id, sort: relevance (default: rating, then review count, then newest), price_asc, price_desc, rating, newest. Returns gigs, total, page, limit, pages."""
         text = "" if query is None else v.text(query, "query", 0, QUERY_MAX)
         terms = words(text)
         if len(terms) > QUERY_WORDS_MAX:
@@ -293,6 +293,9 @@ class GigsService(ServiceResource):
         page, limit = v.paging(page, limit)
         if "min_price" in options and "max_price" in options and options["min_price"] > options["max_price"]:
             raise ValidationError("min_price", "min_price must not exceed max_price")
+        if text.strip() and not terms:
+            # only punctuation: no word could ever match it (an empty query lists everything)
+            return ok(gigs=[], total=0, page=page, limit=limit, pages=0)
         spec: dict[str, Any] = {"isActive": True, **NOT_DELETED}
         if terms:
             spec["searchTerms"] = {"$all": terms}
