@@ -136,9 +136,9 @@ class Daemon:
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         if wait:
-            wait_for(self._ready, START_TIMEOUT, f"the daemon on port {self.port} (log: {self.log_path})")
+            wait_for(self.serving, START_TIMEOUT, f"the daemon on port {self.port} (log: {self.log_path})")
 
-    def _ready(self) -> bool:
+    def serving(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"the daemon exited with {self.process.returncode}:\n{self.log()[-3000:]}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 
 import pytest
@@ -34,15 +33,6 @@ def seed_user(db, name: str, **fields) -> str:
     doc = user_doc(name, **fields)
     db.users.insert_one(doc)
     return str(doc["_id"])
-
-
-@pytest.fixture(autouse=True)
-def indexes_ready(daemon):
-    """Wait until the daemon has created its indexes (``ping`` answers before that)."""
-    deadline = time.monotonic() + 30
-    while "database ready" not in daemon.log():
-        assert time.monotonic() < deadline, "the daemon did not create its indexes within 30 s"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -1,0 +1,84 @@
+"""MongoStore in-process (pytest-twisted), against a real SecantusDB: readiness and transactions."""
+
+from __future__ import annotations
+
+import pymongo
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from tests.conftest import Database, unique_db_name
+from worknet.config import load_settings
+from worknet.store.indexes import INDEXES
+from worknet.store.pool import MongoStore
+
+
+@pytest.fixture
+def db_name(request) -> str:
+    return unique_db_name(request)
+
+
+def make_store(uri: str, db_name: str) -> MongoStore:
+    settings = load_settings(environ={"NODE_ENV": "development", "DB_NAME": db_name, "DB_TIMEOUT_SECONDS": "3"})
+    store = MongoStore(settings, lambda: uri, reactor)
+    store.startService()
+    return store
+
+
+async def until(predicate, seconds: float = 30.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if predicate():
+            return
+        await task.deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_wait_leaves_the_other_waiters_waiting(tmp_path, db_name):
+    server = Database(tmp_path / "late")
+    store = make_store(server.uri, db_name)
+    try:
+        gives_up, keeps_waiting = store.wait_ready(), store.wait_ready()
+        gives_up.cancel()  # a call that timed out
+        with pytest.raises(defer.CancelledError):
+            await gives_up
+        assert not keeps_waiting.called and not store.is_ready
+
+        server.start()
+        await keeps_waiting
+        assert store.is_ready
+        assert store.wait_ready().called  # afterwards a wait costs nothing
+        with pymongo.MongoClient(server.uri, directConnection=True) as client:
+            made = {name for c in INDEXES for name in client[db_name][c].index_information()}
+        assert {options["name"] for specs in INDEXES.values() for _, options in specs} <= made
+    finally:
+        await store.stopService()
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_transaction_leaves_nothing_behind(database, db_name, mongo):
+    store = make_store(database, db_name)
+    try:
+        await store.wait_ready()
+        orders = store["orders"]
+
+        async def both(session) -> None:
+            await orders.insert_one({"_id": 1, "step": "first"}, session=session)
+            await orders.insert_one({"_id": 2, "step": "second"}, session=session)
+
+        await store.transaction(both)
+        assert mongo[db_name].orders.count_documents({}) == 2
+
+        async def half(session) -> None:
+            await orders.insert_one({"_id": 3, "step": "first"}, session=session)
+            raise RuntimeError("the second step failed")
+
+        with pytest.raises(RuntimeError):
+            await store.transaction(half)
+        stored = mongo[db_name].orders.count_documents({"_id": 3})
+        # with transactions the first step is rolled back; without them (a
+        # standalone server) it stays, and callers' steps are guarded for that
+        assert stored == (0 if store.supports_transactions else 1)
+    finally:
+        await store.stopService()
