@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from bson import Decimal128, ObjectId
 
+from tests.test_node_client import run_node
+
 MISSING = "0" * 24
-NODE_DIR = Path(__file__).resolve().parent / "node"
 
 
 def seed_user(db, username, role="freelancer", is_seller=None, deleted=False, rating=0.0):
@@ -331,13 +328,8 @@ def test_fifty_concurrent_ratings_give_the_exact_average(daemon, rpc, db, world)
     assert abs(stored["rating"] - sum(values) / 50) < 1e-9
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_node_client_creates_and_finds_a_gig(daemon, db, world):
-    assert (NODE_DIR / "node_modules" / "xmlrpc").exists(), "run `make node-deps` first"
-    run = subprocess.run(["node", str(NODE_DIR / "gigs.js"), str(daemon.port), world],
-                         capture_output=True, text=True, timeout=60, check=False)
-    assert run.returncode == 0, run.stderr
-    out = json.loads(run.stdout)
+    out = run_node("gigs.js", daemon.port, world)
     created, found, fetched = out["created"], out["found"], out["fetched"]
     assert created["success"] is True and created["gig"]["title"] == "Node café logo 東京"
     assert created["gig"]["price"] == 25.5
