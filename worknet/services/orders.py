@@ -116,8 +116,8 @@ async def refund_step(store: Any, payment: dict, amount: Decimal, reason: str, a
             "statusHistory": {"from": status, "to": to, "at": at, "reason": reason},
         },
     }
-    if to == "refunded":
-        update["$unset"] = {"liveOrderId": ""}
+    # ``liveOrderId`` stays set even when fully refunded: an order is paid at most
+    # once, so the seller's debits can never add up to more than the credit.
     doc = await store["payments"].find_one_and_update(
         {"_id": payment["_id"], "status": status, "refundCount": seq}, update,
         return_document=ReturnDocument.AFTER, session=session,
@@ -145,13 +145,26 @@ async def refund_rest(store: Any, payment: dict, reason: str, at: datetime, sess
     raise Lost()
 
 
+async def fail_pending(store: Any, order_id: ObjectId, reason: str, at: datetime, session: Any) -> None:
+    """Mark the pending payments of a cancelled order failed (they can never be completed)."""
+    pending = await store["payments"].find({"orderId": order_id, "status": "pending"}, session=session)
+    for payment in pending:
+        await store["payments"].update_one(
+            {"_id": payment["_id"], "status": "pending"},
+            {"$set": {"status": "failed", "updatedAt": at}, "$unset": {"liveOrderId": ""},
+             "$push": {"statusHistory": {"from": "pending", "to": "failed", "at": at, "reason": reason}}},
+            session=session,
+        )
+
+
 async def settle_order(store: Any, order: dict, at: datetime, session: Any) -> None:
     """Make the money agree with the order's status (idempotent; safe to repeat).
 
     * completed: the seller's credit (``credit:<orderId>``) exists and is
       applied, and every refund of the order's payments has its debit of the
       seller's share (``debit:<paymentId>:<seq>``);
-    * cancelled: no payment of the order still holds money (refunded in full).
+    * cancelled: no payment of the order still holds money (refunded in full)
+      and none is left pending (failed).
 
     Flows call it right after their status change; without transactions a
     retry (or any later change of the order) calls it again to finish a flow
@@ -180,15 +193,17 @@ async def settle_order(store: Any, order: dict, at: datetime, session: Any) -> N
         paid = await store["payments"].find({"orderId": order["_id"], "status": {"$in": list(PAID)}}, session=session)
         for payment in paid:
             await refund_rest(store, payment, "order cancelled", at, session)
+        await fail_pending(store, order["_id"], "order cancelled", at, session)
 
 
 async def cancel_steps(store: Any, order: dict, reason: str, at: datetime, session: Any) -> tuple[dict, dict | None]:
-    """Cancel ``order`` and refund its paid payment in full. Returns ``(order, refund or None)``."""
+    """Cancel ``order``, refund its paid payment in full, fail a pending one. Returns ``(order, refund or None)``."""
     doc = await transition(store, order, "cancelled", reason, at, session)
     refund = None
     paid = await store["payments"].find({"orderId": doc["_id"], "status": {"$in": list(PAID)}}, session=session)
     for payment in paid:
         refund = await refund_rest(store, payment, reason or "order cancelled", at, session) or refund
+    await fail_pending(store, doc["_id"], reason or "order cancelled", at, session)
     return doc, refund
 
 
@@ -246,9 +261,20 @@ class OrdersService(ServiceResource):
         expected = v.cents(unit * qty)
         if total != expected:
             raise ValidationError("total_price", f"total_price must be {expected:.2f} (price {unit:.2f} x {qty})")
-        fee, seller_amount = money.split(total, self.settings.platform_fee_percent)
         fingerprint = request_hash({"gig": str(gid), "quantity": qty, "total": str(total)})
 
+        for _ in range(ATTEMPTS):
+            try:
+                return await self._place(gig, bid, qty, unit, total, key, fingerprint)
+            except Lost:  # the same key at the same time: read the first call's result again
+                continue
+        raise Conflict("a call with this idempotency key is still in progress; try again",
+                       "options.idempotency_key")
+
+    async def _place(
+        self, gig: dict, bid: ObjectId, qty: int, unit: Decimal, total: Decimal, key: str | None, fingerprint: str,
+    ) -> dict:
+        """One attempt at placing the order (or answering a repeated idempotency key); Lost on a race."""
         order_id = ObjectId()
         remembered = None
         if key is not None:
@@ -260,10 +286,11 @@ class OrdersService(ServiceResource):
                     return ok(order_id=str(order_id), order=first, created=False)
                 # no transactions and a crash after remembering the key: finish the first call
 
+        fee, seller_amount = money.split(total, self.settings.platform_fee_percent)
         at = now()
         doc = {
             "_id": order_id,
-            "gigId": gid,
+            "gigId": gig["_id"],
             "buyerId": bid,
             "sellerId": gig["userId"],
             "categoryId": gig.get("categoryId"),
@@ -303,10 +330,7 @@ class OrdersService(ServiceResource):
                          f"/orders/{order_id}", session=session)
             return doc, True
 
-        try:
-            placed, created = await self.store.transaction(steps)
-        except Lost:
-            return await self.xmlrpc_create(gig_id, buyer_id, quantity, total_price, options)
+        placed, created = await self.store.transaction(steps)
         return ok(order_id=str(placed["_id"]), order=placed, created=created)
 
     async def _remembered(self, buyer: ObjectId, key: str, fingerprint: str) -> dict | None:

@@ -3,9 +3,11 @@
 Payment status: ``pending -> completed | failed``; ``completed ->
 partially_refunded -> refunded`` (or straight to ``refunded``); ``failed`` and
 ``refunded`` are final.  The id is client-chosen so Node can retry a create.
-An order has at most one live payment (pending, completed or partially
-refunded): the internal ``liveOrderId`` field, set only while the payment is
-live, carries a unique partial index.  Paying never credits the seller: only
+An order is paid at most once: the internal ``liveOrderId`` field, set on
+every payment that has not failed (pending, completed, partially refunded and
+refunded), carries a unique partial index, so a second payment is accepted
+only after the first one failed.  (A fully refunded payment keeps it: paying
+again after a refund would let the seller's debits exceed the credit.)  Paying never credits the seller: only
 completing the order does (see :mod:`worknet.services.orders`).
 """
 
@@ -25,7 +27,7 @@ from worknet.services.common import get_or_404, notify, now, ok, request_hash
 from worknet.services.orders import ATTEMPTS, Lost, refund_step, settle_order, transition
 
 METHODS = ("stripe", "paypal", "bank_transfer", "other")
-PAYABLE = ("pending", "in_progress")  # order statuses a new payment is accepted for
+PAYABLE = ("pending", "in_progress", "disputed")  # order statuses a payment is accepted for (not final)
 
 
 class PaymentsService(ServiceResource):
@@ -65,7 +67,7 @@ class PaymentsService(ServiceResource):
 
     @signature("struct", "string", "string", "double", "string")
     async def xmlrpc_create(self, payment_id: Any, order_id: Any, amount: Any, payment_method: Any) -> dict:
-        """Create a pending payment for an order: payment_id (client-chosen id, or "" to let the server choose), order_id (a pending or in-progress order), amount (must equal the order total), payment_method stripe, paypal, bank_transfer or other. An order has at most one live (pending or completed) payment (CONFLICT). Re-sending the same create returns the original with created false; the same id with different content is a CONFLICT. Returns payment_id, payment, created."""
+        """Create a pending payment for an order: payment_id (client-chosen id, or "" to let the server choose), order_id (a pending, in-progress or disputed order; a cancelled or completed one is INVALID_STATE), amount (must equal the order total), payment_method stripe, paypal, bank_transfer or other. An order is paid at most once: a second payment is a CONFLICT unless the earlier one failed. Re-sending the same create returns the original with created false; the same id with different content is a CONFLICT. Returns payment_id, payment, created."""
         await self.store.ready  # the unique indexes exist before anything is written
         pid = v.client_id(payment_id, "payment_id") or ObjectId()
         oid = v.object_id(order_id, "order_id")
@@ -106,7 +108,7 @@ class PaymentsService(ServiceResource):
             existing = await self.payments.find_one({"_id": pid})
             if existing is not None:
                 return self._repeat(existing, fingerprint)
-            raise Conflict("the order already has a live payment", "order_id") from None
+            raise Conflict("the order already has a payment", "order_id") from None
         return ok(payment_id=str(pid), payment=doc, created=True)
 
     @staticmethod
