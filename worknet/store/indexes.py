@@ -34,7 +34,12 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ([("isActive", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "active_newest"}),
     ],
     "reviews": [
-        ([("gigId", ASC), ("userId", ASC)], {"unique": True, "name": "gig_user_unique"}),
+        # anonymous reviews (no userId) are outside the one-review-per-user rule
+        ([("gigId", ASC), ("userId", ASC)],
+         {"unique": True, "partialFilterExpression": {"userId": {"$exists": True}}, "name": "gig_user_unique"}),
+        # the rating aggregations by gig (the partial index above cannot serve a query on gigId alone)
+        ([("gigId", ASC), ("rating", ASC)], {"name": "gig_rating"}),
+        ([("sellerId", ASC)], {"name": "reviews_seller"}),
     ],
     "orders": [
         ([("gigId", ASC), ("status", ASC)], {"name": "gig_status"}),
