@@ -1,16 +1,22 @@
 """reviewsService: buyers' reviews of gigs, and the ratings they make.
 
 A review has a client-chosen id (a retry of the same create returns the first
-result with ``created: false``), an author (``extra.user_id``, required: one
-review per user and gig, held by a unique index on (gigId, userId)), a
-rating 1-5 and an optional comment.  When ``extra.order_id`` is given the
-order must be completed, of that gig and bought by that user.  The gig's
-seller gets a ``review`` notification.  After every change the gig's
-``rating``/``reviewCount`` are recomputed from the reviews collection with
-one aggregation (:func:`worknet.services.gigs.recompute_rating`).
+result with ``created: false``; the same id with other content is a
+CONFLICT), a rating 1-5 and an optional comment.  ``extra.user_id`` names the
+author: one review per user and gig, held by a unique index on
+(gigId, userId) that covers only reviews with an author.  ``extra`` is
+optional in the contract (the original client calls ``create(review_id,
+gig_id, rating)``), so a review without ``user_id`` is anonymous and stored
+without ``userId``.  When ``extra.order_id`` is given, ``user_id`` is
+required and the order must be completed, of that gig and bought by that
+user.  The gig's seller gets a ``review`` notification whose id is the
+review's id, so a retried create completes a half-done one and never
+notifies twice.  After every change the gig's ``rating``/``reviewCount`` are
+recomputed from the reviews collection with one aggregation
+(:func:`worknet.services.gigs.recompute_rating`).
 
-``gig_rating`` in results is ``{"rating": <average, 2 decimals>,
-"reviewCount": <number of reviews>}``.
+``gig_rating`` in results is the gig's new average (2 decimals, 0 when it has
+no review) and ``review_count`` its number of reviews.
 """
 
 from __future__ import annotations
@@ -25,7 +31,16 @@ from txmongo.collection import ReturnDocument
 from worknet import validators as v
 from worknet.errors import Conflict, Forbidden, InvalidState, NotFound, ValidationError
 from worknet.rpc.dispatch import ServiceResource, signature
-from worknet.services.common import create_once, get_or_404, notify, now, ok, request_hash
+from worknet.services.common import (
+    NOT_DELETED,
+    create_once,
+    duplicate_key,
+    get_or_404,
+    notification,
+    now,
+    ok,
+    request_hash,
+)
 from worknet.services.gigs import recompute_rating, rounded
 
 COMMENT_MAX = 1000
@@ -51,47 +66,74 @@ class ReviewsService(ServiceResource):
         return self.store["reviews"]
 
     async def _gig_rating(self, gig_id: ObjectId) -> dict:
+        """``gig_rating`` and ``review_count`` for a result, after recomputing them on the gig."""
         figures = await recompute_rating(self.store, gig_id)
         if figures is None:  # the gig document is gone (never happens with soft deletes)
             figures = {"rating": 0.0, "reviewCount": 0}
-        return {"rating": rounded(figures["rating"]), "reviewCount": figures["reviewCount"]}
+        return {"gig_rating": rounded(figures["rating"]), "review_count": figures["reviewCount"]}
 
     async def _check_order(self, order_id: ObjectId, gig_id: ObjectId, user_id: ObjectId) -> None:
         order = await self.store["orders"].find_one(
             {"_id": order_id}, projection={"gigId": 1, "buyerId": 1, "status": 1},
         )
         if order is None:
-            raise NotFound("order not found")
+            raise NotFound("order not found", "order_id")
         if order.get("gigId") != gig_id:
             raise ValidationError("order_id", "the order is not for this gig")
         if order.get("buyerId") != user_id:
-            raise Forbidden("only the buyer of the order can review it")
+            raise Forbidden("only the buyer of the order can review it", "user_id")
         if order.get("status") != "completed":
-            raise InvalidState("only a completed order can be reviewed")
+            raise InvalidState("only a completed order can be reviewed", "order_id")
+
+    async def _notify_seller(self, review: dict, title: str) -> None:
+        """The seller's ``review`` notification, keyed by the review's id (written at most once)."""
+        seller = review.get("sellerId")
+        if seller is None:
+            return
+        note = notification(
+            seller, "review", f"New {review['rating']}-star review of your gig \u201c{title}\u201d",
+            f"/gigs/{review['gigId']}",
+        )
+        note["_id"] = review["_id"]
+        note["createdAt"] = review["createdAt"]
+        notifications = self.store["notifications"]
+        try:
+            await notifications.insert_one(note)
+        except DuplicateKeyError as e:
+            if "_id" not in duplicate_key(e):
+                raise
+            earlier = await notifications.find_one({"_id": note["_id"]}, projection={"userId": 1, "type": 1})
+            if earlier is None or (earlier.get("userId"), earlier.get("type")) != (seller, "review"):
+                # the client reused an id that some other notification already has
+                note["_id"] = ObjectId()
+                await notifications.insert_one(note)
 
     @signature("struct", "string", "string", "int", "struct")
     async def xmlrpc_create(self, review_id: Any, gig_id: Any, rating: Any, extra: Any = None) -> dict:
-        """Review a gig. review_id: client-chosen id or "" (a retry with the same id and content returns the first result with created: false; different content is a CONFLICT). rating: integer 1-5. extra: user_id (required, the author: a live user other than the seller), order_id (optional: a completed order of this gig bought by that user), comment (at most 1000 characters). One review per user and gig (CONFLICT). The seller is notified and the gig's rating recomputed. Returns review_id, review, created, gig_rating {rating, reviewCount}."""
+        """Review a live gig. review_id: client-chosen id or "" (a retry with the same id and content returns the first result with created: false; different content is a CONFLICT). rating: integer 1-5. extra (optional): user_id (the author: a live user, not the gig's seller; one review per user and gig, else CONFLICT; without it the review is anonymous), order_id (a completed order of this gig bought by user_id, which it requires), comment (at most 1000 characters). The seller is notified and the gig's rating recomputed from its reviews. Returns review_id, review, created, gig_rating (the gig's new average, 2 decimals), review_count."""
+        await self.store.ready  # the unique index exists before anything is written
         _id = v.client_id(review_id, "review_id") or ObjectId()
         gig = v.object_id(gig_id, "gig_id")
         stars = _rating(rating, "rating")
         options = v.struct(extra, "extra", EXTRA)
-        if "user_id" not in options:
-            raise ValidationError("extra.user_id", "extra.user_id (the author) is required")
-        author = options["user_id"]
+        author = options.get("user_id")
         order = options.get("order_id")
         comment = options.get("comment", "")
+        if order is not None and author is None:
+            raise ValidationError("user_id", "user_id is required with order_id")
         gig_doc = await get_or_404(self.store["gigs"], gig, "gig", projection={"userId": 1, "title": 1})
-        await get_or_404(self.store["users"], author, "user", projection={"_id": 1})
-        if gig_doc.get("userId") == author:
-            raise Forbidden("sellers cannot review their own gigs")
-        if order is not None:
+        if author is not None:
+            user = await self.store["users"].find_one({"_id": author, **NOT_DELETED}, projection={"_id": 1})
+            if user is None:
+                raise NotFound("user not found", "user_id")
+            if gig_doc.get("userId") == author:
+                raise Forbidden("sellers cannot review their own gigs", "user_id")
+        if order is not None and author is not None:
             await self._check_order(order, gig, author)
         moment = now()
         doc: dict[str, Any] = {
             "_id": _id,
             "gigId": gig,
-            "userId": author,
             "sellerId": gig_doc.get("userId"),
             "orderId": order,
             "rating": stars,
@@ -99,6 +141,8 @@ class ReviewsService(ServiceResource):
             "createdAt": moment,
             "updatedAt": moment,
         }
+        if author is not None:
+            doc["userId"] = author
         request = {"gig_id": gig, "rating": stars, "user_id": author, "order_id": order, "comment": comment}
         try:
             review, created = await create_once(self.reviews, doc, request, "review")
@@ -107,22 +151,17 @@ class ReviewsService(ServiceResource):
             # or a second review of the same gig by the same user
             existing = await self.reviews.find_one({"_id": _id})
             if existing is None:
-                raise Conflict("this user has already reviewed this gig") from None
+                raise Conflict("this user has already reviewed this gig", "user_id") from None
             if existing.get("requestHash") != request_hash(request):
                 raise Conflict("a different review already exists with this id", "id") from None
             review, created = existing, False
-        if created and gig_doc.get("userId") is not None:
-            await notify(
-                self.store, gig_doc["userId"], "review",
-                f"New {stars}-star review of your gig \u201c{gig_doc.get('title', '')}\u201d",
-                f"/gigs/{gig}",
-            )
-        return ok(review_id=str(review["_id"]), review=review, created=created,
-                  gig_rating=await self._gig_rating(gig))
+        # idempotent: a retry after a crash completes what the first call left undone
+        await self._notify_seller(review, str(gig_doc.get("title", "")))
+        return ok(review_id=str(review["_id"]), review=review, created=created, **await self._gig_rating(gig))
 
     @signature("struct", "string", "struct")
     async def xmlrpc_update(self, review_id: Any, updates: Any) -> dict:
-        """Change the rating (integer 1-5) and/or the comment (at most 1000 characters) of a review; the gig's rating is recomputed. Returns review, gig_rating {rating, reviewCount}."""
+        """Change the rating (integer 1-5) and/or the comment (at most 1000 characters) of a review; the gig's rating is recomputed. Returns review, gig_rating (the gig's new average), review_count."""
         _id = v.object_id(review_id, "review_id")
         changes = v.struct(updates, "updates", UPDATES, allow_empty=False)
         changes["updatedAt"] = now()
@@ -131,16 +170,16 @@ class ReviewsService(ServiceResource):
         )
         if review is None:
             raise NotFound("review not found")
-        return ok(review=review, gig_rating=await self._gig_rating(review["gigId"]))
+        return ok(review=review, **await self._gig_rating(review["gigId"]))
 
     @signature("struct", "string")
     async def xmlrpc_delete(self, review_id: Any) -> dict:
-        """Delete a review for good; the gig's rating is recomputed. Returns deleted: true, gig_rating {rating, reviewCount}."""
+        """Delete a review for good; the gig's rating is recomputed. Returns deleted: true, gig_rating (the gig's new average), review_count."""
         _id = v.object_id(review_id, "review_id")
         review = await self.reviews.find_one_and_delete({"_id": _id}, projection={"gigId": 1})
         if review is None:
             raise NotFound("review not found")
-        return ok(deleted=True, gig_rating=await self._gig_rating(review["gigId"]))
+        return ok(deleted=True, **await self._gig_rating(review["gigId"]))
 
     @signature("struct", "string")
     async def xmlrpc_calculate_rating(self, gig_id: Any) -> dict:
