@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 import xmlrpc.client
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -165,7 +168,7 @@ def start_database(path: str | Path, *extra: str) -> tuple[subprocess.Popen, str
 
 
 def start_daemon(uri: str, db_name: str, port: int, log_path: str | Path | None = None, **env: str) -> subprocess.Popen:
-    """``twistd -n worknet-rpc`` against ``uri``; returns once ``ping`` reports the database connected."""
+    """``twistd -n worknet-rpc`` against ``uri``; returns once ``/health`` says it serves."""
     environment = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NODE_ENV": "test",
         "JWT_SECRET": secrets.token_urlsafe(48), "LOG_LEVEL": "WARNING", "LOG_FILE": "", **env,
@@ -176,14 +179,14 @@ def start_daemon(uri: str, db_name: str, port: int, log_path: str | Path | None 
          "--mongodb-uri", uri, "--db-name", db_name],
         env=environment, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
-    proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2")
 
-    def ready() -> bool:
+    def ready() -> bool:  # /health is 200 once the database answers and the indexes exist
         if process.poll() is not None:
             raise RuntimeError(f"the daemon exited with {process.returncode}")
         try:
-            return proxy.ping()["mongodb"] == "connected"
-        except (OSError, xmlrpc.client.Error):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:  # noqa: S310
+                return answer.status == 200
+        except OSError:
             return False
 
     _wait(ready, 60, "the daemon")
@@ -198,3 +201,36 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class Workspace:
+    """A throw-away folder with a SecantusDB server in it, and daemons on it.
+
+    ``with Workspace("bench-x") as ws:`` starts the database (``ws.uri``);
+    ``ws.daemon(db_name, **env)`` starts a daemon and returns its port. On
+    exit every daemon and the database stop and the folder is removed.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Workspace:
+        self.path = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        database, self.uri = start_database(self.path / "db")
+        self.processes.append(database)
+        return self
+
+    def daemon(self, db_name: str, **env: str) -> int:
+        port = free_port()
+        self.processes.append(start_daemon(self.uri, db_name, port, log_path=self.log_path(port), **env))
+        return port
+
+    def log_path(self, port: int) -> Path:
+        """The log of the daemon on ``port``."""
+        return self.path / f"daemon-{port}.log"
+
+    def __exit__(self, *exc_info: object) -> None:
+        for process in reversed(self.processes):
+            stop(process)
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 import xmlrpc.client
@@ -30,7 +28,7 @@ from pathlib import Path
 
 import bcrypt
 
-from bench.loadgen import HEADER, Result, call_body, free_port, run_load, start_daemon, start_database, stop
+from bench.loadgen import HEADER, Result, Workspace, call_body, run_load
 
 PASSWORD = "storm password 1"  # noqa: S105 - a throw-away benchmark account
 
@@ -64,14 +62,9 @@ def main() -> None:
     args.idle = min(args.idle, 60.0)
 
     check = bcrypt_seconds(args.rounds)  # before anything else runs
-    workdir = Path(tempfile.mkdtemp(prefix="login-storm-"))
-    database, uri = start_database(workdir / "db")
-    port = free_port()
-    daemon = None
-    try:
-        log_path = workdir / "daemon.log"
-        daemon = start_daemon(uri, "login_storm", port, log_path=log_path,
-                              BCRYPT_ROUNDS=str(args.rounds), LOG_LEVEL="INFO")
+    with Workspace("login-storm") as workspace:
+        port = workspace.daemon("login_storm", BCRYPT_ROUNDS=str(args.rounds), LOG_LEVEL="INFO")
+        log_path = workspace.log_path(port)
         proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2")
         emails = []
         for i in range(args.clients):
@@ -111,11 +104,6 @@ def main() -> None:
               f"(x{during.p50_ms / idle.p50_ms:.1f})")
         print(f"ping p99 idle {idle.p99_ms:.2f} ms, during storm {during.p99_ms:.2f} ms "
               f"(x{ratio:.1f}; target <= 3: {'met' if ratio <= 3 else 'NOT met'})")
-    finally:
-        if daemon is not None:
-            stop(daemon)
-        stop(database)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

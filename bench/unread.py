@@ -22,21 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pymongo
 from bson import ObjectId
 from tqdm import tqdm
 
-from bench.loadgen import HEADER, Result, call_body, free_port, run_load, start_daemon, start_database, stop
+from bench.loadgen import HEADER, Result, Workspace, call_body, run_load
 from worknet.store.indexes import INDEXES
 
 BATCH = 5000
@@ -190,10 +187,8 @@ def main() -> None:
     args.conversations = min(args.conversations, args.users * (args.users - 1) // 2)
     args.duration = min(args.duration, 120.0)
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-unread-"))
-    database, uri = start_database(workdir / "data")
-    daemon = None
-    try:
+    with Workspace("bench-unread") as workspace:
+        uri = workspace.uri
         client: pymongo.MongoClient = pymongo.MongoClient(uri, directConnection=True)
         db_name = "bench_unread"
         db = client[db_name]
@@ -215,9 +210,7 @@ def main() -> None:
         print(f"unread messages per user: mean {statistics.mean(counts):.1f}, max {max(counts)}")
         show_plans(db, busiest)
 
-        port = free_port()
-        daemon = start_daemon(uri, db_name, port, log_path=workdir / "daemon.log",
-                              MONGODB_POOL_SIZE=str(args.pool_size))
+        port = workspace.daemon(db_name, MONGODB_POOL_SIZE=str(args.pool_size))
         rng = random.Random(7)
         bodies = [call_body("messagesService.get_unread_count", str(rng.choice(users))) for _ in range(5000)]
         run_load(port, bodies, args.concurrency, 2.0)  # warm-up
@@ -234,11 +227,6 @@ def main() -> None:
         service, direct = rows[0][1], rows[2][1]
         if direct.rps:
             print(f"\ndaemon / direct (same work): {service.rps / direct.rps:.2f}x requests/s")
-    finally:
-        if daemon is not None:
-            stop(daemon)
-        stop(database)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,16 +4,10 @@
 // Usage: node messages.js <port> <sender id> <recipient id>
 'use strict';
 
-const xmlrpc = require('xmlrpc');
+const { connect, run } = require('./client');
 
 const [port, sender, recipient] = process.argv.slice(2);
-const client = xmlrpc.createClient({ host: '127.0.0.1', port: Number(port), path: '/RPC2' });
-
-function call(method, params) {
-  return new Promise((resolve, reject) => {
-    client.methodCall(method, params, (error, value) => (error ? reject(error) : resolve(value)));
-  });
-}
+const call = connect(port);
 
 async function main() {
   const start = await call('messagesService.startConversation', [sender, recipient]);
@@ -22,10 +16,7 @@ async function main() {
   const unread = await call('messagesService.getUnreadCount', [recipient]);
   const marked = await call('messagesService.markAsRead', [create.message_id, recipient]);
   const after = await call('messagesService.getUnreadCount', [recipient]);
-  process.stdout.write(JSON.stringify({ start, create, unread, marked, after }) + '\n');
+  return { start, create, unread, marked, after };
 }
 
-main().catch((error) => {
-  process.stderr.write(String(error && error.stack ? error.stack : error) + '\n');
-  process.exit(1);
-});
+run(main);

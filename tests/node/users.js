@@ -4,16 +4,10 @@
 // Usage: node users.js <port>
 'use strict';
 
-const xmlrpc = require('xmlrpc');
+const { connect, run } = require('./client');
 
 const [port] = process.argv.slice(2);
-const client = xmlrpc.createClient({ host: '127.0.0.1', port: Number(port), path: '/RPC2' });
-
-function call(method, params) {
-  return new Promise((resolve, reject) => {
-    client.methodCall(method, params, (error, value) => (error ? reject(error) : resolve(value)));
-  });
-}
+const call = connect(port);
 
 async function main() {
   const register = await call('usersService.register',
@@ -24,10 +18,7 @@ async function main() {
   const duplicate = await call('usersService.register',
     ['NODE_USER', 'someone@example.com', 'password123', 'client']);
   const byId = await call('usersService.getById', [register.user_id]);
-  process.stdout.write(JSON.stringify({ register, login, verify, wrong, duplicate, byId }) + '\n');
+  return { register, login, verify, wrong, duplicate, byId };
 }
 
-main().catch((error) => {
-  process.stderr.write(String(error && error.stack ? error.stack : error) + '\n');
-  process.exit(1);
-});
+run(main);
