@@ -230,6 +230,14 @@ def daemon(make_daemon) -> Daemon:
 
 
 @pytest.fixture
+def clock_file(tmp_path) -> Path:
+    """For ``WORKNET_TEST_CLOCK_FILE``: seconds to add to the daemon's clock (NODE_ENV=test only)."""
+    path = tmp_path / "clock-offset"
+    path.write_text("0")
+    return path
+
+
+@pytest.fixture
 def rpc(daemon) -> xmlrpc.client.ServerProxy:
     return daemon.proxy()
 

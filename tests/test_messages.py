@@ -3,38 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from bson import ObjectId
 
-MISSING = "0" * 24
-NODE_DIR = Path(__file__).resolve().parent / "node"
-
-
-def seed_user(db, name: str, **fields) -> str:
-    """A users document as usersService stores it (docs/DATA_MODEL.md)."""
-    doc = {
-        "_id": ObjectId(),
-        "username": name,
-        "usernameLower": name.lower(),
-        "email": f"{name.lower()}@example.com",
-        "passwordHash": "x",
-        "role": "client",
-        "isSeller": False,
-        "rating": 0.0,
-        "reviewCount": 0,
-        "tokenVersion": 0,
-        "createdAt": datetime.now(UTC),
-        "updatedAt": datetime.now(UTC),
-        **fields,
-    }
-    db.users.insert_one(doc)
-    return str(doc["_id"])
+from tests.support import MISSING, run_node, seed_user
 
 
 def conversation(rpc, a: str, b: str) -> str:
@@ -314,15 +289,9 @@ def test_unread_count_uses_the_index(rpc, db, pair):
 
 # -- the Node client ---------------------------------------------------------------
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_node_client_sends_and_counts(daemon, db, pair):
     a, b = pair
-    assert (NODE_DIR / "node_modules" / "xmlrpc").exists(), "run `make node-deps` first"
-    out = subprocess.run(
-        ["node", str(NODE_DIR / "messages.js"), str(daemon.port), a, b],
-        capture_output=True, text=True, timeout=30, check=True,
-    )
-    result = json.loads(out.stdout)
+    result = run_node("messages.js", daemon.port, a, b)
     assert result["start"]["success"] is True
     sent = result["create"]
     assert sent["success"] is True and sent["message"]["text"] == "Bonjour depuis Node 東京 🎉"

@@ -8,31 +8,9 @@ from datetime import UTC, datetime
 import pytest
 from bson import ObjectId
 
-MISSING = "0" * 24
+from tests.support import MISSING, seed_user, user_doc
+
 TYPES = ("order", "message", "review", "payment", "system")
-
-
-def user_doc(name: str, **fields) -> dict:
-    """A users document as usersService stores it (docs/DATA_MODEL.md)."""
-    return {
-        "_id": ObjectId(),
-        "username": name,
-        "usernameLower": name.lower(),
-        "email": f"{name.lower()}@example.com",
-        "passwordHash": "x",
-        "role": "client",
-        "isSeller": False,
-        "tokenVersion": 0,
-        "createdAt": datetime.now(UTC),
-        "updatedAt": datetime.now(UTC),
-        **fields,
-    }
-
-
-def seed_user(db, name: str, **fields) -> str:
-    doc = user_doc(name, **fields)
-    db.users.insert_one(doc)
-    return str(doc["_id"])
 
 
 @pytest.fixture

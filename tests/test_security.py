@@ -21,13 +21,6 @@ DAY = 86400
 
 
 @pytest.fixture
-def clock_file(tmp_path):
-    path = tmp_path / "clock-offset"
-    path.write_text("0")
-    return path
-
-
-@pytest.fixture
 def daemon(make_daemon, clock_file):
     return make_daemon(BCRYPT_ROUNDS="4", WORKNET_TEST_CLOCK_FILE=str(clock_file))
 

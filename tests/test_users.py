@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from bson import Decimal128, ObjectId
 
-MISSING = "0" * 24
+from tests.support import MISSING, run_node
+
 HIDDEN = {"passwordHash", "tokenVersion", "loginFailures", "lockedUntil", "usernameLower", "refreshJti", "_id"}
-NODE_SCRIPT = Path(__file__).resolve().parent / "node" / "users.js"
-
-
-@pytest.fixture
-def clock_file(tmp_path):
-    path = tmp_path / "clock-offset"
-    path.write_text("0")
-    return path
 
 
 @pytest.fixture
@@ -402,13 +391,8 @@ def test_get_stats_aggregates_orders_gigs_and_reviews(rpc, db):
 # -- the Node client -----------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_node_client_registers_logs_in_and_verifies(daemon):
-    if not (NODE_SCRIPT.parent / "node_modules" / "xmlrpc").is_dir():
-        pytest.skip("run `make node-deps` first")
-    out = subprocess.run(["node", str(NODE_SCRIPT), str(daemon.port)], capture_output=True, text=True,
-                         timeout=60, check=True)
-    result = json.loads(out.stdout)
+    result = run_node("users.js", daemon.port)
     assert result["register"]["success"] is True
     assert result["register"]["user"]["email"] == "node.user@example.com"
     assert result["login"]["success"] is True and result["login"]["user"]["username"] == "node_user"
