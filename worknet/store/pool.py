@@ -9,6 +9,7 @@ its children in reverse order.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,12 +22,15 @@ from txmongo.database import Database
 from txmongo.sessions import ClientSession
 
 from worknet.config import Settings
+from worknet.errors import Conflict
 from worknet.logs import logger
 from worknet.store.indexes import INDEXES
 
 T = TypeVar("T")
 
 log = logger(__name__)
+
+TRANSACTION_ATTEMPTS = 12  # write conflicts under contention: back off and run the steps again
 
 
 
@@ -161,7 +165,9 @@ class MongoStore(service.Service):
         return True
 
     async def transaction(self, steps: Callable[[ClientSession | None], Awaitable[T]]) -> T:
-        """Run ``steps(session)`` as one transaction, retried on transient errors.
+        """Run ``steps(session)`` as one transaction, retried with a jittered backoff on transient errors.
+
+        When every attempt hits a write conflict the caller gets a CONFLICT ("try again").
 
         Without transaction support ``steps(None)`` runs once, as plain
         writes: callers order and guard their steps (compare-and-set,
@@ -169,8 +175,7 @@ class MongoStore(service.Service):
         """
         if not self.supports_transactions:
             return await steps(None)
-        attempts = 5
-        for attempt in range(1, attempts + 1):
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             async with self.pool.start_session() as session:
                 try:
                     async with session.start_transaction():
@@ -179,7 +184,9 @@ class MongoStore(service.Service):
                     transient = isinstance(e, OperationFailure) and (
                         e.has_error_label("TransientTransactionError") or e.code in (112, 251)
                     )
-                    if transient and attempt < attempts:
-                        continue
-                    raise
-        raise AssertionError("unreachable")
+                    if not transient:
+                        raise
+            # a write conflict with a concurrent transaction: back off (jittered) and run again
+            await task.deferLater(self._reactor, random.uniform(0, 0.005 * 2 ** min(attempt, 6)),  # noqa: S311
+                                  lambda: None)
+        raise Conflict("the data changed at the same time too often; try again")
