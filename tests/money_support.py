@@ -69,13 +69,18 @@ def earnings(db, seller_id: str) -> Decimal:
     return dec(db.users.find_one({"_id": ObjectId(seller_id)}).get("totalEarnings", 0))
 
 
-def check_invariants(db, seller_ids) -> None:
-    """Earnings = ledger; refunds <= payments; histories follow the machines; one credit per completed order."""
+def check_invariants(db, seller_ids, only_these_sellers: bool = False) -> None:
+    """Earnings = ledger; refunds <= payments; histories follow the machines; one credit per completed order.
+
+    Payments and orders checked are all of them, or only those of ``seller_ids``
+    with ``only_these_sellers`` (for tests that keep adding to one database).
+    """
+    scope = {"sellerId": {"$in": [ObjectId(s) for s in seller_ids]}} if only_these_sellers else {}
     for seller in seller_ids:
         assert earnings(db, seller) == ledger_sum(db, seller), seller
         for entry in db.ledger.find({"sellerId": ObjectId(seller)}):
             assert entry["applied"] is True, entry
-    for payment in db.payments.find():
+    for payment in db.payments.find(scope):
         assert Decimal(0) <= dec(payment["refundedTotal"]) <= dec(payment["amount"]), payment
         steps = payment["statusHistory"]
         assert steps[0]["to"] == "pending"
@@ -83,7 +88,7 @@ def check_invariants(db, seller_ids) -> None:
             assert after["from"] == before["to"] and after["to"] in PAYMENT_NEXT[before["to"]], steps
         assert steps[-1]["to"] == payment["status"]
         assert sum(dec(r["amount"]) for r in payment.get("refunds", [])) == dec(payment["refundedTotal"])
-    for order in db.orders.find():
+    for order in db.orders.find(scope):
         steps = order["statusHistory"]
         assert steps[0]["to"] == "pending"
         for before, after in itertools.pairwise(steps):
