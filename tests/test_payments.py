@@ -9,6 +9,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from bson import ObjectId
 
 from tests.money_support import check_invariants, dec, earnings, ledger_sum, market, seed_gig
+from tests.test_node_client import run_node
 from worknet import money
 
 MISSING = "0" * 24
@@ -367,3 +368,23 @@ def test_platform_fee_percent_setting(make_daemon, mongo):
     rpc.ordersService.update_status(oid, "in_progress")
     rpc.ordersService.update_status(oid, "completed")
     assert earnings(db, seller) == Decimal("8.78")
+
+
+def test_node_client_places_and_pays_an_order(daemon, db):
+    seller, gig, buyer = market(db, "19.99")
+    out = run_node("orders.js", daemon.port, gig, buyer, "19.99")
+    placed, order_id = out["placed"], out["placed"]["order_id"]
+    assert placed["success"] is True and placed["order"]["totalPrice"] == 39.98
+    assert out["replayed"]["order_id"] == order_id and out["replayed"]["created"] is False
+    assert out["paid"]["payment_id"] == out["paymentId"] and out["paid"]["created"] is True
+    assert out["paidAgain"]["created"] is False and out["paidAgain"]["payment_id"] == out["paymentId"]
+    assert out["processed"]["order_status"] == "in_progress"
+    assert out["status"] == {"success": True, "status": "completed", "amount": 39.98, "refunded_total": 0,
+                             "order_id": order_id}
+    assert out["order"]["order"]["status"] == "in_progress"
+    assert out["fees"]["platform_fee"] == 8.0 and out["fees"]["seller_amount"] == 31.98
+    assert out["bad"]["success"] is False and out["bad"]["code"] == "INVALID_STATE"
+    stored = db.payments.find_one({"_id": ObjectId(out["paymentId"])})
+    assert stored["status"] == "completed" and str(stored["orderId"]) == order_id
+    assert db.orders.count_documents({}) == 1 and db.payments.count_documents({}) == 1
+    assert earnings(db, seller) == 0
