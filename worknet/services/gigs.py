@@ -8,8 +8,13 @@ orders of the gig are pending or in progress; deleted gigs vanish from every
 read.
 
 Search uses the ``searchTerms`` array (see :mod:`worknet.search`): all the
-folded words of the query must be among the gig's words.  Sorts, each with a
-final tie-breaker on ``_id`` so paging is deterministic:
+folded words of the query must be among the gig's words.  With words, one
+aggregation answers: a ``$match`` on the longest query word alone (an
+equality on the multikey index, which every server plans as an index lookup),
+then a ``$match`` with the whole filter (``$all`` of every word, price,
+rating, ...), then a ``$facet`` giving the total and the sorted page in the
+same pass.  Without words, a count and a sorted find on the compound indexes.
+Sorts, each with a final tie-breaker on ``_id`` so paging is deterministic:
 
 * ``relevance`` (default): best rated first -- ``rating`` desc, then
   ``reviewCount`` desc, then newest (``createdAt`` desc, ``_id`` desc).  Every
@@ -100,6 +105,11 @@ FILTERS = {
     "seller_id": v.object_id,
     "sort": lambda value, field: v.choice(value, field, tuple(SORTS)),
 }
+
+
+def pivot(terms: list[str]) -> str:
+    """The query word looked up in the index first: the longest (long words are the rare ones)."""
+    return max(terms, key=len)
 
 
 def rounded(rating: Any) -> float:
@@ -318,7 +328,23 @@ class GigsService(ServiceResource):
         if "seller_id" in options:
             spec["userId"] = options["seller_id"]
         order = SORTS[options.get("sort", "relevance")]
-        return await paged(self.gigs, spec, order, page, limit, "gigs", projection=LIST_PROJECTION)
+        if not terms:
+            return await paged(self.gigs, spec, order, page, limit, "gigs", projection=LIST_PROJECTION)
+        # One pass: the gigs holding the pivot word (an equality on the multikey index), then the
+        # whole filter, then the count and the page together.
+        found = await self.gigs.aggregate([
+            {"$match": {"searchTerms": pivot(terms)}},
+            {"$match": spec},
+            {"$facet": {
+                "total": [{"$count": "n"}],
+                "gigs": [{"$sort": dict(order)}, {"$skip": (page - 1) * limit}, {"$limit": limit},
+                         {"$project": LIST_PROJECTION}],
+            }},
+        ])
+        counted = found[0]["total"] if found else []
+        total = int(counted[0]["n"]) if counted else 0
+        return ok(gigs=found[0]["gigs"] if found else [], total=total, page=page, limit=limit,
+                  pages=math.ceil(total / limit))
 
     @signature("struct", "string", "double")
     async def xmlrpc_update_rating(self, gig_id: Any, new_rating: Any = None) -> dict:
