@@ -336,3 +336,40 @@ def test_node_client_creates_and_finds_a_gig(daemon, db, world):
     assert found["success"] and found["total"] == 1 and found["gigs"][0]["id"] == created["gig_id"]
     assert fetched["gig"]["seller"]["username"] == "seller_one"
     assert db.gigs.count_documents({"_id": ObjectId(created["gig_id"])}) == 1
+
+
+def test_category_stats_count_real_gigs_orders_and_reviews(rpc, db, world):
+    cid = rpc.categoriesService.get_by_slug("graphic-design")["category"]["id"]
+    make_category(rpc, "writing")
+    buyers = [seed_user(db, f"stats_buyer_{i}", role="client") for i in range(3)]
+    a = make_gig(rpc, world, price="20.10")
+    b = make_gig(rpc, world, price="5.05")
+    paused = make_gig(rpc, world, price="7")
+    gone = make_gig(rpc, world, price="9")
+    elsewhere = make_gig(rpc, world, category="writing", price="100")
+    assert rpc.gigsService.update(paused, {"isActive": False})["success"]
+
+    def order(gig, buyer, quantity, total, complete):
+        placed = rpc.ordersService.create(gig, buyer, quantity, total)
+        assert placed["success"], placed
+        if complete:
+            for status in ("in_progress", "completed"):
+                assert rpc.ordersService.update_status(placed["order_id"], status)["success"]
+        return placed["order_id"]
+
+    order(a, buyers[0], 2, "40.20", True)
+    order(b, buyers[1], 1, "5.05", True)
+    order(b, buyers[2], 3, "15.15", False)
+    order(gone, buyers[0], 1, "9.00", True)
+    order(elsewhere, buyers[0], 1, "100", True)
+    assert rpc.gigsService.delete(gone)["success"]
+    for gig, buyer, stars in ((a, buyers[0], 5), (a, buyers[1], 4), (b, buyers[1], 2), (elsewhere, buyers[0], 1)):
+        assert rpc.reviewsService.create("", gig, stars, {"user_id": buyer})["success"]
+    stats = rpc.categoriesService.get_stats(cid)["stats"]
+    # live gigs a, b, paused; orders of a, b and the deleted gig; reviews 5, 4, 2 -> 3.67
+    assert stats == {"totalGigs": 3, "activeGigs": 2, "totalOrders": 4, "completedOrders": 3,
+                     "averageRating": 3.67, "totalRevenue": 54.25}
+    writing = rpc.categoriesService.get_by_slug("writing")["category"]["id"]
+    assert rpc.categoriesService.getStats(writing)["stats"] == {
+        "totalGigs": 1, "activeGigs": 1, "totalOrders": 1, "completedOrders": 1,
+        "averageRating": 1.0, "totalRevenue": 100.0}

@@ -18,6 +18,7 @@ from worknet import validators as v
 from worknet.errors import Conflict, InvalidState, NotFound
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.services.common import NOT_DELETED, decimal, duplicate_key, get_or_404, now, ok, paged
+from worknet.services.gigs import rounded
 
 NAME = (2, 60)
 DESCRIPTION_MAX = 1000
@@ -160,7 +161,7 @@ class CategoriesService(ServiceResource):
         g = gigs[0] if gigs else {}
         o = orders[0] if orders else {}
         reviews = g.get("reviews", 0)
-        average = round(g.get("ratingSum", 0) / reviews, 2) if reviews else 0
+        average = rounded(g.get("ratingSum", 0) / reviews) if reviews else 0.0
         return ok(stats={
             "totalGigs": g.get("total", 0),
             "activeGigs": g.get("active", 0),
