@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import shutil
@@ -32,6 +33,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 30.0
+PR_SET_PDEATHSIG = 1
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child below only makes one plain call
+
+
+def _die_with_the_tests() -> None:
+    """In the child before exec: SIGKILL it when the test process dies (Linux), so that a
+    killed or timed-out test run leaves no database or daemon behind."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def free_port() -> int:
@@ -69,7 +80,8 @@ class Database:
                 "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", str(self.storage),
                 "--sync-on-commit", "--log-level", "WARNING", *self.extra]
         self.log = open(self.storage.parent / f"secantusd-{self.port}.log", "ab")
-        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_the_tests)
         client = pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=500, directConnection=True)
 
         def answers() -> bool:
@@ -133,7 +145,7 @@ class Daemon:
         self.log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             self.argv(), cwd=self.workdir, env=self.env, stdout=self.log_file,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_the_tests,
         )
         if wait:
             wait_for(self.serving, START_TIMEOUT, f"the daemon on port {self.port} (log: {self.log_path})")
