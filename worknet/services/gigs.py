@@ -112,6 +112,43 @@ def pivot(terms: list[str]) -> str:
     return max(terms, key=len)
 
 
+def search_filter(terms: list[str], options: dict, category_id: ObjectId | None = None) -> dict:
+    """The query document of a search: active live gigs having every word, and the validated filters."""
+    spec: dict[str, Any] = {"isActive": True, **NOT_DELETED}
+    if terms:
+        spec["searchTerms"] = {"$all": terms}
+    if category_id is not None:
+        spec["categoryId"] = category_id
+    price: dict[str, Decimal128] = {}
+    if "min_price" in options:
+        price["$gte"] = Decimal128(options["min_price"])
+    if "max_price" in options:
+        price["$lte"] = Decimal128(options["max_price"])
+    if price:
+        spec["price"] = price
+    if "min_rating" in options:
+        spec["rating"] = {"$gte": options["min_rating"]}
+    if "max_delivery_days" in options:
+        spec["deliveryTime"] = {"$lte": options["max_delivery_days"]}
+    if "seller_id" in options:
+        spec["userId"] = options["seller_id"]
+    return spec
+
+
+def search_pipeline(terms: list[str], spec: dict, order: list[tuple[str, int]], page: int, limit: int) -> list[dict]:
+    """One pass for a search with words: the gigs holding the pivot word (an equality on the
+    multikey index), then the whole filter, then the total and the sorted page together."""
+    return [
+        {"$match": {"searchTerms": pivot(terms)}},
+        {"$match": spec},
+        {"$facet": {
+            "total": [{"$count": "n"}],
+            "gigs": [{"$sort": dict(order)}, {"$skip": (page - 1) * limit}, {"$limit": limit},
+                     {"$project": LIST_PROJECTION}],
+        }},
+    ]
+
+
 def rounded(rating: Any) -> float:
     """A rating for display: two decimals, half up."""
     return float(Decimal(repr(float(rating or 0))).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
@@ -306,41 +343,17 @@ class GigsService(ServiceResource):
         if text.strip() and not terms:
             # only punctuation: no word could ever match it (an empty query lists everything)
             return ok(gigs=[], total=0, page=page, limit=limit, pages=0)
-        spec: dict[str, Any] = {"isActive": True, **NOT_DELETED}
-        if terms:
-            spec["searchTerms"] = {"$all": terms}
+        category_id = None
         if "category" in options:
             category = await find_category(self.store, options["category"])
             if category is None:
                 return ok(gigs=[], total=0, page=page, limit=limit, pages=0)
-            spec["categoryId"] = category["_id"]
-        price: dict[str, Decimal128] = {}
-        if "min_price" in options:
-            price["$gte"] = Decimal128(options["min_price"])
-        if "max_price" in options:
-            price["$lte"] = Decimal128(options["max_price"])
-        if price:
-            spec["price"] = price
-        if "min_rating" in options:
-            spec["rating"] = {"$gte": options["min_rating"]}
-        if "max_delivery_days" in options:
-            spec["deliveryTime"] = {"$lte": options["max_delivery_days"]}
-        if "seller_id" in options:
-            spec["userId"] = options["seller_id"]
+            category_id = category["_id"]
+        spec = search_filter(terms, options, category_id)
         order = SORTS[options.get("sort", "relevance")]
         if not terms:
             return await paged(self.gigs, spec, order, page, limit, "gigs", projection=LIST_PROJECTION)
-        # One pass: the gigs holding the pivot word (an equality on the multikey index), then the
-        # whole filter, then the count and the page together.
-        found = await self.gigs.aggregate([
-            {"$match": {"searchTerms": pivot(terms)}},
-            {"$match": spec},
-            {"$facet": {
-                "total": [{"$count": "n"}],
-                "gigs": [{"$sort": dict(order)}, {"$skip": (page - 1) * limit}, {"$limit": limit},
-                         {"$project": LIST_PROJECTION}],
-            }},
-        ])
+        found = await self.gigs.aggregate(search_pipeline(terms, spec, order, page, limit))
         counted = found[0]["total"] if found else []
         total = int(counted[0]["n"]) if counted else 0
         return ok(gigs=found[0]["gigs"] if found else [], total=total, page=page, limit=limit,
