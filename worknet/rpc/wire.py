@@ -22,7 +22,7 @@ INT32_MAX = 2**31 - 1
 HIDDEN_FIELDS = frozenset({
     "passwordHash", "password", "tokenVersion", "loginFailures", "lockedUntil",
     "usernameLower", "nameLower", "searchTerms", "idempotencyKey", "requestHash",
-    "pairKey", "liveOrderId", "ledgerApplied",
+    "pairKey", "liveOrderId", "ledgerApplied", "ratingSeq",
     "refreshJti",
     "deletedAt_",
 })
