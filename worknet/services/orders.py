@@ -66,6 +66,16 @@ FILTERS = {
 # -- flows shared with paymentsService ---------------------------------------------
 
 
+async def run_guarded(store: Any, steps: Any, what: str = "order") -> Any:
+    """``steps(session)`` in a transaction, run again (reading afresh) while a compare-and-set loses."""
+    for _ in range(ATTEMPTS):
+        try:
+            return await store.transaction(steps)
+        except Lost:
+            continue
+    raise Conflict(f"the {what} changed at the same time; try again")
+
+
 async def transition(
     store: Any, order: dict, to: str, reason: str, at: datetime, session: Any, extra: dict | None = None,
 ) -> dict:
@@ -217,22 +227,13 @@ class OrdersService(ServiceResource):
     def orders(self) -> Any:
         return self.store["orders"]
 
-    async def _run(self, steps: Any) -> Any:
-        """``steps(session)`` in a transaction, read again and retried while a compare-and-set loses."""
-        for _ in range(ATTEMPTS):
-            try:
-                return await self.store.transaction(steps)
-            except Lost:
-                continue
-        raise Conflict("the order changed at the same time; try again")
-
     async def _repair(self, order_id: ObjectId) -> None:
         """Without transactions: finish the money side of a flow a crash may have interrupted."""
         if self.store.supports_transactions:
             return
         order = await self.orders.find_one({"_id": order_id})
         if order is not None:
-            await self._run(lambda session: settle_order(self.store, order, now(), session))
+            await run_guarded(self.store, lambda session: settle_order(self.store, order, now(), session))
 
     # -- create ---------------------------------------------------------------
 
@@ -241,7 +242,6 @@ class OrdersService(ServiceResource):
         self, gig_id: Any, buyer_id: Any, quantity: Any, total_price: Any, options: Any = None,
     ) -> dict:
         """Place an order: gig_id (an active gig), buyer_id (an existing user who is not the gig's seller; the seller is FORBIDDEN), quantity 1-100, total_price (must equal the gig price times quantity to the cent), options {idempotency_key: 1-100 characters}. A second pending order of the same buyer for the same gig is a CONFLICT, unless the idempotency_key repeats an earlier call (kept 24 h): then that call's order comes back with created false. The seller is notified. Returns order_id, order, created."""
-        await self.store.ready  # the unique indexes exist before anything is written
         gid = v.object_id(gig_id, "gig_id")
         bid = v.object_id(buyer_id, "buyer_id")
         qty = v.integer(quantity, "quantity", 1, 100)
@@ -346,7 +346,6 @@ class OrdersService(ServiceResource):
     @signature("struct", "string", "string", "string")
     async def xmlrpc_update_status(self, order_id: Any, status: Any, reason: Any = None) -> dict:
         """Move an order to status (pending -> in_progress|cancelled; in_progress -> completed|disputed|cancelled; disputed -> completed|cancelled; completed and cancelled are final) with an optional reason (at most 500 characters). Illegal changes are INVALID_STATE naming the current status; of two concurrent changes exactly one wins. completed credits the seller once with the seller share (total minus platform fee); cancelled refunds a paid payment in full. Returns order, previous_status, new_status (and refund for a cancellation)."""
-        await self.store.ready  # the unique indexes exist before anything is written
         _id = v.object_id(order_id, "order_id")
         to = v.choice(status, "status", STATUSES)
         why = _reason(reason)
@@ -367,7 +366,7 @@ class OrdersService(ServiceResource):
             return doc
 
         try:
-            doc = await self._run(steps)
+            doc = await run_guarded(self.store, steps)
         except InvalidState:
             await self._repair(_id)
             raise
@@ -379,7 +378,6 @@ class OrdersService(ServiceResource):
     @signature("struct", "string", "string")
     async def xmlrpc_cancel(self, order_id: Any, reason: Any = None) -> dict:
         """Cancel an order that is not completed or cancelled yet, with a reason (at most 500 characters); a completed payment of the order is refunded in full in the same transaction. Returns order and refund (payment_id, amount, refunded_total, status) or nil when nothing was paid."""
-        await self.store.ready  # the unique indexes exist before anything is written
         _id = v.object_id(order_id, "order_id")
         why = _reason(reason)
 
@@ -388,7 +386,7 @@ class OrdersService(ServiceResource):
             return await cancel_steps(self.store, order, why, now(), session)
 
         try:
-            doc, refund = await self._run(steps)
+            doc, refund = await run_guarded(self.store, steps)
         except InvalidState:
             await self._repair(_id)
             raise
@@ -399,14 +397,12 @@ class OrdersService(ServiceResource):
     @signature("struct", "string")
     async def xmlrpc_get_by_id(self, order_id: Any) -> dict:
         """One order by id. Returns order."""
-        await self.store.ready  # the unique indexes exist before anything is written
         _id = v.object_id(order_id, "order_id")
         return ok(order=await get_or_404(self.orders, _id, "order"))
 
     @signature("struct", "struct", "int", "int")
     async def xmlrpc_get_all(self, filters: Any = None, page: Any = None, limit: Any = None) -> dict:
         """Orders, newest first, paged (page >= 1, limit 1-100, default 20). filters: buyer_id, seller_id, gig_id, status, from and to (ISO dates, on the creation time, both inclusive). Returns orders, total, page, limit, pages."""
-        await self.store.ready  # the unique indexes exist before anything is written
         clean = v.struct(filters, "filters", FILTERS)
         page, limit = v.paging(page, limit)
         query: dict[str, Any] = {}
@@ -426,7 +422,6 @@ class OrdersService(ServiceResource):
     @signature("struct", "string", "string")
     async def xmlrpc_get_analytics(self, user_id: Any, period: Any = None) -> dict:
         """Order figures of a user over period week (7 days), month (30), year (365) or all (default month), as buyer and as seller: orders (count), byStatus (count per status), spent (buyer, completed orders' totals), earned (seller, completed orders' seller amounts) and revenueByDay ([{date: YYYY-MM-DD, revenue}] of the seller's completed orders by completion day). Orders count by creation time in the period, money by completion time. Returns analytics."""
-        await self.store.ready  # the unique indexes exist before anything is written
         uid = v.object_id(user_id, "user_id")
         name = "month" if period is None else v.choice(period, "period", tuple(PERIODS))
         await get_or_404(self.store["users"], uid, "user", projection={"_id": 1})

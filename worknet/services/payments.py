@@ -24,7 +24,7 @@ from worknet import validators as v
 from worknet.errors import Conflict, InvalidState, NotFound, ValidationError
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.services.common import get_or_404, notify, now, ok, request_hash
-from worknet.services.orders import ATTEMPTS, Lost, refund_step, settle_order, transition
+from worknet.services.orders import Lost, refund_step, run_guarded, settle_order, transition
 
 METHODS = ("stripe", "paypal", "bank_transfer", "other")
 PAYABLE = ("pending", "in_progress", "disputed")  # order statuses a payment is accepted for (not final)
@@ -36,14 +36,6 @@ class PaymentsService(ServiceResource):
     @property
     def payments(self) -> Any:
         return self.store["payments"]
-
-    async def _run(self, steps: Any) -> Any:
-        for _ in range(ATTEMPTS):
-            try:
-                return await self.store.transaction(steps)
-            except Lost:
-                continue
-        raise Conflict("the payment changed at the same time; try again")
 
     async def _repair(self, payment_id: ObjectId) -> None:
         """Without transactions: finish what a crash may have left half-done around this payment."""
@@ -63,12 +55,11 @@ class PaymentsService(ServiceResource):
                 current = await transition(self.store, current, "in_progress", "payment completed", at, session)
             await settle_order(self.store, current, at, session)
 
-        await self._run(steps)
+        await run_guarded(self.store, steps, "payment")
 
     @signature("struct", "string", "string", "double", "string")
     async def xmlrpc_create(self, payment_id: Any, order_id: Any, amount: Any, payment_method: Any) -> dict:
         """Create a pending payment for an order: payment_id (client-chosen id, or "" to let the server choose), order_id (a pending, in-progress or disputed order; a cancelled or completed one is INVALID_STATE), amount (must equal the order total), payment_method stripe, paypal, bank_transfer or other. An order is paid at most once: a second payment is a CONFLICT unless the earlier one failed. Re-sending the same create returns the original with created false; the same id with different content is a CONFLICT. Returns payment_id, payment, created."""
-        await self.store.ready  # the unique indexes exist before anything is written
         pid = v.client_id(payment_id, "payment_id") or ObjectId()
         oid = v.object_id(order_id, "order_id")
         paid = v.money(amount, "amount")
@@ -120,7 +111,6 @@ class PaymentsService(ServiceResource):
     @signature("struct", "string", "string")
     async def xmlrpc_process(self, payment_id: Any, status: Any) -> dict:
         """Settle a pending payment as completed or failed. completed moves a pending order to in_progress in the same transaction and notifies buyer and seller; a cancelled (or completed) order cannot be paid (INVALID_STATE). Returns payment, order_status."""
-        await self.store.ready  # the unique indexes exist before anything is written
         pid = v.object_id(payment_id, "payment_id")
         to = v.choice(status, "status", ("completed", "failed"))
         notified: list[Any] = []
@@ -164,7 +154,7 @@ class PaymentsService(ServiceResource):
             return doc, order["status"]
 
         try:
-            doc, order_status = await self._run(steps)
+            doc, order_status = await run_guarded(self.store, steps, "payment")
         except InvalidState:
             await self._repair(pid)
             raise
@@ -173,7 +163,6 @@ class PaymentsService(ServiceResource):
     @signature("struct", "string", "double")
     async def xmlrpc_refund(self, payment_id: Any, amount: Any) -> dict:
         """Refund part or all of a completed or partially refunded payment: amount > 0; the refunds together never exceed the amount paid (VALIDATION_ERROR). The payment becomes partially_refunded or refunded; if the order is completed (the seller was credited) the seller's share of the refund is debited from their earnings. Returns payment, refunded_total."""
-        await self.store.ready  # the unique indexes exist before anything is written
         pid = v.object_id(payment_id, "payment_id")
         value = v.money(amount, "amount")
 
@@ -187,7 +176,7 @@ class PaymentsService(ServiceResource):
             return doc
 
         try:
-            doc = await self._run(steps)
+            doc = await run_guarded(self.store, steps, "payment")
         except InvalidState:
             await self._repair(pid)
             raise
@@ -196,7 +185,6 @@ class PaymentsService(ServiceResource):
     @signature("struct", "string")
     async def xmlrpc_get_status(self, payment_id: Any) -> dict:
         """The state of a payment. Returns status, amount, refunded_total, order_id."""
-        await self.store.ready  # the unique indexes exist before anything is written
         pid = v.object_id(payment_id, "payment_id")
         payment = await self.payments.find_one({"_id": pid})
         if payment is None:
@@ -207,7 +195,6 @@ class PaymentsService(ServiceResource):
     @signature("struct", "double")
     async def xmlrpc_calculate_fees(self, amount: Any) -> dict:
         """The split of an amount: platform_fee = amount x PLATFORM_FEE_PERCENT / 100 rounded half up to the cent, seller_amount = amount - platform_fee (they always add up to the amount). Returns total_amount, platform_fee, platform_fee_percentage, seller_amount."""
-        await self.store.ready  # the unique indexes exist before anything is written
         total = v.money(amount, "amount")
         percent = self.settings.platform_fee_percent
         fee, seller = money.split(total, percent)
