@@ -111,7 +111,6 @@ class ReviewsService(ServiceResource):
     @signature("struct", "string", "string", "int", "struct")
     async def xmlrpc_create(self, review_id: Any, gig_id: Any, rating: Any, extra: Any = None) -> dict:
         """Review a live gig. review_id: client-chosen id or "" (a retry with the same id and content returns the first result with created: false; different content is a CONFLICT). rating: integer 1-5. extra (optional): user_id (the author: a live user, not the gig's seller; one review per user and gig, else CONFLICT; without it the review is anonymous), order_id (a completed order of this gig bought by user_id, which it requires), comment (at most 1000 characters). The seller is notified and the gig's rating recomputed from its reviews. Returns review_id, review, created, gig_rating (the gig's new average, 2 decimals), review_count."""
-        await self.store.ready  # the unique index exists before anything is written
         _id = v.client_id(review_id, "review_id") or ObjectId()
         gig = v.object_id(gig_id, "gig_id")
         stars = _rating(rating, "rating")

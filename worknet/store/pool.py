@@ -110,11 +110,6 @@ class MongoStore(service.Service):
         self._waiting.append(d)
         return d
 
-    @property
-    def ready(self) -> defer.Deferred[None]:
-        """Same as :meth:`wait_ready`."""
-        return self.wait_ready()
-
     async def stopService(self) -> None:
         super().stopService()
         if self._pool is not None:
