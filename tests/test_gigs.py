@@ -10,9 +10,7 @@ from decimal import Decimal
 import pytest
 from bson import Decimal128, ObjectId
 
-from tests.test_node_client import run_node
-
-MISSING = "0" * 24
+from tests.support import MISSING, run_node
 
 
 def seed_user(db, username, role="freelancer", is_seller=None, deleted=False, rating=0.0):
@@ -243,6 +241,26 @@ def test_delete_is_soft_and_refused_while_orders_are_open(rpc, db, world):
     assert rpc.gigsService.update(gid, {"title": "Back from the dead"})["code"] == "NOT_FOUND"
     assert rpc.gigsService.update_rating(gid, 5)["code"] == "NOT_FOUND"
     assert rpc.gigsService.delete("x")["code"] == "VALIDATION_ERROR"
+
+
+def test_a_gig_deleted_while_it_is_ordered_never_keeps_an_open_order(daemon, rpc, db, world):
+    """Delete and order the same gig at the same moment, many times: one of them must lose."""
+    buyer = seed_user(db, "racing_buyer", role="client")
+    for round_ in range(12):
+        gid = make_gig(rpc, world, title=f"Contested gig {round_}")
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            ordered = pool.submit(daemon.proxy().ordersService.create, gid, buyer, 1, "49.99")
+            deleted = pool.submit(daemon.proxy().gigsService.delete, gid)
+            ordered, deleted = ordered.result(), deleted.result()
+        assert ordered["success"] != deleted["success"], (ordered, deleted)
+        gone = db.gigs.find_one({"_id": ObjectId(gid)})["deletedAt"] is not None
+        open_orders = db.orders.count_documents({"gigId": ObjectId(gid), "status": "pending"})
+        assert (gone, open_orders) in ((True, 0), (False, 1)), (ordered, deleted)
+        if ordered["success"]:
+            assert deleted["code"] == "INVALID_STATE"
+            assert rpc.ordersService.cancel(ordered["order_id"], "next round")["success"] is True
+        else:
+            assert ordered["code"] in ("NOT_FOUND", "INVALID_STATE"), ordered
 
 
 def test_search_matches_all_words_accent_and_case_insensitively(rpc, db, world):

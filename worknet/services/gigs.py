@@ -291,18 +291,25 @@ class GigsService(ServiceResource):
     async def xmlrpc_delete(self, gig_id: Any) -> dict:
         """Soft-delete a gig; refused (INVALID_STATE) while orders of it are pending or in progress. Returns deleted: true."""
         _id = v.object_id(gig_id, "gig_id")
-        await get_or_404(self.gigs, _id, "gig", projection={"_id": 1})
-        busy = await self.store["orders"].count_documents(
-            {"gigId": _id, "status": {"$in": OPEN_ORDER_STATUSES}}, limit=1,
-        )
-        if busy:
-            raise InvalidState("the gig has pending or in-progress orders")
+        gig = await get_or_404(self.gigs, _id, "gig", projection={"isActive": 1})
+        # Mark first, then look for open orders: an order being placed at the same
+        # time either finds the gig gone (it touches the gig when it is placed) or
+        # is seen here, and then the mark is taken back.
         moment = now()
         result = await self.gigs.update_one(
             {"_id": _id, **NOT_DELETED}, {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}},
         )
         if result.modified_count == 0:
             raise NotFound("gig not found")
+        busy = await self.store["orders"].count_documents(
+            {"gigId": _id, "status": {"$in": OPEN_ORDER_STATUSES}}, limit=1,
+        )
+        if busy:
+            await self.gigs.update_one(
+                {"_id": _id, "deletedAt": moment},
+                {"$set": {"deletedAt": None, "isActive": gig.get("isActive", True), "updatedAt": now()}},
+            )
+            raise InvalidState("the gig has pending or in-progress orders")
         return ok(deleted=True)
 
     @signature("struct", "string")

@@ -316,6 +316,15 @@ class OrdersService(ServiceResource):
                     )
                 except DuplicateKeyError:
                     raise Lost() from None  # the same key at the same time: answer as a repeat
+            # Touch the gig: a deletion running at the same time either conflicts with
+            # this write or has already marked the gig (gigsService.delete marks first,
+            # then looks for open orders).
+            orderable = await self.store["gigs"].update_one(
+                {"_id": gig["_id"], "isActive": True, **NOT_DELETED}, {"$set": {"lastOrderedAt": at}},
+                session=session,
+            )
+            if orderable.matched_count == 0:
+                raise InvalidState("the gig is no longer active")
             try:
                 await self.orders.insert_one(dict(doc), session=session)
             except DuplicateKeyError as e:
