@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
-import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +18,7 @@ from tests.conftest import wait_for
 
 PASSWORD = "correct horse"  # noqa: S105 - a test account's password
 DAY = 86400
+SCHED_IDLE = 5  # sched(7)
 
 
 @pytest.fixture
@@ -133,6 +134,16 @@ def test_a_development_daemon_accepts_a_weak_secret_loudly(make_daemon):
     assert "InsecureKeyLengthWarning" not in dev.log()  # said once at startup, not on every token
 
 
+def bcrypt_jobs_run(daemon) -> int:
+    """The daemon's count of bcrypt jobs run so far, from /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return int(float(next(line.split()[-1] for line in text.splitlines()
+                          if line.startswith('worknet_password_jobs{outcome="run"}'))))
+
+
 def test_bcrypt_cost_12_runs_off_the_reactor_and_unknown_emails_cost_the_same(make_daemon, mongo):
     real = make_daemon(DB_TIMEOUT_SECONDS="20")  # the default bcrypt cost, 12; a loaded machine is slow
     rpc = real.proxy()
@@ -140,28 +151,23 @@ def test_bcrypt_cost_12_runs_off_the_reactor_and_unknown_emails_cost_the_same(ma
     stored = mongo[real.db_name].users.find_one({"_id": ObjectId(created["user_id"])})
     assert stored["passwordHash"].startswith("$2b$12$")
 
-    def timed(email, password):
-        started = time.perf_counter()
-        result = rpc.usersService.login(email, password)
-        assert result["code"] == "UNAUTHORIZED"
-        return time.perf_counter() - started
-
-    wrong = statistics.median(timed("alice@example.com", "wrong password") for _ in range(3))
+    # an unknown e-mail pays for one bcrypt check, exactly like a wrong password
+    for email in ("alice@example.com", "nobody@example.com"):
+        before = bcrypt_jobs_run(real)
+        answer = rpc.usersService.login(email, "wrong password")
+        assert answer == {"success": False, "code": "UNAUTHORIZED", "error": "Invalid email or password."}, answer
+        assert bcrypt_jobs_run(real) == before + 1, email
     rpc.usersService.login("alice@example.com", PASSWORD)  # reset the failure count
-    unknown = statistics.median(timed("nobody@example.com", "wrong password") for _ in range(3))
-    assert wrong > 0.05 and unknown > 0.05, (wrong, unknown)  # both paid for a bcrypt check
-    assert 0.4 < unknown / wrong < 2.5, (wrong, unknown)
 
-    # six concurrent logins (most of a second of bcrypt on two cores) while pinging
+    # six concurrent logins (most of a second of bcrypt on two cores) while another client pings:
+    # ping keeps answering during them (how fast is for bench/login_storm.py to say)
     stop = threading.Event()
-    pings: list[float] = []
+    pings: list[dict] = []
 
     def ping():
         proxy = real.proxy()
         while not stop.is_set():
-            started = time.perf_counter()
-            proxy.ping()
-            pings.append(time.perf_counter() - started)
+            pings.append(proxy.ping())
 
     pinger = threading.Thread(target=ping)
     pinger.start()
@@ -173,14 +179,14 @@ def test_bcrypt_cost_12_runs_off_the_reactor_and_unknown_emails_cost_the_same(ma
         stop.set()
         pinger.join()
     assert all(r["success"] for r in results), results
-    assert len(pings) >= 5 and statistics.median(pings) < 0.1, sorted(pings)
-    # the hashing threads run at a lower priority than the reactor thread
+    assert pings and all(p["mongodb"] == "connected" for p in pings)
+    # the hashing threads yield the CPU to everything else (SCHED_IDLE); the reactor thread does not
     pid = real.process.pid
-    nice = {}
+    policy = {}
     for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
         fields = stat.read_text().rsplit(")", 1)[1].split()
-        nice[int(stat.parent.name)] = int(fields[16])  # field 19 of proc(5), after pid and comm
-    assert nice[pid] == 0 and 10 in nice.values(), nice
+        policy[int(stat.parent.name)] = int(fields[38])  # field 41 of proc(5), after pid and comm
+    assert policy[pid] == 0 and SCHED_IDLE in policy.values(), policy
 
 
 def test_no_password_hash_or_token_reaches_the_log(daemon, rpc):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 from typing import Any
@@ -150,7 +151,11 @@ class DrainService(service.Service):
 
 def build_site(store: Any, settings: Settings, reactor: Any = None) -> server.Site:
     metrics = Metrics()
-    rpc = RPCRoot(store, settings, metrics, build_services(store, settings), reactor=reactor)
+    services = build_services(store, settings)
+    jobs: dict[str, int] = services["usersService"].passwords.pool.jobs
+    for outcome in jobs:
+        metrics.password_jobs.labels(outcome).set_function(functools.partial(jobs.__getitem__, outcome))
+    rpc = RPCRoot(store, settings, metrics, services, reactor=reactor)
     root = Root(rpc)
     root.putChild(b"RPC2", rpc)
     root.putChild(b"health", Health(store))

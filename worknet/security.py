@@ -136,9 +136,9 @@ class CpuPool:
     """A thread pool for CPU-bound work (bcrypt): one thread per core, never on the reactor thread.
 
     * Sized to the cores rather than the reactor's default pool (10 threads),
-      and its threads lower their own scheduling priority (nice 10, Linux), so
-      that during a login storm the reactor thread and the database still get
-      the CPU promptly while bcrypt takes whatever is left.
+      and its threads lower their own scheduling priority (``SCHED_IDLE`` on
+      Linux, else nice 10), so that during a login storm the reactor thread
+      and the database get the CPU at once while bcrypt takes whatever is left.
     * Deadlines: a job that a thread picks up too late to finish within
       ``budget`` seconds (the call timeout) of its submission, or whose caller
       already gave up (the call timed out and cancelled its Deferred), is
@@ -162,6 +162,7 @@ class CpuPool:
         self.size = size or os.cpu_count() or 1
         self.budget = budget
         self.pending = 0  # queued or running jobs (changed on the reactor thread only)
+        self.jobs = {"run": 0, "skipped": 0, "refused": 0}  # outcomes so far, for /metrics
         self.job_seconds = 0.0  # moving average of a job's duration
         self.pool = ThreadPool(minthreads=0, maxthreads=self.size, name="worknet-bcrypt")
         self._niced = threading.local()
@@ -175,13 +176,20 @@ class CpuPool:
         if getattr(self._niced, "done", False):
             return
         self._niced.done = True
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.NICE)
-        except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+        thread = threading.get_native_id()
+        try:  # Linux: run only when no normal task wants the core
+            os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except (AttributeError, OSError):
+            pass
+        try:  # elsewhere: a lower priority at least
+            os.setpriority(os.PRIO_PROCESS, thread, self.NICE)
+        except (AttributeError, OSError):  # not allowed: run at normal priority
             pass
 
     def run(self, function: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         if self.pending >= self.size * self.MAX_QUEUE_PER_THREAD:
+            self.jobs["refused"] += 1
             raise Unavailable(BUSY)
         abandoned = threading.Event()
         result: defer.Deferred[T] = defer.Deferred(canceller=lambda _: abandoned.set())
@@ -199,6 +207,7 @@ class CpuPool:
 
         def done(success: bool, outcome: Any) -> None:
             self.pending -= 1
+            self.jobs["skipped" if success and not outcome[0] else "run"] += 1
             if success and outcome[2]:
                 seconds = outcome[2]
                 self.job_seconds = seconds if not self.job_seconds else 0.8 * self.job_seconds + 0.2 * seconds

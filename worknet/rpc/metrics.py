@@ -28,6 +28,10 @@ class Metrics:
             "worknet_http_rejected", "HTTP requests refused before any call (401, 413)",
             ["status"], registry=self.registry,
         )
+        self.password_jobs = Gauge(
+            "worknet_password_jobs", "bcrypt jobs of the password thread pool so far: run, skipped (too late "
+            "to answer in time), refused (queue full)", ["outcome"], registry=self.registry,
+        )
         self.db_connected = Gauge(
             "worknet_db_connected", "1 when the database answered the last ping", registry=self.registry,
         )
