@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import re
 import secrets
 import shutil
 import socket
@@ -18,17 +20,23 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import xmlrpc.client
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pymongo
 
+from worknet.store.indexes import INDEXES
+
 BIN = Path(sys.executable).parent
 Bodies = Sequence[bytes] | Callable[[int], bytes]
+FAILED = re.compile(rb"<name>success</name>\s*<value><boolean>0")  # an answer with success false
 
 
 def call_body(method: str, *params: object) -> bytes:
@@ -96,7 +104,7 @@ async def _worker(host: str, port: int, path: str, body_at: Callable[[int], byte
             result.latencies_ms.append((time.perf_counter() - started) * 1000)
             if not status_line.startswith(b"HTTP/1.1 200"):
                 result.errors += 1
-            elif b"<fault>" in payload or b"<name>success</name><value><boolean>0" in payload:
+            elif b"<fault>" in payload or FAILED.search(payload):
                 result.faults += 1
             result.count += 1
     except (OSError, asyncio.IncompleteReadError):
@@ -234,3 +242,53 @@ class Workspace:
         for process in reversed(self.processes):
             stop(process)
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def direct_load(uri: str, db_name: str, concurrency: int, duration: float,
+                operation: Callable[[Any, random.Random], None]) -> Result:
+    """``operation(db, rng)`` back to back in ``concurrency`` threads sharing one pymongo client."""
+    client: pymongo.MongoClient = pymongo.MongoClient(uri, directConnection=True, maxPoolSize=concurrency)
+    db = client[db_name]
+    result = Result()
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + duration
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        latencies = []
+        while time.perf_counter() < stop_at:
+            began = time.perf_counter()
+            operation(db, rng)
+            latencies.append((time.perf_counter() - began) * 1000)
+        with lock:
+            result.latencies_ms.extend(latencies)
+            result.count += len(latencies)
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(worker, range(concurrency)))
+    result.elapsed = time.perf_counter() - began
+    client.close()
+    return result
+
+
+def create_indexes(db: Any) -> None:
+    """The daemon's own index definitions, so its startup ``create_index`` calls are no-ops."""
+    for collection, specs in INDEXES.items():
+        for keys, options in specs:
+            db[collection].create_index(keys, **options)
+
+
+def plan_summary(explained: dict) -> str:
+    """``IXSCAN(index) <- FETCH`` style summary of a winning plan, plus keys/docs examined."""
+    planner = explained.get("queryPlanner") or explained["stages"][0]["$cursor"]["queryPlanner"]
+    stages = []
+    node = planner["winningPlan"]
+    while node:
+        stages.append(node["stage"] + (f"({node['indexName']})" if "indexName" in node else ""))
+        node = node.get("inputStage")
+    stats = explained.get("executionStats", {})
+    examined = ""
+    if stats:
+        examined = f"; keys examined {stats.get('totalKeysExamined')}, docs examined {stats.get('totalDocsExamined')}, returned {stats.get('nReturned')}"
+    return " <- ".join(reversed(stages)) + examined

@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import argparse
 import random
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -44,8 +41,7 @@ import pymongo
 from bson import Decimal128, ObjectId
 from tqdm import tqdm
 
-from bench.loadgen import HEADER, Result, Workspace, call_body, run_load
-from bench.unread import create_indexes, plan_summary
+from bench.loadgen import HEADER, Workspace, call_body, create_indexes, direct_load, plan_summary, run_load
 from worknet.search import search_terms, words
 from worknet.services.gigs import SORTS, search_filter, search_pipeline
 
@@ -146,34 +142,6 @@ def direct_pipeline(query: str, filters: dict) -> list[dict]:
     return search_pipeline(terms, search_filter(terms, options), SORTS[filters["sort"]], 1, 20)
 
 
-def direct_load(uri: str, db_name: str, concurrency: int, duration: float,
-                operation: Callable[[Any, random.Random], None]) -> Result:
-    """``operation(db, rng)`` back to back in ``concurrency`` threads sharing one pymongo client."""
-    client: pymongo.MongoClient = pymongo.MongoClient(uri, directConnection=True, maxPoolSize=concurrency)
-    db = client[db_name]
-    result = Result()
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + duration
-
-    def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        latencies = []
-        while time.perf_counter() < stop_at:
-            began = time.perf_counter()
-            operation(db, rng)
-            latencies.append((time.perf_counter() - began) * 1000)
-        with lock:
-            result.latencies_ms.extend(latencies)
-            result.count += len(latencies)
-
-    began = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(worker, range(concurrency)))
-    result.elapsed = time.perf_counter() - began
-    client.close()
-    return result
-
-
 def show_plan(db: Any, query: str, filters: dict) -> None:
     pipeline = direct_pipeline(query, filters)
     explained = db.command("explain", {"aggregate": "gigs", "pipeline": pipeline, "cursor": {}},
@@ -214,10 +182,11 @@ def main() -> None:
         searches = queries(rng, 500)
         show_plan(db, *searches[0])
 
-        port = workspace.daemon(db_name, MONGODB_POOL_SIZE=str(args.pool_size))
+        # the daemon waits for the database as long as pymongo does (no UNAVAILABLE cut-off)
+        port = workspace.daemon(db_name, MONGODB_POOL_SIZE=str(args.pool_size), DB_TIMEOUT_SECONDS="300")
         search_bodies = [call_body("gigsService.search", q, f, 1, 20) for q, f in searches]
         id_bodies = [call_body("gigsService.get_by_id", str(rng.choice(gig_ids))) for _ in range(5000)]
-        run_load(port, search_bodies, args.concurrency, 2.0)  # warm-up
+        run_load(port, id_bodies, args.concurrency, 2.0)  # warm-up
         pipelines = [direct_pipeline(q, f) for q, f in searches]
 
         def direct_search(database: Any, r: random.Random) -> None:
@@ -228,23 +197,25 @@ def main() -> None:
                                          {"searchTerms": 0, "ratingSeq": 0})
             database.users.find_one({"_id": gig["userId"], "deletedAt": None}, {"username": 1, "rating": 1})
 
+        # get_by_id first, then one client, then the concurrent searches: every row ends when its
+        # calls have answered, so none leaves the database busy for the next one
+        serial = min(args.duration, 5.0)  # one client: the service time without queueing
         rows = [
-            (f"daemon search (pool {args.pool_size})", run_load(port, search_bodies, args.concurrency, args.duration)),
-            ("pymongo search aggregate", direct_load(uri, db_name, args.concurrency, args.duration, direct_search)),
             (f"daemon get_by_id (pool {args.pool_size})", run_load(port, id_bodies, args.concurrency, args.duration)),
             ("pymongo get_by_id (gig + seller)", direct_load(uri, db_name, args.concurrency, args.duration, direct_get)),
-        ]
-        serial = min(args.duration, 5.0)  # one client: the service time without queueing
-        rows += [
             ("daemon search, 1 client", run_load(port, search_bodies, 1, serial)),
             ("pymongo search aggregate, 1 thread", direct_load(uri, db_name, 1, serial, direct_search)),
+            (f"daemon search (pool {args.pool_size})", run_load(port, search_bodies, args.concurrency, args.duration)),
+            ("pymongo search aggregate", direct_load(uri, db_name, args.concurrency, args.duration, direct_search)),
         ]
-        print(f"\n{args.concurrency} concurrent clients (last two rows: 1), {args.duration:.0f} s each, "
+        print(f"\n{args.concurrency} concurrent clients (rows 3-4: 1), {args.duration:.0f} s each, "
               f"{len(gig_ids)} gigs:")
         print(HEADER)
         for name, result in rows:
             print(result.row(name))
-        for label, daemon, direct in (("search", rows[0][1], rows[1][1]), ("get_by_id", rows[2][1], rows[3][1])):
+        pairs = (("get_by_id", rows[0][1], rows[1][1]), ("search, 1 client", rows[2][1], rows[3][1]),
+                 ("search", rows[4][1], rows[5][1]))
+        for label, daemon, direct in pairs:
             print(f"{label}: daemon adds {daemon.p50_ms - direct.p50_ms:+.2f} ms to the median, "
                   f"{daemon.rps / direct.rps if direct.rps else float('nan'):.2f}x the direct requests/s")
 

@@ -23,9 +23,8 @@ import argparse
 import json
 import random
 import statistics
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,19 +32,11 @@ import pymongo
 from bson import ObjectId
 from tqdm import tqdm
 
-from bench.loadgen import HEADER, Result, Workspace, call_body, run_load
-from worknet.store.indexes import INDEXES
+from bench.loadgen import HEADER, Workspace, call_body, create_indexes, direct_load, plan_summary, run_load
 
 BATCH = 5000
 READ_SHARE = 0.8
 WORDS = "hello thanks sure deadline logo draft revision invoice delivered great 東京 café 🎉".split()
-
-
-def create_indexes(db: Any) -> None:
-    """The daemon's own index definitions, so its startup ``create_index`` calls are no-ops."""
-    for collection, specs in INDEXES.items():
-        for keys, options in specs:
-            db[collection].create_index(keys, **options)
 
 
 def generate(db: Any, users: int, conversations: int, messages: int, budget: float) -> tuple[list[ObjectId], int, float]:
@@ -104,21 +95,6 @@ def generate(db: Any, users: int, conversations: int, messages: int, budget: flo
     return user_ids, written, time.monotonic() - started
 
 
-def plan_summary(explained: dict) -> str:
-    """``IXSCAN(index) <- FETCH`` style summary of a winning plan, plus keys/docs examined."""
-    planner = explained.get("queryPlanner") or explained["stages"][0]["$cursor"]["queryPlanner"]
-    stages = []
-    node = planner["winningPlan"]
-    while node:
-        stages.append(node["stage"] + (f"({node['indexName']})" if "indexName" in node else ""))
-        node = node.get("inputStage")
-    stats = explained.get("executionStats", {})
-    examined = ""
-    if stats:
-        examined = f"; keys examined {stats.get('totalKeysExamined')}, docs examined {stats.get('totalDocsExamined')}, returned {stats.get('nReturned')}"
-    return " <- ".join(reversed(stages)) + examined
-
-
 def show_plans(db: Any, user: ObjectId) -> None:
     unread_messages = {"recipientId": user, "isRead": False}
     unread_notes = {"userId": user, "isRead": False}
@@ -138,39 +114,20 @@ def show_plans(db: Any, user: ObjectId) -> None:
             print(f"  WARNING: the {name} unread query scans the collection")
 
 
-def direct_load(uri: str, db_name: str, users: list[ObjectId], concurrency: int, duration: float,
-                with_user_check: bool) -> Result:
-    """The service's query straight to the database: ``concurrency`` threads, one pooled pymongo client."""
-    client: pymongo.MongoClient = pymongo.MongoClient(uri, directConnection=True, maxPoolSize=concurrency)
-    db = client[db_name]
-    result = Result()
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + duration
+def unread_count(users: list[ObjectId], with_user_check: bool) -> Callable[[Any, random.Random], None]:
+    """The service's query for a random user, as pymongo sends it (optionally with its user check first)."""
 
-    def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        latencies = []
-        while time.perf_counter() < stop_at:
-            user = rng.choice(users)
-            began = time.perf_counter()
-            if with_user_check:
-                db.users.find_one({"_id": user, "deletedAt": None}, {"_id": 1})
-            groups = list(db.messages.aggregate([
-                {"$match": {"recipientId": user, "isRead": False}},
-                {"$group": {"_id": "$conversationId", "n": {"$sum": 1}}},
-            ]))
-            {str(g["_id"]): g["n"] for g in groups}  # noqa: B018 - the same shaping as the service
-            latencies.append((time.perf_counter() - began) * 1000)
-        with lock:
-            result.latencies_ms.extend(latencies)
-            result.count += len(latencies)
+    def operation(db: Any, rng: random.Random) -> None:
+        user = rng.choice(users)
+        if with_user_check:
+            db.users.find_one({"_id": user, "deletedAt": None}, {"_id": 1})
+        groups = list(db.messages.aggregate([
+            {"$match": {"recipientId": user, "isRead": False}},
+            {"$group": {"_id": "$conversationId", "n": {"$sum": 1}}},
+        ]))
+        {str(g["_id"]): g["n"] for g in groups}  # noqa: B018 - the same shaping as the service
 
-    began = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(worker, range(concurrency)))
-    result.elapsed = time.perf_counter() - began
-    client.close()
-    return result
+    return operation
 
 
 def main() -> None:
@@ -216,8 +173,8 @@ def main() -> None:
         run_load(port, bodies, args.concurrency, 2.0)  # warm-up
         rows = [
             (f"daemon get_unread_count (pool {args.pool_size})", run_load(port, bodies, args.concurrency, args.duration)),
-            ("pymongo aggregate only", direct_load(uri, db_name, users, args.concurrency, args.duration, False)),
-            ("pymongo user check + aggregate", direct_load(uri, db_name, users, args.concurrency, args.duration, True)),
+            ("pymongo aggregate only", direct_load(uri, db_name, args.concurrency, args.duration, unread_count(users, False))),
+            ("pymongo user check + aggregate", direct_load(uri, db_name, args.concurrency, args.duration, unread_count(users, True))),
         ]
         print(f"\n{args.concurrency} concurrent clients, {args.duration:.0f} s each, "
               f"{written} messages{' (scaled down)' if scaled else ''}:")
