@@ -183,7 +183,7 @@ def main() -> None:
         show_plan(db, *searches[0])
 
         # the daemon waits for the database as long as pymongo does (no UNAVAILABLE cut-off)
-        port = workspace.daemon(db_name, MONGODB_POOL_SIZE=str(args.pool_size), DB_TIMEOUT_SECONDS="300")
+        port = workspace.daemon(db_name, MONGODB_POOL_SIZE=str(args.pool_size), DB_TIMEOUT_SECONDS="120")
         search_bodies = [call_body("gigsService.search", q, f, 1, 20) for q, f in searches]
         id_bodies = [call_body("gigsService.get_by_id", str(rng.choice(gig_ids))) for _ in range(5000)]
         run_load(port, id_bodies, args.concurrency, 2.0)  # warm-up
