@@ -190,7 +190,8 @@ def start_daemon(uri: str, db_name: str, port: int, log_path: str | Path | None 
 
     def ready() -> bool:  # /health is 200 once the database answers and the indexes exist
         if process.poll() is not None:
-            raise RuntimeError(f"the daemon exited with {process.returncode}")
+            said = Path(log_path).read_text(errors="replace")[-2000:] if log_path else ""
+            raise RuntimeError(f"the daemon exited with {process.returncode}\n{said}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:  # noqa: S310
                 return answer.status == 200
