@@ -166,7 +166,11 @@ class Dispatcher:
             _check_arity(function, args)
         except xmlrpc.Fault as fault:
             return fault
-        d = defer.ensureDeferred(self._invoke(function, args))
+        owner = getattr(function, "__self__", None)
+        if isinstance(owner, ServiceResource) and not owner.store.is_ready:
+            d = defer.ensureDeferred(self._after_indexes(owner.store, function, args))
+        else:
+            d = defer.maybeDeferred(function, *args)
         if not getattr(function, "runs_calls", False):  # multicall: each sub-call has its own deadline
             d.addTimeout(self.call_timeout, self.reactor)
         try:
@@ -184,14 +188,12 @@ class Dispatcher:
         return to_wire(result)
 
     @staticmethod
-    async def _invoke(function: Callable, args: tuple) -> Any:
-        """Call a procedure; a service's methods first wait for the startup indexes.
+    async def _after_indexes(store: Any, function: Callable, args: tuple) -> Any:
+        """Run a service method once the startup indexes exist.
 
         Until the unique indexes exist a write could slip a duplicate in, so no
-        service method runs before them (afterwards the wait costs nothing).
-        ``ping`` and introspection answer at once.
+        service method runs before them (afterwards nothing waits).  ``ping``
+        and introspection answer at once.
         """
-        owner = getattr(function, "__self__", None)
-        if isinstance(owner, ServiceResource) and not owner.store.is_ready:
-            await owner.store.wait_ready()
+        await store.wait_ready()
         return await defer.maybeDeferred(function, *args)
