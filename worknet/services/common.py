@@ -131,3 +131,21 @@ def notification(user_id: ObjectId, kind: str, message: str, link: str = "") -> 
 async def notify(store: Any, user_id: ObjectId, kind: str, message: str, link: str = "", session: Any = None) -> None:
     """Tell a user something happened (new order, payment, review, message)."""
     await store["notifications"].insert_one(notification(user_id, kind, message, link), session=session)
+
+
+async def notify_once(store: Any, note: dict) -> None:
+    """Insert ``note`` under its own ``_id`` (the id of what it is about), at most once.
+
+    A retry of a half-done call finds the notification already there and writes
+    nothing.  Should a client have reused an id that some other notification
+    already has (another user or type), this one gets a fresh id instead.
+    """
+    notifications = store["notifications"]
+    try:
+        await notifications.insert_one(note)
+    except DuplicateKeyError as e:
+        if "_id" not in duplicate_key(e):
+            raise
+        earlier = await notifications.find_one({"_id": note["_id"]}, projection={"userId": 1, "type": 1})
+        if earlier is None or (earlier.get("userId"), earlier.get("type")) != (note["userId"], note["type"]):
+            await notifications.insert_one({**note, "_id": ObjectId()})

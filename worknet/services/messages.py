@@ -28,7 +28,17 @@ from pymongo.errors import DuplicateKeyError
 from worknet import validators as v
 from worknet.errors import Forbidden, InvalidState, NotFound, ValidationError
 from worknet.rpc.dispatch import ServiceResource, signature
-from worknet.services.common import NOT_DELETED, create_once, duplicate_key, get_or_404, notification, now, ok, paged
+from worknet.services.common import (
+    NOT_DELETED,
+    create_once,
+    duplicate_key,
+    get_or_404,
+    notification,
+    notify_once,
+    now,
+    ok,
+    paged,
+)
 
 TEXT_MAX = 5000
 ATTACHMENTS_MAX = 10
@@ -141,16 +151,7 @@ class MessagesService(ServiceResource):
         )
         note["_id"] = stored["_id"]
         note["createdAt"] = stored["createdAt"]
-        try:
-            await self.store["notifications"].insert_one(note)
-        except DuplicateKeyError as e:
-            if "_id" not in duplicate_key(e):
-                raise
-            earlier = await self.store["notifications"].find_one({"_id": note["_id"]}, projection={"userId": 1, "type": 1})
-            if earlier is None or (earlier.get("userId"), earlier.get("type")) != (recipient, "message"):
-                # the client reused an id some other notification already has
-                note["_id"] = ObjectId()
-                await self.store["notifications"].insert_one(note)
+        await notify_once(self.store, note)
         return ok(message_id=str(stored["_id"]), message=stored, created=created)
 
     @signature("struct", "string", "string")

@@ -34,9 +34,9 @@ from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.services.common import (
     NOT_DELETED,
     create_once,
-    duplicate_key,
     get_or_404,
     notification,
+    notify_once,
     now,
     ok,
     request_hash,
@@ -96,17 +96,7 @@ class ReviewsService(ServiceResource):
         )
         note["_id"] = review["_id"]
         note["createdAt"] = review["createdAt"]
-        notifications = self.store["notifications"]
-        try:
-            await notifications.insert_one(note)
-        except DuplicateKeyError as e:
-            if "_id" not in duplicate_key(e):
-                raise
-            earlier = await notifications.find_one({"_id": note["_id"]}, projection={"userId": 1, "type": 1})
-            if earlier is None or (earlier.get("userId"), earlier.get("type")) != (seller, "review"):
-                # the client reused an id that some other notification already has
-                note["_id"] = ObjectId()
-                await notifications.insert_one(note)
+        await notify_once(self.store, note)
 
     @signature("struct", "string", "string", "int", "struct")
     async def xmlrpc_create(self, review_id: Any, gig_id: Any, rating: Any, extra: Any = None) -> dict:
