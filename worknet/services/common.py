@@ -133,13 +133,15 @@ async def notify(store: Any, user_id: ObjectId, kind: str, message: str, link: s
     await store["notifications"].insert_one(notification(user_id, kind, message, link), session=session)
 
 
-async def notify_once(store: Any, note: dict) -> None:
-    """Insert ``note`` under its own ``_id`` (the id of what it is about), at most once.
+async def notify_once(store: Any, user_id: ObjectId, kind: str, message: str, link: str, about: dict) -> None:
+    """Tell a user about ``about`` (a message, a review): the notification takes its ``_id``
+    and ``createdAt``, so it is written at most once.
 
     A retry of a half-done call finds the notification already there and writes
     nothing.  Should a client have reused an id that some other notification
     already has (another user or type), this one gets a fresh id instead.
     """
+    note = {**notification(user_id, kind, message, link), "_id": about["_id"], "createdAt": about["createdAt"]}
     notifications = store["notifications"]
     try:
         await notifications.insert_one(note)
@@ -147,5 +149,5 @@ async def notify_once(store: Any, note: dict) -> None:
         if "_id" not in duplicate_key(e):
             raise
         earlier = await notifications.find_one({"_id": note["_id"]}, projection={"userId": 1, "type": 1})
-        if earlier is None or (earlier.get("userId"), earlier.get("type")) != (note["userId"], note["type"]):
+        if earlier is None or (earlier.get("userId"), earlier.get("type")) != (user_id, kind):
             await notifications.insert_one({**note, "_id": ObjectId()})

@@ -33,7 +33,6 @@ from worknet.services.common import (
     create_once,
     duplicate_key,
     get_or_404,
-    notification,
     notify_once,
     now,
     ok,
@@ -145,13 +144,11 @@ class MessagesService(ServiceResource):
         # Both steps are idempotent, so a retry completes a half-done send.
         await self.conversations.update_one({"_id": conv_id}, {"$max": {"lastMessageAt": stored["createdAt"]}})
         preview = text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"
-        note = notification(
-            recipient, "message", f"New message from {live[sender].get('username', 'a user')}: {preview or '(attachment)'}",
-            f"/conversations/{conv_id}",
+        await notify_once(
+            self.store, recipient, "message",
+            f"New message from {live[sender].get('username', 'a user')}: {preview or '(attachment)'}",
+            f"/conversations/{conv_id}", about=stored,
         )
-        note["_id"] = stored["_id"]
-        note["createdAt"] = stored["createdAt"]
-        await notify_once(self.store, note)
         return ok(message_id=str(stored["_id"]), message=stored, created=created)
 
     @signature("struct", "string", "string")

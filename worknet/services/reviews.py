@@ -35,7 +35,6 @@ from worknet.services.common import (
     NOT_DELETED,
     create_once,
     get_or_404,
-    notification,
     notify_once,
     now,
     ok,
@@ -90,13 +89,10 @@ class ReviewsService(ServiceResource):
         seller = review.get("sellerId")
         if seller is None:
             return
-        note = notification(
-            seller, "review", f"New {review['rating']}-star review of your gig \u201c{title}\u201d",
-            f"/gigs/{review['gigId']}",
+        await notify_once(
+            self.store, seller, "review", f"New {review['rating']}-star review of your gig \u201c{title}\u201d",
+            f"/gigs/{review['gigId']}", about=review,
         )
-        note["_id"] = review["_id"]
-        note["createdAt"] = review["createdAt"]
-        await notify_once(self.store, note)
 
     @signature("struct", "string", "string", "int", "struct")
     async def xmlrpc_create(self, review_id: Any, gig_id: Any, rating: Any, extra: Any = None) -> dict:
