@@ -300,3 +300,22 @@ def test_refund_after_completion_debits_the_seller_share(rpc, db):
     assert earnings(db, seller) == 0 == ledger_sum(db, seller)
     assert db.ledger.count_documents({"kind": "debit"}) == 2
     check_invariants(db, [seller])
+
+
+def test_a_user_deleted_while_ordering_never_keeps_an_open_order(daemon, rpc, db):
+    """Delete the buyer (then the seller) while an order is being placed: one of the two must lose."""
+    for round_ in range(12):
+        seller, gig, buyer = market(db)
+        leaving = buyer if round_ % 2 == 0 else seller
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            ordered = pool.submit(daemon.proxy().ordersService.create, gig, buyer, 1, "25.00")
+            deleted = pool.submit(daemon.proxy().usersService.delete_user, leaving)
+            ordered, deleted = ordered.result(), deleted.result()
+        assert ordered["success"] != deleted["success"], (ordered, deleted)
+        gone = db.users.find_one({"_id": ObjectId(leaving)}).get("deletedAt") is not None
+        open_orders = db.orders.count_documents({"gigId": ObjectId(gig), "status": "pending"})
+        assert (gone, open_orders) in ((True, 0), (False, 1)), (ordered, deleted)
+        if ordered["success"]:
+            assert deleted["code"] == "INVALID_STATE", deleted
+        else:
+            assert ordered["code"] in ("NOT_FOUND", "INVALID_STATE"), ordered

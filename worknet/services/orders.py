@@ -318,13 +318,20 @@ class OrdersService(ServiceResource):
                     raise Lost() from None  # the same key at the same time: answer as a repeat
             # Touch the gig: a deletion running at the same time either conflicts with
             # this write or has already marked the gig (gigsService.delete marks first,
-            # then looks for open orders).
+            # then looks for open orders) ...
             orderable = await self.store["gigs"].update_one(
                 {"_id": gig["_id"], "isActive": True, **NOT_DELETED}, {"$set": {"lastOrderedAt": at}},
                 session=session,
             )
             if orderable.matched_count == 0:
                 raise InvalidState("the gig is no longer active")
+            # and its buyer and seller: a deletion of either racing this order (usersService
+            # marks first, then looks for open orders) conflicts or is seen
+            people = await self.store["users"].update_many(
+                {"_id": {"$in": [bid, gig["userId"]]}, **NOT_DELETED}, {"$set": {"lastOrderedAt": at}}, session=session,
+            )
+            if people.matched_count < 2:
+                raise InvalidState("the buyer's or the seller's account no longer exists")
             try:
                 await self.orders.insert_one(dict(doc), session=session)
             except DuplicateKeyError as e:

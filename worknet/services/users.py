@@ -285,19 +285,23 @@ class UsersService(ServiceResource):
     async def xmlrpc_delete_user(self, user_id: Any) -> dict:
         """Soft-delete a user (deletedAt): refused (INVALID_STATE) while the user has pending or in-progress orders as buyer or seller. Afterwards the user is NOT_FOUND everywhere, cannot log in and its tokens fail; the username and email stay reserved. Returns deleted: true."""
         _id = v.object_id(user_id, "user_id")
-        await get_or_404(self.users, _id, "user", projection={"_id": 1})
+        moment = await self.clock.now()
+        # Mark first, then look for open orders: placing an order touches its buyer and
+        # seller, so an order placed at the same time either finds this user gone or is
+        # seen here, and then the mark is taken back.
+        marked = await self.users.update_one({"_id": _id, **NOT_DELETED}, {"$set": {"deletedAt": moment}})
+        if marked.modified_count == 0:
+            raise NotFound("user not found")
         busy = await self.store["orders"].count_documents(
             {"$or": [{"buyerId": _id}, {"sellerId": _id}], "status": {"$in": ACTIVE_ORDER_STATUSES}}, limit=1,
         )
         if busy:
+            await self.users.update_one({"_id": _id, "deletedAt": moment}, {"$set": {"deletedAt": None}})
             raise InvalidState("the user has pending or in-progress orders")
-        moment = await self.clock.now()
-        result = await self.users.update_one(
-            {"_id": _id, **NOT_DELETED},
-            {"$set": {"deletedAt": moment, "updatedAt": moment, "refreshJti": None}, "$inc": {"tokenVersion": 1}},
+        # marked deleted, its tokens already fail; these make that permanent
+        await self.users.update_one(
+            {"_id": _id}, {"$set": {"updatedAt": moment, "refreshJti": None}, "$inc": {"tokenVersion": 1}},
         )
-        if result.modified_count == 0:
-            raise NotFound("user not found")
         return ok(deleted=True)
 
     @signature("struct", "string")
