@@ -13,18 +13,21 @@ description and tags.  Titles draw words from a vocabulary of about 200 with
 Zipf-like frequencies (a few words are in many gigs, most in few), accented
 words included.
 
-Then, at 32 concurrent keep-alive clients for 20 s each:
+Then, for each of ``gigsService.get_by_id`` (random gigs) and
+``gigsService.search`` (a 2-word query of middling-frequency words, a price
+range and a sort -- ``price_asc``, ``rating`` or ``newest`` -- page 1 of 20),
+the daemon next to the same work sent straight to the database with pymongo
+(the search's aggregation built by ``worknet.services.gigs.search_pipeline``,
+the function the daemon uses; the two ``find_one`` of ``get_by_id``, gig then
+seller):
 
-* ``gigsService.search``: a 2-word query (words of middling frequency), a
-  price range and a sort (``price_asc``, ``rating`` or ``newest``), page 1 of 20;
-* ``gigsService.get_by_id`` of random gigs;
+* one client: the service time without queueing, so the difference of the
+  medians is the daemon's own share (the searches: the same queries, in the
+  same order, on both sides);
+* 32 concurrent keep-alive clients (threads for pymongo) for 20 s.
 
-and the same work sent straight to the database by 32 pymongo threads: the
-search's aggregation (built by ``worknet.services.gigs.search_pipeline``, the
-function the daemon uses) and the two ``find_one`` of ``get_by_id`` (gig, then
-seller).  The difference of the medians is the daemon's own share.  Two more
-rows run the search with a single client, to show the service time without
-queueing.  The ``explain`` of one search (winning plan, keys and documents
+Every row ends when its calls have answered, so none leaves the database busy
+for the next.  The ``explain`` of one search (winning plan, keys and documents
 examined) is printed before the load.
 """
 
@@ -41,7 +44,7 @@ import pymongo
 from bson import Decimal128, ObjectId
 from tqdm import tqdm
 
-from bench.loadgen import HEADER, Workspace, call_body, create_indexes, direct_load, plan_summary, run_load
+from bench.loadgen import HEADER, Result, Workspace, call_body, create_indexes, direct_load, plan_summary, run_load
 from worknet.search import search_terms, words
 from worknet.services.gigs import SORTS, search_filter, search_pipeline
 
@@ -163,6 +166,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--pool-size", type=int, default=10, help="the daemon's MONGODB_POOL_SIZE")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--serial-searches", type=int, default=20, help="searches in the one-client rows")
     args = parser.parse_args()
     args.gigs = max(100, min(args.gigs, 1_000_000))
     args.duration = min(args.duration, 120.0)
@@ -197,24 +201,41 @@ def main() -> None:
                                          {"searchTerms": 0, "ratingSeq": 0})
             database.users.find_one({"_id": gig["userId"], "deletedAt": None}, {"username": 1, "rating": 1})
 
-        # get_by_id first, then one client, then the concurrent searches: every row ends when its
-        # calls have answered, so none leaves the database busy for the next one
-        serial = min(args.duration, 5.0)  # one client: the service time without queueing
+        def direct_searches_in_order(count: int) -> Result:
+            """The first ``count`` searches one after another, as the one-client daemon row sends them."""
+            result = Result()
+            began = time.perf_counter()
+            for pipeline in pipelines[:count]:
+                started = time.perf_counter()
+                list(db.gigs.aggregate(pipeline))
+                result.latencies_ms.append((time.perf_counter() - started) * 1000)
+                result.count += 1
+            result.elapsed = time.perf_counter() - began
+            return result
+
+        # one client first (the service time without queueing: the daemon's own share is the
+        # difference of the medians), then 32: every row ends when its calls have answered,
+        # so none leaves the database busy for the next one
+        serial = min(args.duration, 10.0)
+        searches_in_order = min(args.serial_searches, len(pipelines))
         rows = [
+            ("daemon get_by_id, 1 client", run_load(port, id_bodies, 1, serial)),
+            ("pymongo get_by_id (gig + seller), 1 thread", direct_load(uri, db_name, 1, serial, direct_get)),
+            ("daemon search, 1 client, same queries", run_load(port, search_bodies, 1, 600.0, searches_in_order)),
+            ("pymongo search aggregate, same queries", direct_searches_in_order(searches_in_order)),
             (f"daemon get_by_id (pool {args.pool_size})", run_load(port, id_bodies, args.concurrency, args.duration)),
             ("pymongo get_by_id (gig + seller)", direct_load(uri, db_name, args.concurrency, args.duration, direct_get)),
-            ("daemon search, 1 client", run_load(port, search_bodies, 1, serial)),
-            ("pymongo search aggregate, 1 thread", direct_load(uri, db_name, 1, serial, direct_search)),
             (f"daemon search (pool {args.pool_size})", run_load(port, search_bodies, args.concurrency, args.duration)),
             ("pymongo search aggregate", direct_load(uri, db_name, args.concurrency, args.duration, direct_search)),
         ]
-        print(f"\n{args.concurrency} concurrent clients (rows 3-4: 1), {args.duration:.0f} s each, "
-              f"{len(gig_ids)} gigs:")
+        print(f"\nrows 1-4: one client ({serial:.0f} s; searches: the same {searches_in_order} queries in order); "
+              f"rows 5-8: {args.concurrency} concurrent clients for {args.duration:.0f} s; {len(gig_ids)} gigs:")
         print(HEADER)
         for name, result in rows:
             print(result.row(name))
-        pairs = (("get_by_id", rows[0][1], rows[1][1]), ("search, 1 client", rows[2][1], rows[3][1]),
-                 ("search", rows[4][1], rows[5][1]))
+        pairs = (("get_by_id, 1 client", rows[0][1], rows[1][1]), ("search, 1 client", rows[2][1], rows[3][1]),
+                 (f"get_by_id, {args.concurrency} clients", rows[4][1], rows[5][1]),
+                 (f"search, {args.concurrency} clients", rows[6][1], rows[7][1]))
         for label, daemon, direct in pairs:
             print(f"{label}: daemon adds {daemon.p50_ms - direct.p50_ms:+.2f} ms to the median, "
                   f"{daemon.rps / direct.rps if direct.rps else float('nan'):.2f}x the direct requests/s")
