@@ -16,8 +16,9 @@ from txmongo.collection import ReturnDocument
 
 from worknet import validators as v
 from worknet.errors import Conflict, InvalidState, NotFound
+from worknet.money import as_decimal
 from worknet.rpc.dispatch import ServiceResource, signature
-from worknet.services.common import NOT_DELETED, decimal, duplicate_key, get_or_404, now, ok, paged
+from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, now, ok, paged
 from worknet.services.gigs import rounded
 
 NAME = (2, 60)
@@ -168,5 +169,5 @@ class CategoriesService(ServiceResource):
             "totalOrders": o.get("total", 0),
             "completedOrders": o.get("completed", 0),
             "averageRating": average,
-            "totalRevenue": decimal(o.get("revenue", 0)),
+            "totalRevenue": as_decimal(o.get("revenue", 0)),
         })

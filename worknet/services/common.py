@@ -7,15 +7,13 @@ import json
 import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
-from bson import Decimal128, ObjectId
+from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 from txmongo import filter as qf
 
 from worknet.errors import Conflict, NotFound
-from worknet.validators import cents
 
 NOT_DELETED: dict[str, Any] = {"deletedAt": None}
 
@@ -29,13 +27,6 @@ def now() -> datetime:
     """The current UTC time, truncated to the millisecond (what BSON dates keep)."""
     moment = datetime.now(UTC)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-def decimal(value: Any) -> Decimal:
-    """A stored amount (Decimal128, or the int 0 of an empty ``$sum``) as a Decimal rounded to the cent."""
-    if isinstance(value, Decimal128):
-        value = value.to_decimal()
-    return cents(Decimal(value))
 
 
 def sort(*keys: tuple[str, int]) -> qf.sort:

@@ -32,9 +32,10 @@ from txmongo.collection import ReturnDocument
 
 from worknet import validators as v
 from worknet.errors import Conflict, InvalidState, NotFound, RateLimited, Unauthorized, ValidationError
+from worknet.money import as_decimal
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.security import ACCESS, BAD_TOKEN, REFRESH, Clock, CpuPool, Passwords, Tokens, login_password, password
-from worknet.services.common import NOT_DELETED, decimal, duplicate_key, get_or_404, ok, paged
+from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, ok, paged
 
 ROLES = ("client", "freelancer")
 ALL_ROLES = ("client", "freelancer", "admin")
@@ -352,8 +353,8 @@ class UsersService(ServiceResource):
             "activeGigs": g.get("active", 0),
             "totalReviews": count,
             "averageRating": round(r.get("sum", 0) / count, 2) if count else 0,
-            "totalEarnings": decimal(user.get("totalEarnings") or 0),
-            "totalSpent": decimal(sides.get("buyer", {}).get("spent", 0)),
+            "totalEarnings": as_decimal(user.get("totalEarnings")),
+            "totalSpent": as_decimal(sides.get("buyer", {}).get("spent", 0)),
         })
 
     @signature("struct", "string")
