@@ -12,13 +12,12 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
-from txmongo.collection import ReturnDocument
 
 from worknet import validators as v
 from worknet.errors import Conflict, InvalidState, NotFound
 from worknet.money import as_decimal
 from worknet.rpc.dispatch import ServiceResource, signature
-from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, now, ok, paged
+from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, now, ok, paged, set_on_live
 from worknet.services.gigs import rounded
 
 NAME = (2, 60)
@@ -90,15 +89,7 @@ class CategoriesService(ServiceResource):
         if "name" in changes:
             changes["nameLower"] = changes["name"].lower()
         changes["updatedAt"] = now()
-        try:
-            doc = await self.categories.find_one_and_update(
-                {"_id": _id, **NOT_DELETED}, {"$set": changes}, return_document=ReturnDocument.AFTER,
-            )
-        except DuplicateKeyError as e:
-            raise _conflict(e) from None
-        if doc is None:
-            raise NotFound("category not found")
-        return ok(category=doc)
+        return ok(category=await set_on_live(self.categories, _id, changes, "category", _conflict))
 
     @signature("struct", "string")
     async def xmlrpc_delete(self, category_id: Any) -> dict:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 from txmongo import filter as qf
+from txmongo.collection import ReturnDocument
 
 from worknet.errors import Conflict, NotFound
 
@@ -56,6 +57,24 @@ async def get_or_404(collection: Any, _id: ObjectId, what: str, query: dict | No
     if doc is None:
         raise NotFound(f"{what} not found")
     return doc
+
+
+async def set_on_live(
+    collection: Any, _id: ObjectId, changes: dict, what: str, conflict: Callable[[DuplicateKeyError], Conflict],
+) -> dict:
+    """``$set`` ``changes`` on a live (not deleted) document and return it as it is now.
+
+    NOT_FOUND when there is none; ``conflict(error)`` when a unique index refuses the change.
+    """
+    try:
+        doc = await collection.find_one_and_update(
+            {"_id": _id, **NOT_DELETED}, {"$set": changes}, return_document=ReturnDocument.AFTER,
+        )
+    except DuplicateKeyError as e:
+        raise conflict(e) from None
+    if doc is None:
+        raise NotFound(f"{what} not found")
+    return dict(doc)
 
 
 def request_hash(content: dict) -> str:

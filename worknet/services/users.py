@@ -35,7 +35,7 @@ from worknet.errors import Conflict, InvalidState, NotFound, RateLimited, Unauth
 from worknet.money import as_decimal
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.security import ACCESS, BAD_TOKEN, REFRESH, Clock, CpuPool, Passwords, Tokens, login_password, password
-from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, ok, paged
+from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, ok, paged, set_on_live
 
 ROLES = ("client", "freelancer")
 ALL_ROLES = ("client", "freelancer", "admin")
@@ -246,15 +246,7 @@ class UsersService(ServiceResource):
         if "username" in changes:
             changes["usernameLower"] = changes["username"].lower()
         changes["updatedAt"] = await self.clock.now()
-        try:
-            doc = await self.users.find_one_and_update(
-                {"_id": _id, **NOT_DELETED}, {"$set": changes}, return_document=ReturnDocument.AFTER,
-            )
-        except DuplicateKeyError as e:
-            raise _conflict(e) from None
-        if doc is None:
-            raise NotFound("user not found")
-        return ok(user=doc)
+        return ok(user=await set_on_live(self.users, _id, changes, "user", _conflict))
 
     @signature("struct", "string", "string", "string")
     async def xmlrpc_change_password(self, user_id: Any, old_password: Any, new_password: Any) -> dict:
