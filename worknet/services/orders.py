@@ -200,21 +200,26 @@ async def settle_order(store: Any, order: dict, at: datetime, session: Any) -> N
                         amount=share, at=at, session=session,
                     )
     elif order["status"] == "cancelled":
-        paid = await store["payments"].find({"orderId": order["_id"], "status": {"$in": list(PAID)}}, session=session)
-        for payment in paid:
-            await refund_rest(store, payment, "order cancelled", at, session)
-        await fail_pending(store, order["_id"], "order cancelled", at, session)
+        await release_payments(store, order["_id"], "order cancelled", at, session)
+
+
+async def release_payments(store: Any, order_id: ObjectId, reason: str, at: datetime, session: Any) -> dict | None:
+    """A cancelled order's money goes back: paid payments refunded in full, pending ones failed.
+
+    Returns the refund made by this call (None when nothing was left to refund).
+    """
+    refund = None
+    paid = await store["payments"].find({"orderId": order_id, "status": {"$in": list(PAID)}}, session=session)
+    for payment in paid:
+        refund = await refund_rest(store, payment, reason, at, session) or refund
+    await fail_pending(store, order_id, reason, at, session)
+    return refund
 
 
 async def cancel_steps(store: Any, order: dict, reason: str, at: datetime, session: Any) -> tuple[dict, dict | None]:
     """Cancel ``order``, refund its paid payment in full, fail a pending one. Returns ``(order, refund or None)``."""
     doc = await transition(store, order, "cancelled", reason, at, session)
-    refund = None
-    paid = await store["payments"].find({"orderId": doc["_id"], "status": {"$in": list(PAID)}}, session=session)
-    for payment in paid:
-        refund = await refund_rest(store, payment, reason or "order cancelled", at, session) or refund
-    await fail_pending(store, doc["_id"], reason or "order cancelled", at, session)
-    return doc, refund
+    return doc, await release_payments(store, doc["_id"], reason or "order cancelled", at, session)
 
 
 # -- the service ------------------------------------------------------------------
