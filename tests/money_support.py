@@ -9,6 +9,8 @@ from decimal import Decimal
 
 from bson import Decimal128, ObjectId
 
+from tests import support
+
 ORDER_NEXT = {
     "pending": {"in_progress", "cancelled"},
     "in_progress": {"completed", "disputed", "cancelled"},
@@ -32,14 +34,9 @@ def dec(value) -> Decimal:
 
 
 def seed_user(db, role="client", is_seller=False) -> str:
-    name = "u" + uuid.uuid4().hex[:10]
-    now = datetime.now(UTC)
-    _id = db.users.insert_one({
-        "username": name, "usernameLower": name, "email": f"{name}@example.com", "role": role,
-        "isSeller": is_seller, "rating": 0.0, "reviewCount": 0, "totalEarnings": Decimal128("0.00"),
-        "tokenVersion": 0, "createdAt": now, "updatedAt": now,
-    }).inserted_id
-    return str(_id)
+    """A user with a fresh random name and no earnings yet."""
+    return support.seed_user(db, "u" + uuid.uuid4().hex[:10], role=role, isSeller=is_seller,
+                             totalEarnings=Decimal128("0.00"))
 
 
 def seed_gig(db, seller_id: str, price="25.00", active=True, **extra) -> str:

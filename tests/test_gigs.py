@@ -10,21 +10,16 @@ from decimal import Decimal
 import pytest
 from bson import Decimal128, ObjectId
 
+from tests import support
 from tests.support import MISSING, run_node
 
 
 def seed_user(db, username, role="freelancer", is_seller=None, deleted=False, rating=0.0):
-    """A users document as usersService stores it (docs/DATA_MODEL.md)."""
-    moment = datetime.now(UTC)
-    _id = ObjectId()
-    db.users.insert_one({
-        "_id": _id, "username": username, "usernameLower": username.lower(),
-        "email": f"{username.lower()}@example.com", "passwordHash": "x", "role": role,
-        "isSeller": role == "freelancer" if is_seller is None else is_seller,
-        "rating": rating, "reviewCount": 0, "totalEarnings": Decimal128("0.00"), "tokenVersion": 0,
-        "createdAt": moment, "updatedAt": moment, "deletedAt": moment if deleted else None,
-    })
-    return str(_id)
+    """A seller by default (a freelancer); ``deleted`` soft-deletes it."""
+    return support.seed_user(
+        db, username, role=role, isSeller=role == "freelancer" if is_seller is None else is_seller, rating=rating,
+        totalEarnings=Decimal128("0.00"), deletedAt=datetime.now(UTC) if deleted else None,
+    )
 
 
 def make_category(rpc, slug="graphic-design", name=None):
