@@ -14,6 +14,7 @@ import pymongo
 import pytest
 
 from tests.conftest import BIN, Database, free_port, wait_for
+from tests.support import http_get
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -30,14 +31,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def http_status(port: int, path: str) -> int:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", path)
-    response = conn.getresponse()
-    response.read()
-    conn.close()
-    return response.status
+    return http_get(port, path)[0]
 
 
 @pytest.mark.parametrize("variable, value, mentions", [

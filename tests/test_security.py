@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import threading
 import time
@@ -15,6 +14,7 @@ import pytest
 from bson import ObjectId
 
 from tests.conftest import wait_for
+from tests.support import http_get
 
 PASSWORD = "correct horse"  # noqa: S105 - a test account's password
 DAY = 86400
@@ -136,10 +136,7 @@ def test_a_development_daemon_accepts_a_weak_secret_loudly(make_daemon):
 
 def bcrypt_jobs_run(daemon) -> int:
     """The daemon's count of bcrypt jobs run so far, from /metrics."""
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    conn.close()
+    text = http_get(daemon.port, "/metrics")[1]
     return int(float(next(line.split()[-1] for line in text.splitlines()
                           if line.startswith('worknet_password_jobs{outcome="run"}'))))
 
