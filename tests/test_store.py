@@ -82,3 +82,32 @@ async def test_a_failed_transaction_leaves_nothing_behind(database, db_name, mon
         assert stored == (0 if store.supports_transactions else 1)
     finally:
         await store.stopService()
+
+
+@pytest.mark.parametrize("secantus_form", [True, False], ids=["update-then-read", "findAndModify"])
+@pytest_twisted.ensureDeferred
+async def test_update_and_fetch_in_both_forms(database, db_name, mongo, secantus_form):
+    """Both forms of the one store helper: the update-then-read SecantusDB needs, and the
+    findAndModify a real MongoDB serves (SecantusDB runs it too, only slowly at scale)."""
+    store = make_store(database, db_name)
+    try:
+        await store.wait_ready()
+        assert store.is_secantus  # the test server is SecantusDB; the other form is forced below
+        store.is_secantus = secantus_form
+        await store["gigs"].insert_one({"_id": 1, "status": "active", "n": 0})
+
+        doc = await store.update_and_fetch("gigs", {"_id": 1, "status": "active"}, {"$inc": {"n": 1}},
+                                           projection={"n": 1})
+        assert doc == {"_id": 1, "n": 1}
+        assert await store.update_and_fetch("gigs", {"_id": 1, "status": "paused"}, {"$inc": {"n": 1}}) is None
+
+        async def in_transaction(session):
+            return await store.update_and_fetch("gigs", {"_id": 1}, [{"$set": {"n": {"$add": ["$n", 10]}}}],
+                                                session=session)
+
+        assert (await store.transaction(in_transaction))["n"] == 11
+        assert mongo[db_name].gigs.find_one({"_id": 1})["n"] == 11
+        with pytest.raises(ValueError):
+            await store.update_and_fetch("gigs", {"status": "active"}, {"$set": {"n": 0}})
+    finally:
+        await store.stopService()

@@ -13,6 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from pymongo import ReturnDocument
 from pymongo.errors import OperationFailure, PyMongoError
 from twisted.application import service
 from twisted.internet import defer, task
@@ -49,6 +50,7 @@ class MongoStore(service.Service):
         self._reactor = reactor
         self._pool: ConnectionPool | None = None
         self.supports_transactions = False
+        self.is_secantus = False  # the embedded SecantusDB: some operations take another form (see update_and_fetch)
         self.connected = False
         self.is_ready = False  # indexes created: the services may read and write
         self._waiting: list[defer.Deferred[None]] = []
@@ -83,6 +85,8 @@ class MongoStore(service.Service):
                 await task.deferLater(self._reactor, 0.25, lambda: None)
                 continue
             self.supports_transactions = bool(hello.get("setName") or hello.get("msg") == "isdbgrid")
+            build = await self.command({"buildInfo": 1})
+            self.is_secantus = "secantusVersion" in build
             if not self.supports_transactions:
                 log.warn(
                     "the database has no transactions (standalone server): multi-document "
@@ -158,6 +162,31 @@ class MongoStore(service.Service):
             return False
         self.connected = True
         return True
+
+    async def update_and_fetch(
+        self, collection: str, filter: dict, update: dict | list, *,
+        projection: dict | None = None, session: ClientSession | None = None,
+    ) -> dict | None:
+        """Update the one document ``filter`` selects (it must name its ``_id``) and return it as it is now.
+
+        None when nothing matched. A real MongoDB runs one ``findAndModify``
+        (atomic, index-served). SecantusDB rewrites a ``findAndModify`` filter
+        into an ``$and`` that disables every index (a full scan per call), so
+        there it is a compare-and-set ``update_one`` followed by a read by
+        ``_id`` -- in the same transaction when ``session`` is given; without one
+        the read may already show a later write, never an earlier state.
+        """
+        if "_id" not in filter:
+            raise ValueError("update_and_fetch needs a filter on _id")
+        target = self.db[collection]
+        if not self.is_secantus:
+            return await target.find_one_and_update(
+                filter, update, projection=projection, return_document=ReturnDocument.AFTER, session=session,
+            )
+        result = await target.update_one(filter, update, session=session)
+        if result.matched_count == 0:
+            return None
+        return await target.find_one({"_id": filter["_id"]}, projection=projection, session=session)
 
     async def transaction(self, steps: Callable[[ClientSession | None], Awaitable[T]]) -> T:
         """Run ``steps(session)`` as one transaction, retried with a jittered backoff on transient errors.
