@@ -186,6 +186,53 @@ def test_bcrypt_cost_12_runs_off_the_reactor_and_unknown_emails_cost_the_same(ma
     assert policy[pid] == 0 and SCHED_IDLE in policy.values(), policy
 
 
+def test_a_lockout_answers_alike_for_real_and_unknown_emails_without_bcrypt(daemon, rpc):
+    """The sixth wrong password answers RATE_LIMITED without a bcrypt check, whether the e-mail exists or not."""
+    register(rpc)
+    for email in ("alice@example.com", "nobody@example.com"):
+        answers, jobs = [], []
+        for i in range(7):
+            before = bcrypt_jobs_run(daemon)
+            answers.append(rpc.usersService.login(email, f"wrong password {i}"))
+            jobs.append(bcrypt_jobs_run(daemon) - before)
+        assert [a["code"] for a in answers] == ["UNAUTHORIZED"] * 5 + ["RATE_LIMITED"] * 2, (email, answers)
+        assert jobs == [1] * 5 + [0] * 2, (email, jobs)
+        assert answers[5]["error"].startswith("Too many failed logins; try again in "), answers[5]
+
+
+def test_a_bcryptjs_cost_10_hash_is_rehashed_to_the_configured_cost_at_login(make_daemon, mongo):
+    """A hash made by the Node backend (bcryptjs: $2a$, cost 10) becomes $2b$12$ after a successful login."""
+    import bcrypt
+
+    from tests.support import user_doc
+
+    real = make_daemon(DB_TIMEOUT_SECONDS="20")  # the default cost, 12
+    rpc = real.proxy()
+    legacy = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10, prefix=b"2a")).decode()
+    assert legacy.startswith("$2a$10$")
+    doc = user_doc("legacy_user", email="legacy@example.com", passwordHash=legacy)
+    users = mongo[real.db_name].users
+    users.insert_one(doc)
+
+    before = bcrypt_jobs_run(real)
+    assert rpc.usersService.login("legacy@example.com", "wrong password")["code"] == "UNAUTHORIZED"
+    assert bcrypt_jobs_run(real) == before + 1  # one job (padded to the cost of 12), no rehash
+    assert users.find_one({"_id": doc["_id"]})["passwordHash"] == legacy
+
+    before = bcrypt_jobs_run(real)
+    first = rpc.usersService.login("legacy@example.com", PASSWORD)
+    assert first["success"] is True, first
+    assert bcrypt_jobs_run(real) == before + 2  # the check and the new hash
+    rehashed = users.find_one({"_id": doc["_id"]})["passwordHash"]
+    assert rehashed.startswith("$2b$12$") and bcrypt.checkpw(PASSWORD.encode(), rehashed.encode())
+
+    before = bcrypt_jobs_run(real)
+    assert rpc.usersService.login("legacy@example.com", PASSWORD)["success"] is True
+    assert bcrypt_jobs_run(real) == before + 1  # already at the configured cost: checked only
+    assert users.find_one({"_id": doc["_id"]})["passwordHash"] == rehashed
+    assert rpc.usersService.verify_token(first["token"])["success"] is True  # a rehash revokes nothing
+
+
 def test_no_password_hash_or_token_reaches_the_log(daemon, rpc):
     created = register(rpc)
     rpc.usersService.login("alice@example.com", "wrong password")

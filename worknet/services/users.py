@@ -207,7 +207,8 @@ class UsersService(ServiceResource):
         await self._check_not_locked(key, moment)
         user = await self.users.find_one({"email": clean_email, **NOT_DELETED})
         hashed = user.get("passwordHash") if user else None
-        if user is None or not await self.passwords.check(secret, hashed):
+        matched = await self.passwords.check(secret, hashed)  # the dummy hash when there is no account
+        if user is None or not matched:
             await self._record_failure(key, moment)
             raise Unauthorized(BAD_CREDENTIALS)
         await self._check_not_locked(key, moment)  # locked by failures that raced this check
