@@ -211,6 +211,17 @@ def test_a_lock_holds_for_one_client_address_only(daemon, rpc, db):
     assert rpc.usersService.login("alice@example.com", PASSWORD)["success"] is True
 
 
+def test_sub_calls_of_a_multicall_count_against_the_callers_address(daemon, rpc, db):
+    register(rpc)
+    batch = xmlrpc.client.MultiCall(proxy_from(daemon, "127.0.0.4"))
+    for i in range(6):
+        batch.usersService.login("alice@example.com", f"batched guess {i}")
+    codes = [answer["code"] for answer in batch()]
+    assert codes == ["UNAUTHORIZED"] * 5 + ["RATE_LIMITED"], codes
+    assert throttle(db, "alice@example.com", "127.0.0.4")["lockedUntil"] is not None
+    assert rpc.usersService.login("alice@example.com", PASSWORD)["success"] is True
+
+
 def test_the_throttle_collection_expires_by_itself(rpc, db):
     """A TTL index on expiresAt: documents of forgotten failures need no clean-up job."""
     indexes = {ix["name"]: ix for ix in db.loginThrottle.list_indexes()}

@@ -131,7 +131,7 @@ class UsersService(ServiceResource):
     async def _record_failure(self, key: str, moment: datetime) -> None:
         """Remember a failed password check of the pair ``key``; the fifth within 15 minutes locks it."""
         push = {"$push": {"failures": {"$each": [moment], "$slice": -MAX_FAILURES}},
-                "$set": {"expiresAt": moment + FAILURE_WINDOW}}
+                "$max": {"expiresAt": moment + FAILURE_WINDOW}}  # never before a lock it races ends
         try:
             await self.throttle.update_one({"_id": key}, push, upsert=True)
         except DuplicateKeyError:  # a concurrent failure inserted it first: now it exists
@@ -141,7 +141,7 @@ class UsersService(ServiceResource):
         if len(failures) >= MAX_FAILURES and min(failures) > moment - FAILURE_WINDOW:
             until = moment + LOCK_TIME
             await self.throttle.update_one(
-                {"_id": key}, {"$set": {"lockedUntil": until, "failures": [], "expiresAt": until}},
+                {"_id": key}, {"$set": {"lockedUntil": until, "failures": []}, "$max": {"expiresAt": until}},
             )
 
     async def _user_for_token(self, token: str, kind: str) -> tuple[dict, Any]:
