@@ -156,8 +156,11 @@ def test_bcrypt_cost_12_runs_off_the_reactor_and_unknown_emails_cost_the_same(ma
         assert bcrypt_jobs_run(real) == before + 1, email
     rpc.usersService.login("alice@example.com", PASSWORD)  # reset the failure count
 
-    # six concurrent logins (most of a second of bcrypt on two cores) while another client pings:
-    # ping keeps answering during them (how fast is for bench/login_storm.py to say)
+    # six concurrent logins of three accounts (most of a second of bcrypt on two cores; one e-mail from one
+    # address gets at most five checks at a time) while another client pings: ping keeps answering during
+    # them (how fast is for bench/login_storm.py to say)
+    emails = ["alice@example.com", register(rpc, "bob", "bob@example.com")["user"]["email"],
+              register(rpc, "carol", "carol@example.com")["user"]["email"]]
     stop = threading.Event()
     pings: list[dict] = []
 
@@ -170,8 +173,7 @@ def test_bcrypt_cost_12_runs_off_the_reactor_and_unknown_emails_cost_the_same(ma
     pinger.start()
     try:
         with ThreadPoolExecutor(max_workers=6) as pool:
-            results = list(pool.map(lambda _: real.proxy().usersService.login("alice@example.com", PASSWORD),
-                                    range(6)))
+            results = list(pool.map(lambda i: real.proxy().usersService.login(emails[i % 3], PASSWORD), range(6)))
     finally:
         stop.set()
         pinger.join()
@@ -198,6 +200,34 @@ def test_a_lockout_answers_alike_for_real_and_unknown_emails_without_bcrypt(daem
         assert [a["code"] for a in answers] == ["UNAUTHORIZED"] * 5 + ["RATE_LIMITED"] * 2, (email, answers)
         assert jobs == [1] * 5 + [0] * 2, (email, jobs)
         assert answers[5]["error"].startswith("Too many failed logins; try again in "), answers[5]
+
+
+GUESS_ROUNDS = 20
+GUESSES = 20
+
+
+def test_concurrent_guesses_get_five_password_checks_and_no_more(daemon, make_daemon):
+    """20 wrong passwords at once for one e-mail from one address, through two daemons, on 20 fresh e-mails
+    (real accounts and unknown ones alternately): exactly five are checked (five bcrypt jobs), the rest are
+    RATE_LIMITED without one."""
+    other = make_daemon(db_name=daemon.db_name, BCRYPT_ROUNDS="4")
+    rpc = daemon.proxy()
+    wrong = []
+    for round_no in range(GUESS_ROUNDS):
+        email = f"guessed{round_no}@example.com"
+        if round_no % 2 == 0:
+            register(rpc, f"guessed{round_no}", email)
+        before = bcrypt_jobs_run(daemon) + bcrypt_jobs_run(other)
+
+        def guess(i, email=email):
+            return (daemon if i % 2 else other).proxy().usersService.login(email, f"guess {i}")["code"]
+
+        with ThreadPoolExecutor(max_workers=GUESSES) as pool:
+            codes = sorted(pool.map(guess, range(GUESSES)))
+        jobs = bcrypt_jobs_run(daemon) + bcrypt_jobs_run(other) - before
+        if codes != ["RATE_LIMITED"] * (GUESSES - 5) + ["UNAUTHORIZED"] * 5 or jobs != 5:
+            wrong.append((round_no, codes.count("UNAUTHORIZED"), jobs))
+    assert not wrong, f"{len(wrong)} of {GUESS_ROUNDS} rounds checked more or fewer than 5 guesses: {wrong}"
 
 
 def test_a_bcryptjs_cost_10_hash_is_rehashed_to_the_configured_cost_at_login(make_daemon, mongo):

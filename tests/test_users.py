@@ -161,7 +161,7 @@ def test_five_failures_lock_the_account_for_fifteen_minutes_on_every_daemon(daem
         locked = proxy.usersService.login("alice@example.com", "correct horse")
         assert locked["code"] == "RATE_LIMITED", locked
     stored = throttle(db, "alice@example.com")
-    assert stored["lockedUntil"] is not None and stored["failures"] == [] and stored["expiresAt"] is not None
+    assert stored["lockedUntil"] is not None and stored["attempts"] == [] and stored["expiresAt"] is not None
     clock_file.write_text(str(14 * 60))
     assert rpc.usersService.login("alice@example.com", "correct horse")["code"] == "RATE_LIMITED"
     clock_file.write_text(str(15 * 60 + 5))

@@ -13,12 +13,15 @@
 * Lockout, per (lower-cased e-mail, client address), whether an account has
   that e-mail or not, so a lockout tells nothing about which e-mails exist:
   the ``loginThrottle`` collection holds one small document per pair with the
-  times of its last five failures (``$push`` with ``$slice``, atomic, so
-  several daemons agree); when five fall within 15 minutes, ``lockedUntil`` is
-  set 15 minutes ahead and the failures are cleared.  While locked, ``login``
-  (and ``change_password``) answer ``RATE_LIMITED`` without checking the
-  password.  The failing attempt that triggers the lock still answers
-  ``UNAUTHORIZED``.  Keyed by the client address too, so that nobody can keep
+  times of its attempts that failed or are being checked.  An attempt takes
+  its place there (compare-and-set, so several daemons and concurrent calls
+  agree) before any bcrypt work, and is refused ``RATE_LIMITED`` while five
+  fall within 15 minutes: concurrent guesses get five checks, not one each.
+  When a failure leaves five within 15 minutes, ``lockedUntil`` is set 15
+  minutes ahead and the attempts are cleared; a success deletes the document.
+  While locked, ``login`` (and ``change_password``) answer ``RATE_LIMITED``
+  without checking the password.  The failing attempt that triggers the lock
+  still answers ``UNAUTHORIZED``.  Keyed by the client address too, so that nobody can keep
   an account locked from elsewhere: the victim's own address keeps its own
   five attempts.  A TTL index removes documents nobody needs any more.
 * Tokens carry the user's ``tokenVersion``; a password change or a deletion
@@ -47,6 +50,7 @@ from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, ok, 
 ROLES = ("client", "freelancer")
 ALL_ROLES = ("client", "freelancer", "admin")
 MAX_FAILURES = 5
+ATTEMPT_TRIES = 16  # compare-and-set rounds for one attempt's reservation (each round, one contender wins)
 FAILURE_WINDOW = timedelta(minutes=15)
 LOCK_TIME = timedelta(minutes=15)
 BAD_CREDENTIALS = "Invalid email or password."
@@ -120,29 +124,64 @@ class UsersService(ServiceResource):
     def throttle(self) -> Any:
         return self.store["loginThrottle"]
 
-    async def _check_not_locked(self, key: str, moment: datetime) -> None:
-        """RATE_LIMITED while the (e-mail, address) pair ``key`` is locked."""
-        doc = await self.throttle.find_one({"_id": key}, projection={"lockedUntil": 1})
+    @staticmethod
+    def _refuse_if_locked(doc: dict | None, moment: datetime) -> None:
         locked_until = (doc or {}).get("lockedUntil")
         if locked_until is not None and _aware(locked_until) > moment:
             minutes = max(1, int((_aware(locked_until) - moment).total_seconds() // 60) + 1)
             raise RateLimited(f"Too many failed logins; try again in {minutes} minutes.")
 
+    async def _check_not_locked(self, key: str, moment: datetime) -> None:
+        """RATE_LIMITED while the (e-mail, address) pair ``key`` is locked."""
+        self._refuse_if_locked(await self.throttle.find_one({"_id": key}, projection={"lockedUntil": 1}), moment)
+
+    async def _take_attempt(self, key: str, moment: datetime) -> None:
+        """Reserve one of the pair's five attempts per 15 minutes, before any bcrypt check.
+
+        RATE_LIMITED while the pair is locked, and while five attempts (failed,
+        or still being checked) fall within 15 minutes: concurrent guesses get
+        five checks, not one each.  A compare-and-set on ``seq`` makes the
+        reservation exact on any server; a success deletes the document, a
+        failure leaves its attempt in place (:meth:`_record_failure`).
+        """
+        for _ in range(ATTEMPT_TRIES):
+            doc = await self.throttle.find_one({"_id": key})
+            if doc is None:
+                try:
+                    await self.throttle.insert_one({"_id": key, "attempts": [moment], "lockedUntil": None,
+                                                    "seq": 0, "expiresAt": moment + FAILURE_WINDOW})
+                    return
+                except DuplicateKeyError:  # a concurrent attempt created it: take a place in it
+                    continue
+            self._refuse_if_locked(doc, moment)
+            recent = [a for a in doc.get("attempts") or [] if _aware(a) > moment - FAILURE_WINDOW]
+            if len(recent) >= MAX_FAILURES:
+                raise RateLimited("Too many failed logins; try again in a few minutes.")
+            taken = await self.throttle.update_one(
+                {"_id": key, "seq": doc.get("seq")},
+                {"$set": {"attempts": [*recent, moment], "lockedUntil": None}, "$inc": {"seq": 1},
+                 "$max": {"expiresAt": moment + FAILURE_WINDOW}},  # never before a lock it races ends
+            )
+            if taken.modified_count:
+                return
+        raise RateLimited("Too many logins at once; try again in a moment.")
+
     async def _record_failure(self, key: str, moment: datetime) -> None:
-        """Remember a failed password check of the pair ``key``; the fifth within 15 minutes locks it."""
-        push = {"$push": {"failures": {"$each": [moment], "$slice": -MAX_FAILURES}},
-                "$max": {"expiresAt": moment + FAILURE_WINDOW}}  # never before a lock it races ends
-        try:
-            await self.throttle.update_one({"_id": key}, push, upsert=True)
-        except DuplicateKeyError:  # a concurrent failure inserted it first: now it exists
-            await self.throttle.update_one({"_id": key}, push)
-        after = await self.throttle.find_one({"_id": key}, projection={"failures": 1})
-        failures = [_aware(f) for f in (after or {}).get("failures") or []]
-        if len(failures) >= MAX_FAILURES and min(failures) > moment - FAILURE_WINDOW:
+        """The attempt reserved for ``key`` failed: when five attempts fall within 15 minutes, lock the pair."""
+        doc = await self.throttle.find_one({"_id": key}, projection={"attempts": 1, "lockedUntil": 1})
+        if doc is None or (doc.get("lockedUntil") is not None and _aware(doc["lockedUntil"]) > moment):
+            return
+        recent = [a for a in doc.get("attempts") or [] if _aware(a) > moment - FAILURE_WINDOW]
+        if len(recent) >= MAX_FAILURES:
             until = moment + LOCK_TIME
             await self.throttle.update_one(
-                {"_id": key}, {"$set": {"lockedUntil": until, "failures": []}, "$max": {"expiresAt": until}},
+                {"_id": key},
+                {"$set": {"lockedUntil": until, "attempts": []}, "$inc": {"seq": 1}, "$max": {"expiresAt": until}},
             )
+
+    async def _clear_attempts(self, key: str) -> None:
+        """A success forgets the pair's failures (never a lock set meanwhile)."""
+        await self.throttle.delete_one({"_id": key, "lockedUntil": None})
 
     async def _user_for_token(self, token: str, kind: str) -> tuple[dict, Any]:
         claims = self.tokens.verify(token, kind, await self.clock.now())
@@ -204,7 +243,7 @@ class UsersService(ServiceResource):
         secret = login_password(password_)
         moment = await self.clock.now()
         key = _throttle_key(clean_email, caller_address())
-        await self._check_not_locked(key, moment)
+        await self._take_attempt(key, moment)
         user = await self.users.find_one({"email": clean_email, **NOT_DELETED})
         hashed = user.get("passwordHash") if user else None
         matched = await self.passwords.check(secret, hashed)  # the dummy hash when there is no account
@@ -223,7 +262,7 @@ class UsersService(ServiceResource):
         )
         if fresh is None:  # deleted or password changed meanwhile
             raise Unauthorized(BAD_CREDENTIALS)
-        await self.throttle.delete_one({"_id": key})  # a success clears this address's failures
+        await self._clear_attempts(key)  # a success clears this address's failures
         return ok(user=fresh, **self._token_pair(fresh, moment, jti))
 
     @signature("struct", "string")
@@ -273,10 +312,11 @@ class UsersService(ServiceResource):
         user = await get_or_404(self.users, _id, "user")
         moment = await self.clock.now()
         key = _throttle_key(str(user.get("email", "")), caller_address())
-        await self._check_not_locked(key, moment)
+        await self._take_attempt(key, moment)
         if not await self.passwords.check(old, user.get("passwordHash")):
             await self._record_failure(key, moment)
             raise Unauthorized("The current password is wrong.", "old_password")
+        await self._clear_attempts(key)
         hashed = await self.passwords.hash(new)
         jti = self.tokens.new_jti()
         fresh = await self.store.update_and_fetch(
