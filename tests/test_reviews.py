@@ -301,7 +301,7 @@ def test_the_seller_rating_follows_the_reviews_of_all_the_sellers_gigs(rpc, db, 
 
 
 SELLER_ROUNDS = 20
-BURST = 16  # concurrent creates per round, plus one update and one delete
+BURST = 10  # concurrent creates per round, plus one update and one delete
 
 
 def test_concurrent_reviews_of_one_seller_leave_the_exact_seller_rating(daemon, make_daemon, db):
