@@ -115,7 +115,7 @@ def refunded(payments) -> Decimal:
     return sum((dec(p["refundedTotal"]) for p in payments), Decimal("0.00"))
 
 
-def test_complete_races_a_full_refund(rpc, db, racer):
+def _complete_races_a_full_refund():
     def outcome(results, order, payments):
         if not all(ok(r) for r in results):
             return f"both calls must succeed in either order: {results}"
@@ -123,13 +123,13 @@ def test_complete_races_a_full_refund(rpc, db, racer):
             return f"order {order['status']}, payment {payments[0]['status']}"
         return None
 
-    rounds(rpc, db, racer, placed,
-           lambda proxy, ctx: proxy.ordersService.update_status(ctx["order"], "completed"),
-           lambda proxy, ctx: proxy.paymentsService.refund(ctx["payment"], PRICE),
-           outcome)
+    return (placed,
+            lambda proxy, ctx: proxy.ordersService.update_status(ctx["order"], "completed"),
+            lambda proxy, ctx: proxy.paymentsService.refund(ctx["payment"], PRICE),
+            outcome)
 
 
-def test_cancel_races_paying(rpc, db, racer):
+def _cancel_races_paying():
     def pay(proxy, ctx):
         created = proxy.paymentsService.create(str(ObjectId()), ctx["order"], PRICE, "stripe")
         if not ok(created):
@@ -146,11 +146,11 @@ def test_cancel_races_paying(rpc, db, racer):
             return "a payment that went through before the cancel must be refunded in full"
         return None
 
-    rounds(rpc, db, racer, lambda rpc, db: placed(rpc, db, pay=None),
-           lambda proxy, ctx: proxy.ordersService.cancel(ctx["order"], "race"), pay, outcome)
+    return (lambda rpc, db: placed(rpc, db, pay=None),
+            lambda proxy, ctx: proxy.ordersService.cancel(ctx["order"], "race"), pay, outcome)
 
 
-def test_cancel_races_processing_a_pending_payment(rpc, db, racer):
+def _cancel_races_processing_a_pending_payment():
     def outcome(results, order, payments):
         cancel, processed = results
         if not ok(cancel) or order["status"] != "cancelled":
@@ -161,13 +161,13 @@ def test_cancel_races_processing_a_pending_payment(rpc, db, racer):
             return f"a payment the cancel saw pending must be failed: {payments[0]['status']}"
         return None
 
-    rounds(rpc, db, racer, lambda rpc, db: placed(rpc, db, pay="pending"),
-           lambda proxy, ctx: proxy.ordersService.cancel(ctx["order"], "race"),
-           lambda proxy, ctx: proxy.paymentsService.process(ctx["payment"], "completed"),
-           outcome)
+    return (lambda rpc, db: placed(rpc, db, pay="pending"),
+            lambda proxy, ctx: proxy.ordersService.cancel(ctx["order"], "race"),
+            lambda proxy, ctx: proxy.paymentsService.process(ctx["payment"], "completed"),
+            outcome)
 
 
-def test_complete_races_cancel(rpc, db, racer):
+def _complete_races_cancel():
     def outcome(results, order, payments):
         if sum(ok(r) for r in results) != 1 or any(not ok(r) and code(r) != "INVALID_STATE" for r in results):
             return f"exactly one must win, the other INVALID_STATE: {[code(r) for r in results]}"
@@ -177,13 +177,13 @@ def test_complete_races_cancel(rpc, db, racer):
             return "a cancelled order refunds its payment in full"
         return None
 
-    rounds(rpc, db, racer, placed,
-           lambda proxy, ctx: proxy.ordersService.update_status(ctx["order"], "completed"),
-           lambda proxy, ctx: proxy.ordersService.cancel(ctx["order"], "race"),
-           outcome)
+    return (placed,
+            lambda proxy, ctx: proxy.ordersService.update_status(ctx["order"], "completed"),
+            lambda proxy, ctx: proxy.ordersService.cancel(ctx["order"], "race"),
+            outcome)
 
 
-def test_two_refunds_of_a_completed_order(rpc, db, racer):
+def _two_refunds_of_a_completed_order():
     def outcome(results, order, payments):
         if not all(ok(r) for r in results):
             return f"both refunds fit and must succeed: {results}"
@@ -191,13 +191,13 @@ def test_two_refunds_of_a_completed_order(rpc, db, racer):
             return f"refunded {refunded(payments)}, payment {payments[0]['status']}"
         return None
 
-    rounds(rpc, db, racer, lambda rpc, db: placed(rpc, db, status="completed"),
-           lambda proxy, ctx: proxy.paymentsService.refund(ctx["payment"], "15.00"),
-           lambda proxy, ctx: proxy.paymentsService.refund(ctx["payment"], "25.00"),
-           outcome)
+    return (lambda rpc, db: placed(rpc, db, status="completed"),
+            lambda proxy, ctx: proxy.paymentsService.refund(ctx["payment"], "15.00"),
+            lambda proxy, ctx: proxy.paymentsService.refund(ctx["payment"], "25.00"),
+            outcome)
 
 
-def test_refund_races_cancel(rpc, db, racer):
+def _refund_races_cancel():
     def outcome(results, order, payments):
         refund, cancel = results
         if not ok(cancel) or order["status"] != "cancelled":
@@ -208,13 +208,13 @@ def test_refund_races_cancel(rpc, db, racer):
             return f"refunded {refunded(payments)}, payment {payments[0]['status']}"
         return None
 
-    rounds(rpc, db, racer, placed,
-           lambda proxy, ctx: proxy.paymentsService.refund(ctx["payment"], "20.00"),
-           lambda proxy, ctx: proxy.ordersService.cancel(ctx["order"], "race"),
-           outcome)
+    return (placed,
+            lambda proxy, ctx: proxy.paymentsService.refund(ctx["payment"], "20.00"),
+            lambda proxy, ctx: proxy.ordersService.cancel(ctx["order"], "race"),
+            outcome)
 
 
-def test_a_refund_retried_with_its_idempotency_key_refunds_once(rpc, db, racer):
+def _a_refund_retried_with_its_idempotency_key_refunds_once():
     def refund(proxy, ctx):
         return proxy.paymentsService.refund(ctx["payment"], "20.00", {"idempotency_key": ctx["order"]})
 
@@ -225,4 +225,22 @@ def test_a_refund_retried_with_its_idempotency_key_refunds_once(rpc, db, racer):
             return f"refunded {refunded(payments)}, refund ids {[r['refund_id'] for r in results]}"
         return None
 
-    rounds(rpc, db, racer, lambda rpc, db: placed(rpc, db, status="completed"), refund, refund, outcome)
+    return (lambda rpc, db: placed(rpc, db, status="completed"), refund, refund, outcome)
+
+
+# name -> (setup(rpc, db) -> ctx, first(proxy, ctx), second(proxy, ctx), outcome(results, order, payments))
+RACES = {
+    "complete_vs_full_refund": _complete_races_a_full_refund(),
+    "cancel_vs_pay": _cancel_races_paying(),
+    "cancel_vs_process": _cancel_races_processing_a_pending_payment(),
+    "complete_vs_cancel": _complete_races_cancel(),
+    "refund_vs_refund": _two_refunds_of_a_completed_order(),
+    "refund_vs_cancel": _refund_races_cancel(),
+    "keyed_refund_vs_its_retry": _a_refund_retried_with_its_idempotency_key_refunds_once(),
+}
+
+
+@pytest.mark.parametrize("race", sorted(RACES))
+def test_race(rpc, db, racer, race):
+    setup, first, second, outcome = RACES[race]
+    rounds(rpc, db, racer, setup, first, second, outcome)
