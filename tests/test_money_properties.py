@@ -7,6 +7,13 @@ what the database holds: earnings equal the ledger, refunds never exceed the
 payment, histories follow the status machines, one credit per completed order.
 One daemon serves the whole run (each example seeds its own sellers, gig and
 buyer in the same database, and the checks are scoped to them).
+
+A third of the steps race a second call on the same order: both are sent at
+the same instant on two connections (a barrier releases two threads), and the
+two answers and what is stored must be those of one of the two serial orders
+(each planned call is judged against the model it is given, so it can be
+judged after the other).  Refunds sometimes carry an idempotency key and are
+retried with it later.
 """
 
 from __future__ import annotations
@@ -318,7 +325,7 @@ steps = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, SLOTS - 1), st.i
                  min_size=10, max_size=40)
 
 
-@settings(max_examples=50, deadline=None,
+@settings(max_examples=35, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(price_a=prices, price_b=prices, steps=steps)
 def test_random_order_and_payment_sequences_keep_the_money_invariants(daemon, db, price_a, price_b, steps):

@@ -10,7 +10,10 @@ paymentsService: completing an order credits the seller once through the
 ledger (:func:`worknet.money.post`); a cancelled order keeps no un-refunded
 payment; refunds of a completed order debit the seller's share.  Each flow
 runs its steps in an order that a retry can finish when the database has no
-transactions (see :func:`settle_order`).
+transactions (see :func:`settle_order`).  Every transaction that changes an
+order's money writes the order document (:func:`transition`,
+:func:`touch_order`), so two of them on one order conflict and one is retried
+after the other instead of both committing from stale snapshots.
 """
 
 from __future__ import annotations

@@ -8,7 +8,11 @@ every payment that has not failed (pending, completed, partially refunded and
 refunded), carries a unique partial index, so a second payment is accepted
 only after the first one failed.  (A fully refunded payment keeps it: paying
 again after a refund would let the seller's debits exceed the credit.)  Paying never credits the seller: only
-completing the order does (see :mod:`worknet.services.orders`).
+completing the order does (see :mod:`worknet.services.orders`).  Creating,
+processing and refunding a payment each write the order's guard
+(:func:`~worknet.services.orders.touch_order`) after the payment, so they
+conflict with a completion or cancellation of the same order.  Refunds may
+carry an idempotency key (``refunds[].key``, per payment) and each has an id.
 """
 
 from __future__ import annotations
