@@ -384,8 +384,12 @@ def test_node_client_places_and_pays_an_order(daemon, db):
     assert out["order"]["order"]["status"] == "in_progress"
     assert out["fees"]["platform_fee"] == 8.0 and out["fees"]["seller_amount"] == 31.98
     assert out["bad"]["success"] is False and out["bad"]["code"] == "INVALID_STATE"
+    refund, again = out["refund"], out["refundAgain"]
+    assert refund["success"] is True and refund["created"] is True and refund["refunded_total"] == 10.0
+    assert again["created"] is False and again["refund_id"] == refund["refund_id"]
     stored = db.payments.find_one({"_id": ObjectId(out["paymentId"])})
-    assert stored["status"] == "completed" and str(stored["orderId"]) == order_id
+    assert stored["status"] == "partially_refunded" and str(stored["orderId"]) == order_id
+    assert dec(stored["refundedTotal"]) == Decimal("10.00") and len(stored["refunds"]) == 1
     assert db.orders.count_documents({}) == 1 and db.payments.count_documents({}) == 1
     assert earnings(db, seller) == 0
 
