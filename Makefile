@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install node-deps bench clean
+.PHONY: run test lint install node-deps node-client bench clean
 
 $(BIN)/twistd: setup.py setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ lint: install
 node-deps:
 	cd tests/node && npm install --no-package-lock --no-audit --no-fund --loglevel=error
 
-test: install lint node-deps
+# the client package's own dependencies, exactly as locked (clients/node/package-lock.json)
+node-client: clients/node/node_modules/.installed
+clients/node/node_modules/.installed: clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: install lint node-deps node-client
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install
