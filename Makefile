@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install node-deps node-client bench clean
+.PHONY: run test lint install node-deps node-client bench soak clean
 
 $(BIN)/twistd: setup.py setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: install lint node-deps node-client
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Ten minutes of mixed load on one daemon (needs wrk); writes bench/soak.md and bench/soak.png.
+soak: install
+	$(BIN)/python -m bench.soak --minutes 10 $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) var rpc_server.log* tests/node/node_modules .pytest_cache .mypy_cache .ruff_cache
