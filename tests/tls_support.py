@@ -118,3 +118,87 @@ class Pki:
         pki.client.write_bytes(client.public_bytes(pem) + _pem_key(client_key))
         pki.client.chmod(0o600)
         return pki
+
+
+class SecureDatabase:
+    """SecantusDB with ``--tls-cert-file/--tls-key-file/--tls-ca-file --auth`` and three users.
+
+    Users are created on a first, plaintext start without ``--auth`` (as
+    ``secantusd-py --help`` says to), then the server restarts on the same
+    storage with TLS and authentication:
+
+    * ``modern`` -- SCRAM-SHA-256 credentials only, in ``admin``;
+    * ``legacy`` -- SCRAM-SHA-1 credentials only, in ``admin``;
+    * ``CN=worknet-daemon,O=WorkNet`` -- MONGODB-X509, in ``$external``.
+
+    Client certificates are verified when offered (``--tls-ca-file``), not required.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import secrets
+
+        from tests.conftest import Database
+
+        self.pki = Pki.make(directory / "pki")
+        self.password = secrets.token_urlsafe(18)
+        pki = self.pki
+
+        class _Tls(Database):
+            @property
+            def probe_uri(self) -> str:
+                return f"mongodb://127.0.0.1:{self.port}/?tls=true&tlsCAFile={pki.ca}"
+
+        self.server = _Tls(directory / "data", "--auth", "--tls-cert-file", str(pki.server_cert),
+                           "--tls-key-file", str(pki.server_key), "--tls-ca-file", str(pki.ca))
+        self.port = self.server.port
+
+    def start(self) -> None:
+        import pymongo
+
+        from tests.conftest import Database
+
+        plain = Database(self.server.storage)
+        plain.port = self.port
+        plain.start()
+        try:
+            client = pymongo.MongoClient(plain.uri, directConnection=True)
+            roles = [{"role": "root", "db": "admin"}]
+            client.admin.command("createUser", "modern", pwd=self.password, roles=roles, mechanisms=["SCRAM-SHA-256"])
+            client.admin.command("createUser", "legacy", pwd=self.password, roles=roles, mechanisms=["SCRAM-SHA-1"])
+            client["$external"].command("createUser", CLIENT_SUBJECT, roles=roles, mechanisms=["MONGODB-X509"])
+            client.close()
+        finally:
+            plain.stop()
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def uri(self, user: str | None = "modern", *, password: str | None = None, host: str = "127.0.0.1",
+            path: str = "", **options: str) -> str:
+        """A connection string to this server; ``options`` default to TLS with the test CA and authSource=admin."""
+        import urllib.parse
+
+        query = {"tls": "true", "tlsCAFile": str(self.pki.ca), "authSource": "admin", **options}
+        query = {k: v for k, v in query.items() if v is not None}
+        userinfo = f"{user}:{urllib.parse.quote_plus(password or self.password)}@" if user else ""
+        return f"mongodb://{userinfo}{host}:{self.port}/{path}?{urllib.parse.urlencode(query)}"
+
+
+def main() -> None:
+    """``python -m tests.tls_support DIR``: run a TLS + auth SecantusDB and print its URI (for WORKNET_TEST_MONGODB_URI)."""
+    import signal
+    import sys
+
+    server = SecureDatabase(Path(sys.argv[1]))
+    server.start()
+    print(server.uri(), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        signal.pause()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
