@@ -234,10 +234,10 @@ def parse(uri: str, environment: str) -> Target:
         text = "mongodb://" + head + ("?" + urllib.parse.urlencode(kept) if kept else "")
     elif not uri.startswith("mongodb://"):
         raise ConfigError("MONGODB_URI must start with mongodb:// or mongodb+srv://")
-    query = dict((k.lower(), v) for k, v in urllib.parse.parse_qsl(text.partition("?")[2]))
+    given = {k.lower(): v for k, v in urllib.parse.parse_qsl(text.partition("?")[2])}
     for name in ("tlsCAFile", "tlsCertificateKeyFile"):  # before pymongo, whose message would not name the option
-        if name.lower() in query:
-            _check_pem(name, query[name.lower()], key=name == "tlsCertificateKeyFile")
+        if name.lower() in given:
+            _check_pem(name, given[name.lower()], key=name == "tlsCertificateKeyFile")
     try:
         parsed = parse_uri(text)
     except (PyMongoError, ValueError, OSError) as e:

@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 from pymongo import ReturnDocument
 from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.write_concern import WriteConcern
 from twisted.application import service
 from twisted.internet import defer, task, threads
+from txmongo import collection as txmongo_collection
 from txmongo import filter as qf
 from txmongo.connection import ConnectionPool
 from txmongo.database import Database
@@ -35,6 +37,34 @@ log = logger(__name__)
 TRANSACTION_ATTEMPTS = 12  # write conflicts under contention: back off and run the steps again
 INDEX_RETRY_SECONDS = 5.0  # a conflicting index is checked again this often (fixed by hand, the daemon goes on)
 SNAPSHOT_COLLECTION = "idempotency"  # read by _id (never matches) to give each transaction its read concern
+
+
+class Collection(txmongo_collection.Collection):
+    """txmongo's collection, except that find-and-modify inside a transaction carries no write concern.
+
+    txmongo 26 puts the collection's write concern into every
+    ``findAndModify``, also inside a transaction, where MongoDB refuses it
+    (code 72, "Cannot set write concern after starting a transaction"); its
+    other commands leave it to the commit, as the protocol wants.  With the
+    pool's ``w: majority`` default every transaction would fail, so here the
+    three find-and-modify methods use a copy without write concern when the
+    session is in a transaction.  (No change to txmongo: a subclass the store
+    hands out.)
+    """
+
+    def _for(self, session: ClientSession | None) -> txmongo_collection.Collection:
+        if session is not None and session.in_transaction():
+            return super().with_options(write_concern=WriteConcern())
+        return super()
+
+    def find_one_and_update(self, *args: Any, session: ClientSession | None = None, **kwargs: Any) -> Any:
+        return self._for(session).find_one_and_update(*args, session=session, **kwargs)
+
+    def find_one_and_replace(self, *args: Any, session: ClientSession | None = None, **kwargs: Any) -> Any:
+        return self._for(session).find_one_and_replace(*args, session=session, **kwargs)
+
+    def find_one_and_delete(self, *args: Any, session: ClientSession | None = None, **kwargs: Any) -> Any:
+        return self._for(session).find_one_and_delete(*args, session=session, **kwargs)
 
 
 class IndexConflict(Exception):
@@ -224,7 +254,7 @@ class MongoStore(service.Service):
         return self.pool[self._settings.db_name]
 
     def __getitem__(self, collection: str) -> Any:
-        return self.db[collection]
+        return Collection(self.db, collection)
 
     def open_connections(self) -> int:
         """How many pool connections are established right now."""
@@ -266,7 +296,7 @@ class MongoStore(service.Service):
         """
         if "_id" not in filter:
             raise ValueError("update_and_fetch needs a filter on _id")
-        target = self.db[collection]
+        target = self[collection]
         if not self.is_secantus:
             return await target.find_one_and_update(
                 filter, update, projection=projection, return_document=ReturnDocument.AFTER, session=session,
