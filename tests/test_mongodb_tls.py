@@ -79,8 +79,8 @@ def test_client_certificate_with_mongodb_x509(secure, admin, make_daemon):
 
 
 def test_a_client_certificate_is_presented_under_scram(secure, admin, make_daemon):
-    # the server verifies an offered certificate against its CA: a certificate from elsewhere fails the handshake,
-    # so a working connection here means ours was presented and accepted
+    # the server verifies an offered certificate against its CA: one from elsewhere fails the handshake
+    # ("client certificate from an unknown CA" below), so a working connection means ours was presented and accepted
     uri = secure.uri("modern", tlsCertificateKeyFile=str(secure.pki.client))
     works(make_daemon(mongodb_uri=uri), admin)
 
@@ -97,13 +97,18 @@ FAILURES = {
                         "TLS: the certificate of localhost:{port} is not issued for the host name localhost"),
     "plaintext to the TLS server": (dict(tls=None, tlsCAFile=None),
                                     "127.0.0.1:{port} closed the connection before answering (a TLS-only server?"),
+    "client certificate from an unknown CA": (dict(tlsCertificateKeyFile="{stranger}"),
+                                              "TLS handshake with 127.0.0.1:{port} failed: "),
+    "another replica set": (dict(replicaSet="rs0"),
+                            "127.0.0.1:{port}: the server is not a member of replica set 'rs0'"),
 }
 
 
 @pytest.mark.parametrize("case", list(FAILURES))
 def test_a_refused_connection_is_one_clear_line_a_degraded_health_and_unavailable_calls(secure, make_daemon, case):
     options, expected = FAILURES[case]
-    options = {k: (v.format(other_ca=secure.pki.other_ca) if isinstance(v, str) else v) for k, v in options.items()}
+    options = {k: (v.format(other_ca=secure.pki.other_ca, stranger=secure.pki.stranger) if isinstance(v, str) else v)
+               for k, v in options.items()}
     expected = expected.format(port=secure.port)
     password = options.pop("password", None)
     host = options.pop("host", "127.0.0.1")
@@ -116,7 +121,7 @@ def test_a_refused_connection_is_one_clear_line_a_degraded_health_and_unavailabl
             status, body = health(daemon)
         except OSError:
             return None
-        return body if status == 503 and body.get("cause") else None
+        return body if status == 503 and expected in body.get("cause", "") else None
 
     body = wait_for(degraded, 20, f"/health to say why ({case})")
     assert body["status"] == "degraded" and body["mongodb"] == "disconnected"
@@ -128,8 +133,9 @@ def test_a_refused_connection_is_one_clear_line_a_degraded_health_and_unavailabl
 
     time.sleep(2.5)  # txmongo keeps reconnecting meanwhile: the cause must not be logged again, nor drowned
     log = daemon.log()
-    lines = [line for line in log.splitlines() if "cannot use the database" in line]
-    assert len(lines) == 1 and expected in lines[0], lines
+    lines = [line.split("] ", 1)[1] for line in log.splitlines() if "cannot use the database" in line]
+    assert len([line for line in lines if expected in line]) == 1, lines
+    assert len(lines) == len(set(lines)), "a cause is logged once"
     assert "TxMongo lost connection" not in log
     assert "waiting for the database" not in log
     assert secure.password not in log and "not-the-password" not in log
@@ -223,7 +229,7 @@ def _refused_index(make_daemon, db_name: str):
             status, body = health(daemon)
         except OSError:
             return None
-        return body if status == 503 and body.get("cause") else None
+        return body if status == 503 and body.get("cause", "").startswith("index ") else None
 
     body = wait_for(degraded, 30, "/health to name the index")
     assert body["status"] == "degraded" and body["mongodb"] == "connected"

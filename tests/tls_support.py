@@ -7,7 +7,8 @@ between test runs.  ``Pki.make(directory)`` writes:
 * ``server.pem`` / ``server.key`` -- for 127.0.0.1 only (IP SAN), so that
   ``localhost`` is a wrong host name;
 * ``client.pem`` -- a client certificate and its key in one file (what
-  ``tlsCertificateKeyFile`` expects), subject ``CN=worknet-daemon,O=WorkNet``.
+  ``tlsCertificateKeyFile`` expects), subject ``CN=worknet-daemon,O=WorkNet``;
+  ``stranger.pem`` -- the same from ``other-ca.pem``.
 """
 
 from __future__ import annotations
@@ -90,12 +91,17 @@ class Pki:
     def client(self) -> Path:
         return self.directory / "client.pem"
 
+    @property
+    def stranger(self) -> Path:
+        """A client certificate signed by ``other_ca``: the server refuses it."""
+        return self.directory / "stranger.pem"
+
     @classmethod
     def make(cls, directory: Path) -> Pki:
         directory.mkdir(parents=True, exist_ok=True)
         pki = cls(directory)
         ca, ca_key = _ca("WorkNet test CA")
-        other, _ = _ca("Somebody else's CA")
+        other, other_key = _ca("Somebody else's CA")
         pem = serialization.Encoding.PEM
         pki.ca.write_bytes(ca.public_bytes(pem))
         pki.other_ca.write_bytes(other.public_bytes(pem))
@@ -117,6 +123,14 @@ class Pki:
         )
         pki.client.write_bytes(client.public_bytes(pem) + _pem_key(client_key))
         pki.client.chmod(0o600)
+
+        stranger_key = _key()
+        stranger = _certificate(
+            _name("stranger", "Elsewhere"), stranger_key, other.subject, other_key, ca=False,
+            extensions=[(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)],
+        )
+        pki.stranger.write_bytes(stranger.public_bytes(pem) + _pem_key(stranger_key))
+        pki.stranger.chmod(0o600)
         return pki
 
 

@@ -35,7 +35,7 @@ class Health(resource.Resource):
         self.store = store
 
     def render_GET(self, request: server.Request) -> Any:
-        if not self.store.is_ready and getattr(self.store, "cause", None):
+        if not self.store.is_ready and getattr(self.store, "refused", None):
             # refused, and known why: answer at once (an index conflict means the database itself answers)
             d: defer.Deferred[bool] = defer.succeed(bool(getattr(self.store, "index_problem", None)))
         else:

@@ -368,10 +368,10 @@ def _dialled_host(tls_protocol: Any) -> str | None:
 class Observer:
     """Where the connections report a failure the operator must see.
 
-    ``on_problem(cause, strong)``: a strong cause (refused credentials, a TLS
-    failure, a replica-set mismatch) is always reported; a weak one (the
-    server closed the connection before answering) only while no cause is
-    known, so that it never hides the real one.
+    ``on_problem(cause, certain)``: a certain cause (refused credentials, a
+    TLS failure, a replica-set mismatch, a plaintext connection closed before
+    any answer) is always reported; an uncertain one (a TLS handshake cut
+    short) only while no certain cause is known, and never fails calls early.
     """
 
     def __init__(self, on_problem: Callable[[str, bool], None]) -> None:
@@ -383,7 +383,12 @@ _MISMATCH = {"DNSMismatch": "DNS name mismatch", "IPAddressMismatch": "IP addres
 
 
 def describe_failure(reason: Any, *, tls: bool, answered: bool, host: str) -> tuple[str, bool] | None:
-    """The cause of a lost connection and whether it is certain (see ``Observer``); None: an ordinary loss."""
+    """The cause of a lost connection and whether it is certain (see ``Observer``); None: an ordinary loss.
+
+    A TLS connection closed during the handshake without a TLS error is not
+    certain: a server that wants a client certificate does it, and so does
+    an overloaded one (measured with SecantusDB under a load average of 12).
+    """
     from OpenSSL import SSL
     from service_identity import VerificationError
     from twisted.internet import error
@@ -403,7 +408,7 @@ def describe_failure(reason: Any, *, tls: bool, answered: bool, host: str) -> tu
             return (f"{host} closed the connection during the TLS handshake "
                     "(does it require a client certificate?)"), False
         return (f"{host} closed the connection before answering (a TLS-only server? the URI does not ask for "
-                "tls=true)"), False
+                "tls=true)"), True
     return None
 
 

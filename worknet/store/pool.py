@@ -100,6 +100,7 @@ class MongoStore(service.Service):
         self._waiting: list[defer.Deferred[None]] = []
         self.target: connect.Target | None = None
         self.problem: str | None = None  # the last connection failure the operator must fix, until one succeeds
+        self.hint: str | None = None  # an uncertain cause (see _connection_problem)
         self.index_problem: str | None = None  # a startup index that cannot be created
         self._logged_problem: str | None = None
 
@@ -144,11 +145,19 @@ class MongoStore(service.Service):
                 if not self.running:
                     raise
 
-    def _connection_problem(self, cause: str, strong: bool = True) -> None:
-        """A connection failed for a reason the operator must fix (credentials, TLS, ...): one line per cause."""
-        if not strong and self.problem is not None:
-            return  # never hide a known cause behind a vaguer one
-        self.problem = cause
+    def _connection_problem(self, cause: str, certain: bool = True) -> None:
+        """A connection failed for a reason the operator must fix (credentials, TLS, ...): one line per cause.
+
+        A certain cause makes calls answer UNAVAILABLE at once until a
+        connection succeeds; an uncertain one (a TLS handshake cut short, also
+        seen on an overloaded server) is only logged and shown by /health.
+        """
+        if certain:
+            self.problem = cause
+        elif self.problem is None:
+            self.hint = cause
+        else:
+            return  # never hide a certain cause behind a vaguer one
         if cause != self._logged_problem:
             self._logged_problem = cause
             log.error("cannot use the database: {cause}", cause=cause)
@@ -173,7 +182,7 @@ class MongoStore(service.Service):
                 continue
             if self.problem is not None and self.index_problem is None:
                 log.info("the database at {where} answers again", where=target.where)
-            self.problem = self._logged_problem = None
+            self.problem = self.hint = self._logged_problem = None
             try:
                 await self._create_indexes()
             except IndexConflict as e:  # a conflicting index or duplicates: the operator must act
@@ -209,9 +218,14 @@ class MongoStore(service.Service):
             return
 
     @property
+    def refused(self) -> str | None:
+        """Why the database refuses the daemon (credentials, TLS, a startup index), when that is certain."""
+        return self.index_problem or self.problem
+
+    @property
     def cause(self) -> str | None:
         """Why the database cannot be used right now (for /health), or None."""
-        return self.index_problem or self.problem
+        return self.refused or self.hint
 
     def wait_ready(self) -> defer.Deferred[None]:
         """A new Deferred that fires once the indexes exist (at once afterwards).
@@ -221,7 +235,7 @@ class MongoStore(service.Service):
         """
         if self.is_ready:
             return defer.succeed(None)
-        if self.cause is not None:  # refused (credentials, TLS, index conflict): answer at once, not at the deadline
+        if self.refused is not None:  # credentials, TLS, index conflict: answer at once, not at the deadline
             return defer.fail(Unavailable("The database is not available right now; try again shortly."))
         d: defer.Deferred[None] = defer.Deferred()
         self._waiting.append(d)
@@ -278,7 +292,7 @@ class MongoStore(service.Service):
             return False
         self.connected = True
         if self.is_ready:
-            self.problem = self._logged_problem = None
+            self.problem = self.hint = self._logged_problem = None
         return True
 
     async def update_and_fetch(
