@@ -126,6 +126,8 @@ def test_a_refused_connection_is_one_clear_line_a_degraded_health_and_unavailabl
     body = wait_for(degraded, 20, f"/health to say why ({case})")
     assert body["status"] == "degraded" and body["mongodb"] == "disconnected"
     assert expected in body["cause"], body
+    # a connection closed before any answer counts once it persists (UNCERTAIN_SECONDS): then it is logged
+    wait_for(lambda: f"cannot use the database: {expected}" in daemon.log(), 15, "the log line")
     started = time.monotonic()
     answer = daemon.proxy().categoriesService.get_all()
     assert answer["success"] is False and answer["code"] == "UNAVAILABLE"

@@ -369,13 +369,14 @@ class Observer:
     """Where the connections report a failure the operator must see.
 
     ``on_problem(cause, certain)``: a certain cause (refused credentials, a
-    TLS failure, a replica-set mismatch, a plaintext connection closed before
-    any answer) is always reported; an uncertain one (a TLS handshake cut
-    short) only while no certain cause is known, and never fails calls early.
+    TLS failure, a replica-set mismatch) is always reported; an uncertain one
+    (a connection closed before any answer) only counts while it persists,
+    see ``MongoStore._connection_problem``.
     """
 
-    def __init__(self, on_problem: Callable[[str, bool], None]) -> None:
+    def __init__(self, on_problem: Callable[[str, bool], None], on_answer: Callable[[], None]) -> None:
         self.on_problem = on_problem
+        self.on_answer = on_answer  # a connection got its first answer
 
 
 _MISMATCH = {"DNSMismatch": "DNS name mismatch", "IPAddressMismatch": "IP address mismatch",
@@ -385,9 +386,10 @@ _MISMATCH = {"DNSMismatch": "DNS name mismatch", "IPAddressMismatch": "IP addres
 def describe_failure(reason: Any, *, tls: bool, answered: bool, host: str) -> tuple[str, bool] | None:
     """The cause of a lost connection and whether it is certain (see ``Observer``); None: an ordinary loss.
 
-    A TLS connection closed during the handshake without a TLS error is not
-    certain: a server that wants a client certificate does it, and so does
-    an overloaded one (measured with SecantusDB under a load average of 12).
+    A connection closed before any answer is not certain: a plaintext URI to
+    a TLS server does it, and so does a server shutting down (measured with
+    SecantusDB); a TLS handshake cut short without a TLS error too (a server
+    that wants a client certificate, or an overloaded one).
     """
     from OpenSSL import SSL
     from service_identity import VerificationError
@@ -408,7 +410,7 @@ def describe_failure(reason: Any, *, tls: bool, answered: bool, host: str) -> tu
             return (f"{host} closed the connection during the TLS handshake "
                     "(does it require a client certificate?)"), False
         return (f"{host} closed the connection before answering (a TLS-only server? the URI does not ask for "
-                "tls=true)"), True
+                "tls=true)"), False
     return None
 
 
@@ -433,7 +435,9 @@ def protocol_class(target: Target, observer: Observer) -> type:
             return f"{peer.host}:{peer.port}" if peer is not None else target.where
 
         def dataReceived(self, data: bytes) -> None:
-            self.answered = True
+            if not self.answered:
+                self.answered = True
+                observer.on_answer()
             super().dataReceived(data)
 
         def connectionReady(self) -> Any:

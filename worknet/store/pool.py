@@ -35,6 +35,7 @@ T = TypeVar("T")
 log = logger(__name__)
 
 TRANSACTION_ATTEMPTS = 12  # write conflicts under contention: back off and run the steps again
+UNCERTAIN_SECONDS = 3.0  # a connection closed before answering, again and again this long: a real cause
 INDEX_RETRY_SECONDS = 5.0  # a conflicting index is checked again this often (fixed by hand, the daemon goes on)
 SNAPSHOT_COLLECTION = "idempotency"  # read by _id (never matches) to give each transaction its read concern
 
@@ -101,6 +102,7 @@ class MongoStore(service.Service):
         self.target: connect.Target | None = None
         self.problem: str | None = None  # the last connection failure the operator must fix, until one succeeds
         self.hint: str | None = None  # an uncertain cause (see _connection_problem)
+        self._hint_since: float | None = None
         self.index_problem: str | None = None  # a startup index that cannot be created
         self._logged_problem: str | None = None
 
@@ -112,7 +114,7 @@ class MongoStore(service.Service):
 
     def _connect(self, target: connect.Target) -> ConnectionPool:
         """The txmongo pool for ``target``: our TLS creator, our protocol (SCRAM-SHA-256, X.509, causes)."""
-        self._observer = connect.Observer(self._connection_problem)
+        self._observer = connect.Observer(self._connection_problem, self._connection_answered)
         pool = ConnectionPool(
             target.txmongo_uri(),
             pool_size=self._settings.mongodb_pool_size,
@@ -149,18 +151,29 @@ class MongoStore(service.Service):
         """A connection failed for a reason the operator must fix (credentials, TLS, ...): one line per cause.
 
         A certain cause makes calls answer UNAVAILABLE at once until a
-        connection succeeds; an uncertain one (a TLS handshake cut short, also
-        seen on an overloaded server) is only logged and shown by /health.
+        connection succeeds.  An uncertain one (a connection closed before any
+        answer: a plaintext URI to a TLS server, or a server shutting down) is
+        shown by /health at once, and becomes certain -- logged, calls refused
+        -- once it has lasted ``UNCERTAIN_SECONDS`` without any connection
+        getting an answer in between.
         """
-        if certain:
-            self.problem = cause
-        elif self.problem is None:
-            self.hint = cause
-        else:
-            return  # never hide a certain cause behind a vaguer one
+        if not certain:
+            if self.problem is not None:
+                return  # never hide a certain cause behind a vaguer one
+            now = self._reactor.seconds()
+            if self.hint != cause or self._hint_since is None:
+                self.hint, self._hint_since = cause, now
+                return
+            if now - self._hint_since < UNCERTAIN_SECONDS:
+                return
+        self.problem = cause
         if cause != self._logged_problem:
             self._logged_problem = cause
             log.error("cannot use the database: {cause}", cause=cause)
+
+    def _connection_answered(self) -> None:
+        """A connection got its first answer: a pending uncertain cause was not the reason."""
+        self.hint = self._hint_since = None
 
     async def _prepare(self) -> None:
         """Wait until the database answers, then create indexes and probe transactions."""
@@ -175,14 +188,14 @@ class MongoStore(service.Service):
                 hello = await self.command({"hello": 1})
             except Exception as e:  # the database is not up yet (or refuses us: see _connection_problem)
                 attempt += 1
-                if self.problem is None and (attempt in (1, 20) or attempt % 120 == 0):
+                if self.cause is None and (attempt in (1, 20) or attempt % 120 == 0):
                     log.warn("waiting for the database at {where} ({reason})", where=target.where,
                              reason=type(e).__name__)
                 await task.deferLater(self._reactor, 0.25, lambda: None)
                 continue
             if self.problem is not None and self.index_problem is None:
                 log.info("the database at {where} answers again", where=target.where)
-            self.problem = self.hint = self._logged_problem = None
+            self.problem = self.hint = self._hint_since = self._logged_problem = None
             try:
                 await self._create_indexes()
             except IndexConflict as e:  # a conflicting index or duplicates: the operator must act
@@ -292,7 +305,7 @@ class MongoStore(service.Service):
             return False
         self.connected = True
         if self.is_ready:
-            self.problem = self.hint = self._logged_problem = None
+            self.problem = self.hint = self._hint_since = self._logged_problem = None
         return True
 
     async def update_and_fetch(
