@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
@@ -46,3 +48,14 @@ def test_demo_loads_a_marketplace_and_is_idempotent(make_daemon, mongo):
     assert rpc.gigsService.search("logo", {}, 1, 5)["total"] >= 1
     assert {name: sorted(map(str, db[name].find({}, {"_id": 1, "status": 1}))) for name in ("orders", "payments")} \
         == documents
+
+    # The README's first page: each pasted call prints exactly what it shows.
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Try it with demo data"):readme.index("## Calling it")]
+    pairs = re.findall(r"```sh\n(python3 -c .*?)\n```\n\n```text\n(.*?)\n```", section, re.DOTALL)
+    assert len(pairs) == 3, pairs
+    for command, expected in pairs:
+        command = command.replace("127.0.0.1:8000", f"127.0.0.1:{daemon.port}")
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60,
+                              env={"PATH": os.environ["PATH"]})
+        assert done.returncode == 0 and done.stdout.strip() == expected.strip(), (command, done.stdout, done.stderr)
