@@ -70,7 +70,7 @@ def test_check_config_accepts_good_settings_and_a_reachable_database(tmp_path, d
 @pytest.mark.parametrize("args, mentions", [
     (["--mongodb-uri", "mongodb://operator:pa55-word-x@127.0.0.1:{port}/?authSource=admin"], "not reachable"),
     (["--mongodb-uri", "not-a-uri"], "MONGODB_URI"),
-    (["--listen", "ssl:{port}:privateKey=/nonexistent/key.pem"], "listen endpoint"),
+    (["--listen", "ssl:{port}:privateKey=/nonexistent/key.pem"], "RPC_LISTEN"),
     (["--data-dir", "/proc/forbidden/db"], "DATA_DIR"),
 ])
 def test_check_config_refuses_with_one_line_and_exit_2(tmp_path, args, mentions):

@@ -14,12 +14,6 @@ from worknet import __version__
 from worknet.config import Settings, load_settings
 
 
-def _exit_with(line: str, code: int = 2) -> None:
-    """One line on standard error, then exit (no usage text)."""
-    sys.stderr.write(f"worknet-rpc: {line}\n")
-    raise SystemExit(code)
-
-
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -52,6 +46,13 @@ class Options(usage.Options):
         print(f"worknet-rpc {__version__}")
         raise SystemExit(0)
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """As usage.Options does, but a bad option is one line and exit 2 (like a bad setting), not a usage dump."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            _stop(f"worknet-rpc: {e} (see twistd worknet-rpc --help)")
+
     def postOptions(self) -> None:
         overrides: dict[str, Any] = {
             "rpc_listen": self["listen"],
@@ -62,54 +63,58 @@ class Options(usage.Options):
         }
         try:
             if self["pool-size"] is not None:
-                overrides["mongodb_pool_size"] = int(self["pool-size"])
+                overrides["mongodb_pool_size"] = _option_int("--pool-size", self["pool-size"])
             self.settings = load_settings(env_file=self["env-file"], overrides=overrides)
         except ValueError as e:  # ConfigError included: one line naming the setting, no usage text
-            _exit_with(f"configuration error: {e}")
+            _stop(f"worknet-rpc: configuration error: {e}")
         if self.settings.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise usage.UsageError("--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+            _stop("worknet-rpc: configuration error: --log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 1 <= self.settings.mongodb_pool_size <= 200:
-            raise usage.UsageError("--pool-size must be between 1 and 200")
+            _stop("worknet-rpc: configuration error: --pool-size must be between 1 and 200")
         if self["log-format"] not in ("text", "json"):
-            raise usage.UsageError("--log-format must be text or json")
+            _stop("worknet-rpc: configuration error: --log-format must be text or json")
         try:
-            self["log-rotate-bytes"] = int(self["log-rotate-bytes"])
-            self["log-keep"] = int(self["log-keep"])
-        except ValueError:
-            raise usage.UsageError("--log-rotate-bytes and --log-keep take whole numbers") from None
+            self["log-rotate-bytes"] = _option_int("--log-rotate-bytes", self["log-rotate-bytes"])
+            self["log-keep"] = _option_int("--log-keep", self["log-keep"])
+        except ValueError as e:
+            _stop(f"worknet-rpc: configuration error: {e}")
         if self["log-rotate-bytes"] < 1000 or not 1 <= self["log-keep"] <= 1000:
-            raise usage.UsageError("--log-rotate-bytes must be at least 1000, --log-keep between 1 and 1000")
+            _stop("worknet-rpc: configuration error: --log-rotate-bytes must be at least 1000, "
+                  "--log-keep between 1 and 1000")
+        from worknet.startup import check_data_dir, check_listen
+
+        problem = check_listen(self.settings)
         if self.settings.embedded_database:
             from worknet.store.embedded import MISSING_EXTRA, find_secantusd
 
             if find_secantusd() is None:
-                _exit_with(MISSING_EXTRA)
+                problem = problem or MISSING_EXTRA
+            problem = problem or check_data_dir(self.settings.data_dir)
+        if problem:
+            _stop(f"worknet-rpc: configuration error: {problem}")
         if self["check-config"]:
             check_config(self.settings)
 
 
+def _stop(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    raise SystemExit(2)
+
+
+def _option_int(option: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{option} must be a whole number, got {raw!r}") from None
+
+
 def check_config(settings: Settings) -> None:
-    """``--check-config``: settings (already parsed), the listen endpoint, the database; then exit.
+    """``--check-config``: after the startup checks (settings, listen endpoint, data directory), the database; exit.
 
     Runs before the reactor, so a blocking pymongo ping is fine here.  Never
     prints the database URI (it may hold a password): only its hosts.
     """
-    from twisted.internet import endpoints, reactor
-
-    try:
-        endpoints.serverFromString(reactor, settings.listen)
-    except Exception as e:  # noqa: BLE001 - any parse or certificate error: one line
-        _exit_with(f"configuration error: the listen endpoint {settings.listen!r} is not usable: {e}")
     if settings.embedded_database:
-        try:
-            os.makedirs(settings.data_dir, exist_ok=True)
-            writable = os.access(settings.data_dir, os.W_OK)
-        except OSError as e:
-            writable, why = False, e.strerror
-        else:
-            why = "not writable"
-        if not writable:
-            _exit_with(f"configuration error: DATA_DIR {settings.data_dir}: {why}")
         where = f"embedded database under {os.path.abspath(settings.data_dir)}"
     else:
         import pymongo
@@ -118,16 +123,16 @@ def check_config(settings: Settings) -> None:
         try:
             hosts = ",".join(f"{h}:{p}" for h, p in parse_uri(settings.mongodb_uri)["nodelist"])
         except Exception as e:  # noqa: BLE001 - pymongo's InvalidURI / ConfigurationError
-            _exit_with(f"configuration error: MONGODB_URI is not a valid MongoDB URI ({type(e).__name__})")
+            _stop(f"worknet-rpc: configuration error: MONGODB_URI is not a valid MongoDB URI ({type(e).__name__})")
         timeout_ms = int(settings.db_timeout_seconds * 1000)
         client: Any = pymongo.MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=timeout_ms,
                                           connectTimeoutMS=timeout_ms)
         try:
             client[settings.db_name].command("ping")
         except pymongo.errors.OperationFailure as e:
-            _exit_with(f"database {hosts}: refused ({e.code}): check the credentials in MONGODB_URI")
+            _stop(f"worknet-rpc: database {hosts}: refused ({e.code}): check the credentials in MONGODB_URI")
         except pymongo.errors.PyMongoError:
-            _exit_with(f"database {hosts}: not reachable within {settings.db_timeout_seconds:g} s")
+            _stop(f"worknet-rpc: database {hosts}: not reachable within {settings.db_timeout_seconds:g} s")
         finally:
             client.close()
         where = f"database {hosts} answers"
