@@ -168,7 +168,8 @@ class _Notify(service.Service):
         if self.address:
             from twisted.internet import defer
 
-            defer.ensureDeferred(self._when_serving())
+            # Nothing to report if it never serves (the daemon stops anyway): no unhandled-error noise.
+            defer.ensureDeferred(self._when_serving()).addErrback(lambda _: None)
 
     async def _when_serving(self) -> None:
         from twisted.internet import defer
