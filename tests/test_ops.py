@@ -253,3 +253,11 @@ def test_dockerfile_is_pinned_hash_locked_and_production_only():
     done = subprocess.run([str(BIN / "hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_an_empty_log_file_setting_writes_no_log_file(make_daemon, tmp_path):
+    daemon = make_daemon(LOG_FILE="")
+    assert post(daemon.port, PING)[0] == 200
+    daemon.stop()
+    assert " ping " in daemon.log()  # the console still has it
+    assert not (tmp_path / "rpc_server.log").exists()
