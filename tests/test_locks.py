@@ -105,3 +105,25 @@ def test_every_install_uses_the_locks():
     assert "--no-deps" in dockerfile
     for npmrc in (ROOT / ".npmrc", ROOT / "tests/node/.npmrc"):
         assert "omit-lockfile-registry-resolved=true" in npmrc.read_text()
+
+
+def test_every_dependency_in_setup_cfg_is_locked():
+    """A dependency added to setup.cfg without `make lock` would be missing from every install."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+
+    def names(text: str) -> set[str]:
+        found = set()
+        for line in text.splitlines():
+            line = line.split("#")[0].strip()
+            if line:
+                found.add(re.split(r"[\s\[<>=!~;]", line, maxsplit=1)[0].lower().replace("_", "-"))
+        return found
+
+    required = names(config["options"]["install_requires"])
+    extras = set().union(*(names(v) for v in config["options.extras_require"].values()))
+    base, dev = pins(REQUIREMENTS / "base.txt"), pins(REQUIREMENTS / "dev.txt")
+    assert not required - base.keys(), f"not in requirements/base.txt (run make lock): {required - base.keys()}"
+    assert not (required | extras) - dev.keys(), f"not in requirements/dev.txt (run make lock): {(required | extras) - dev.keys()}"
