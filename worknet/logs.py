@@ -5,7 +5,8 @@ application's log observer, so it replaces twistd's own): every event --
 WorkNet's, Twisted's, txmongo's -- goes through one level filter, then to
 
 * the foreground: standard output, plus ``LOG_FILE`` when set;
-* a daemon: twistd's ``--logfile`` (default ``twistd.log``).
+* a daemon: twistd's ``--logfile`` (default ``twistd.log``);
+* with twistd's ``--syslog``: syslog (``--prefix``).
 
 Log files rotate at :data:`ROTATE_BYTES` (``--log-rotate-bytes``), keep
 :data:`KEEP_FILES` old files (``--log-keep``),
@@ -162,7 +163,8 @@ def level_filter(level: str) -> LogLevelFilterPredicate:
 
 
 def observer(level: str, log_format: str, *, foreground: bool, log_file: str, twistd_logfile: str | None,
-             reactor: Any = None, rotate_bytes: int = ROTATE_BYTES, keep: int = KEEP_FILES) -> ILogObserver:
+             reactor: Any = None, rotate_bytes: int = ROTATE_BYTES, keep: int = KEEP_FILES,
+             syslog_prefix: str | None = None) -> ILogObserver:
     """The process's one log observer (see the module docstring)."""
 
     def rotating(path: str) -> LogFile:
@@ -171,6 +173,13 @@ def observer(level: str, log_format: str, *, foreground: bool, log_file: str, tw
     formatter = json_line if log_format == "json" else text_line
     streams: list[IO[str] | LogFile] = []
     files: list[LogFile] = []
+    if syslog_prefix is not None:  # twistd --syslog: its syslog observer, behind the same level filter
+        from twisted.logger import LegacyLogObserverWrapper
+        from twisted.python.syslog import SyslogObserver
+
+        legacy = SyslogObserver(syslog_prefix).emit  # a legacy (dict) observer, as the wrapper expects
+        return FilteringLogObserver(LegacyLogObserverWrapper(legacy),  # type: ignore[arg-type]
+                                    [level_filter(level)])
     if foreground:
         if twistd_logfile and twistd_logfile != "-":
             files.append(rotating(twistd_logfile))

@@ -227,6 +227,7 @@ def makeService(options: Options) -> service.MultiService:
         settings.log_level, options["log-format"], foreground=foreground, log_file=settings.log_file,
         twistd_logfile=parent.get("logfile") if parent is not None else None, reactor=reactor,
         rotate_bytes=options["log-rotate-bytes"], keep=options["log-keep"],
+        syslog_prefix=parent.get("prefix", "twisted") if parent is not None and parent.get("syslog") else None,
     )
     log = logs.logger("worknet.tap")
 
