@@ -13,7 +13,7 @@ PIP_COMPILE = $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --no-emit-i
 UPGRADE_FLAGS = $(if $(filter all,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
 NODE_PACKAGES := $(dir $(wildcard tests/node/package.json clients/node/package.json))
 
-.PHONY: run test lint install node-deps lock demo bench clean
+.PHONY: run test lint install node-deps node-client lock demo bench soak clean
 
 # Exactly the locked set (every file checked against its hash), then the project itself
 # without touching dependencies and built by the locked setuptools.
@@ -40,9 +40,15 @@ lint: install
 
 # package-lock.json as committed, nothing else (npm ci fails if it disagrees with package.json).
 node-deps:
-	@for d in $(NODE_PACKAGES); do (cd $$d && npm ci --no-audit --no-fund --loglevel=error) || exit 1; done
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 
-test: install lint node-deps
+# the client package's own dependencies, exactly as locked (clients/node/package-lock.json)
+node-client: clients/node/node_modules/.installed
+clients/node/node_modules/.installed: clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: install lint node-deps node-client
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Rewrites every lock file from setup.cfg / requirements/*.in / package.json.
@@ -70,6 +76,10 @@ demo: install
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Ten minutes of mixed load on one daemon (needs wrk); writes bench/soak.md and bench/soak.png.
+soak: install
+	$(BIN)/python -m bench.soak --minutes 10 $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) var rpc_server.log* tests/node/node_modules clients/node/node_modules \
