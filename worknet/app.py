@@ -13,10 +13,13 @@ from twisted.internet import defer
 from twisted.web import http, resource, server
 
 from worknet.config import Settings
+from worknet.logs import logger
 from worknet.rpc.channel import GuardedSite, connection_cap, raise_file_limit
 from worknet.rpc.metrics import Metrics
 from worknet.rpc.resource import RPCRoot, authorized, refuse_unauthorized, request_factory
 from worknet.services import build_services
+
+log = logger("worknet.app")
 
 
 class Health(resource.Resource):
@@ -139,6 +142,7 @@ class GracefulTermination(service.Service):
 
     def _stop(self) -> None:
         if self.reactor.running:
+            log.info("Received SIGTERM, shutting down.")  # as Twisted logs SIGINT
             self.reactor.stop()
 
 

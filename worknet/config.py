@@ -130,6 +130,9 @@ _PARSERS = {
 }
 
 ENV_VARIABLES = tuple(_PARSERS)
+# Variables whose empty value is a choice, not "unset": LOG_FILE= turns the foreground log file off
+# (systemd and Docker leave the log to the journal / the container runtime).
+EMPTY_MEANS_NONE = ("LOG_FILE",)
 
 
 def load_settings(
@@ -153,7 +156,7 @@ def load_settings(
 
     kwargs: dict[str, object] = {}
     for name, raw in values.items():
-        if name in _PARSERS and raw != "":
+        if name in _PARSERS and (raw != "" or name in EMPTY_MEANS_NONE):
             attr, parse = _PARSERS[name]
             kwargs[attr] = parse(name, raw)
     known = {f.name for f in fields(Settings)}

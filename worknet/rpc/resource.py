@@ -17,7 +17,7 @@ from xmlrpc.client import dumps
 from twisted.internet import defer
 from twisted.web import http, server, xmlrpc
 
-from worknet.logs import logger
+from worknet.logs import logger, new_request_id, request_id
 from worknet.rpc.describe import describe_methods, render_method_page
 from worknet.rpc.dispatch import INVALID_REQUEST, NOT_WELL_FORMED, Dispatcher, signature
 from worknet.rpc.metrics import Metrics
@@ -190,6 +190,17 @@ class RPCRoot(xmlrpc.XMLRPC):
     # -- HTTP -------------------------------------------------------------------
 
     def render_POST(self, request: server.Request) -> Any:
+        # The call's id: in the X-Request-Id response header and on its log lines (a context
+        # variable, copied into the call's coroutine when it starts, reset here when it returns).
+        rid = new_request_id(request.getHeader("x-request-id"))
+        request.setHeader(b"x-request-id", rid.encode())
+        token = request_id.set(rid)
+        try:
+            return self._render_call(request)
+        finally:
+            request_id.reset(token)
+
+    def _render_call(self, request: server.Request) -> Any:
         if not authorized(request, self.settings.rpc_auth_token):
             return refuse_unauthorized(request, self.metrics)
         if getattr(request, "body_too_large", False):
