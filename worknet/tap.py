@@ -28,6 +28,9 @@ class Options(usage.Options):
         ["log-level", None, None, "DEBUG, INFO, WARNING, ERROR or CRITICAL (default $LOG_LEVEL or INFO)"],
         ["data-dir", None, None, "data directory of the embedded database (default $DATA_DIR or ./var/db)"],
         ["pool-size", None, None, "database connections in the pool (default $MONGODB_POOL_SIZE or 10)"],
+        ["workers", None, None,
+         "reactor processes sharing the listening socket: a number or auto (one per CPU); "
+         "default $RPC_WORKERS or 1. More than one needs a tcp: or tcp6: --listen endpoint"],
     ]
 
     settings: Settings
@@ -43,6 +46,10 @@ class Options(usage.Options):
         try:
             if self["pool-size"] is not None:
                 overrides["mongodb_pool_size"] = int(self["pool-size"])
+            if self["workers"] is not None:
+                from worknet.config import workers
+
+                overrides["rpc_workers"] = workers("--workers", self["workers"])
             self.settings = load_settings(env_file=self["env-file"], overrides=overrides)
         except ValueError as e:  # ConfigError included: one line naming the setting, no usage text
             sys.stderr.write(f"worknet-rpc: configuration error: {e}\n")
@@ -51,6 +58,13 @@ class Options(usage.Options):
             raise usage.UsageError("--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 1 <= self.settings.mongodb_pool_size <= 200:
             raise usage.UsageError("--pool-size must be between 1 and 200")
+        if self.settings.rpc_workers > 1:
+            from worknet.workers import listen_address
+
+            try:
+                listen_address(self.settings.listen)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
         if self.settings.embedded_database:
             from worknet.store.embedded import find_secantusd
 
@@ -79,6 +93,19 @@ def makeService(options: Options) -> service.MultiService:
 
     top = SequentialMultiService()
     GracefulTermination(reactor).setServiceParent(top)
+    if settings.rpc_workers > 1:
+        from worknet.workers import WorkerPool
+
+        if settings.embedded_database:
+            database = EmbeddedDatabase(settings.data_dir, reactor=reactor)
+            database.setServiceParent(top)
+            WorkerPool(settings, lambda: database.uri, reactor=reactor).setServiceParent(top)
+        else:
+            WorkerPool(settings, lambda: settings.mongodb_uri, reactor=reactor).setServiceParent(top)
+        log.info("WorkNet RPC starting {n} workers on {listen}, database {db} ({where})",
+                 n=settings.rpc_workers, listen=settings.listen, db=settings.db_name,
+                 where="embedded SecantusDB" if settings.embedded_database else "MONGODB_URI")
+        return top
     if settings.embedded_database:
         embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor)
         embedded.setServiceParent(top)
