@@ -35,6 +35,13 @@ class Options(usage.Options):
 
     settings: Settings
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """As usage.Options does, but a bad option is one line and exit 2 (like a bad setting), not a usage dump."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            _stop(f"worknet-rpc: {e} (see twistd worknet-rpc --help)")
+
     def postOptions(self) -> None:
         overrides: dict[str, Any] = {
             "rpc_listen": self["listen"],
@@ -45,33 +52,48 @@ class Options(usage.Options):
         }
         try:
             if self["pool-size"] is not None:
-                overrides["mongodb_pool_size"] = int(self["pool-size"])
+                overrides["mongodb_pool_size"] = _option_int("--pool-size", self["pool-size"])
             if self["workers"] is not None:
                 from worknet.config import workers
 
                 overrides["rpc_workers"] = workers("--workers", self["workers"])
             self.settings = load_settings(env_file=self["env-file"], overrides=overrides)
         except ValueError as e:  # ConfigError included: one line naming the setting, no usage text
-            sys.stderr.write(f"worknet-rpc: configuration error: {e}\n")
-            raise SystemExit(2) from None
+            _stop(f"worknet-rpc: configuration error: {e}")
         if self.settings.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise usage.UsageError("--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+            _stop("worknet-rpc: configuration error: --log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 1 <= self.settings.mongodb_pool_size <= 200:
-            raise usage.UsageError("--pool-size must be between 1 and 200")
+            _stop("worknet-rpc: configuration error: --pool-size must be between 1 and 200")
         if self.settings.rpc_workers > 1:
             from worknet.workers import listen_address
 
             try:
                 listen_address(self.settings.listen)
             except ValueError as e:
-                raise usage.UsageError(str(e)) from None
+                _stop(f"worknet-rpc: configuration error: {e}")
+        from worknet.startup import check_data_dir, check_listen
+
+        problem = check_listen(self.settings)
         if self.settings.embedded_database:
             from worknet.store.embedded import find_secantusd
 
             if find_secantusd() is None:
-                raise usage.UsageError(
-                    "MONGODB_URI is unset and secantusd-py (the embedded database) is not installed"
-                )
+                problem = problem or "MONGODB_URI is unset and secantusd-py (the embedded database) is not installed"
+            problem = problem or check_data_dir(self.settings.data_dir)
+        if problem:
+            _stop(f"worknet-rpc: configuration error: {problem}")
+
+
+def _stop(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    raise SystemExit(2)
+
+
+def _option_int(option: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{option} must be a whole number, got {raw!r}") from None
 
 
 def makeService(options: Options) -> service.MultiService:
@@ -93,36 +115,29 @@ def makeService(options: Options) -> service.MultiService:
 
     top = SequentialMultiService()
     GracefulTermination(reactor).setServiceParent(top)
-    if settings.rpc_workers > 1:
-        from worknet.workers import WorkerPool
-
-        if settings.embedded_database:
-            database = EmbeddedDatabase(settings.data_dir, reactor=reactor)
-            database.setServiceParent(top)
-            WorkerPool(settings, lambda: database.uri, reactor=reactor).setServiceParent(top)
-        else:
-            WorkerPool(settings, lambda: settings.mongodb_uri, reactor=reactor).setServiceParent(top)
-        log.info("WorkNet RPC starting {n} workers on {listen}, database {db} ({where})",
-                 n=settings.rpc_workers, listen=settings.listen, db=settings.db_name,
-                 where="embedded SecantusDB" if settings.embedded_database else "MONGODB_URI")
-        return top
     if settings.embedded_database:
         embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor)
         embedded.setServiceParent(top)
         uri = lambda: embedded.uri  # noqa: E731 - the port is chosen when the service starts
     else:
         uri = lambda: settings.mongodb_uri  # noqa: E731
-    store = MongoStore(settings, uri, reactor=reactor)
-    store.setServiceParent(top)
-    site = build_site(store, settings, reactor=reactor)
-    DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
-    listener = endpoint_service(settings.listen, site, reactor=reactor)
-    listener.setName("xmlrpc")
-    listener.setServiceParent(top)
+    if settings.rpc_workers > 1:  # N processes on one socket, one database for all (worknet/workers.py)
+        from worknet.workers import WorkerPool
+
+        WorkerPool(settings, uri, reactor=reactor).setServiceParent(top)
+    else:
+        store = MongoStore(settings, uri, reactor=reactor)
+        store.setServiceParent(top)
+        site = build_site(store, settings, reactor=reactor)
+        DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
+        listener = endpoint_service(settings.listen, site, reactor=reactor)
+        listener.setName("xmlrpc")
+        listener.setServiceParent(top)
 
     mode = "development" if settings.development else settings.node_env
-    log.info("WorkNet RPC starting ({mode} mode) on {listen}, database {db} ({where})",
-             mode=mode, listen=settings.listen, db=settings.db_name,
+    log.info("WorkNet RPC starting ({mode} mode, {n} worker{s}) on {listen}, database {db} ({where})",
+             mode=mode, n=settings.rpc_workers, s="" if settings.rpc_workers == 1 else "s",
+             listen=settings.listen, db=settings.db_name,
              where="embedded SecantusDB" if settings.embedded_database else "MONGODB_URI")
     if settings.development and weak_secret(settings):
         log.warn("!!! DEVELOPMENT MODE with a weak JWT_SECRET: tokens are forgeable. "

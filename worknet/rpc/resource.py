@@ -26,6 +26,7 @@ from worknet.rpc.parsing import NotAnXmlRpcCall, NotWellFormed, parse_call
 log = logger("worknet.rpc")
 
 VERSION = "0.1.0"
+SERVER_HEADER = b"WorkNet-RPC"
 
 
 class LimitedRequest(server.Request):
@@ -38,6 +39,11 @@ class LimitedRequest(server.Request):
     max_body = 1024 * 1024
     body_too_large = False
     _received = 0
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if name == b"Server":  # Twisted's default names Twisted and its version: name only ourselves
+            value = SERVER_HEADER
+        super().setHeader(name, value)
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body:
