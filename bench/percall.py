@@ -51,16 +51,14 @@ def daemon_site(log_dir: Path, level: str = "INFO") -> Any:
     store.is_ready = True  # calculate_fees reads nothing; no database is contacted
     store.connected = True
     store._pool = object()  # type: ignore[assignment]  # ping: answered from the fresh probe result below
-    store._probe_started = 1e18
+    store._probe_started = 1e18  # a fresh probe result, for ever
     return build_site(store, settings, reactor=reactor)
 
 
 def stock_site() -> Any:
-    from twisted.web import server
+    from twisted.web import server, xmlrpc
 
     from bench.peers.stock_twisted import Payments
-
-    from twisted.web import xmlrpc
 
     class Root(xmlrpc.XMLRPC):
         def xmlrpc_ping(self) -> dict:

@@ -56,7 +56,7 @@ class MongoStore(service.Service):
         self.connected = False
         self.is_ready = False  # indexes created: the services may read and write
         self._waiting: list[defer.Deferred[None]] = []
-        self._probe: defer.Deferred[None] | None = None
+        self._probing = False
         self._probe_started = -1e9
         self._probe_waiters: list[defer.Deferred[bool]] = []
 
@@ -171,12 +171,13 @@ class MongoStore(service.Service):
             return False
         if self._reactor.seconds() - self._probe_started < PING_FRESH_SECONDS:
             return self.connected
-        if self._probe is None:
-            self._probe_started = self._reactor.seconds()
-            self._probe = defer.ensureDeferred(self._run_probe())
         # a Deferred per caller: a caller that gives up (its deadline) cancels its own only
         mine: defer.Deferred[bool] = defer.Deferred()
-        self._probe_waiters.append(mine)
+        self._probe_waiters.append(mine)  # before the probe starts: it may end at once
+        if not self._probing:
+            self._probing = True
+            self._probe_started = self._reactor.seconds()
+            defer.ensureDeferred(self._run_probe())
         return await mine
 
     async def _run_probe(self) -> None:
@@ -188,7 +189,7 @@ class MongoStore(service.Service):
             except Exception:
                 connected = False
         self.connected = connected
-        self._probe = None
+        self._probing = False
         waiting, self._probe_waiters = self._probe_waiters, []
         for d in waiting:
             if not d.called:
