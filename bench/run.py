@@ -31,6 +31,7 @@ import random
 import resource
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -544,6 +545,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent), help="where results.md/png go")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))  # stop every server started here
     duration = min(max(args.duration, 1.0), 60.0)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 1,000 idle connections from here
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))

@@ -435,10 +435,14 @@ def worker_main(number: int) -> None:
     rpc = site.resource.rpc
     jobs = rpc.getSubHandler("usersService").passwords.pool.jobs
 
-    def gauges() -> None:
+    def gauges() -> None:  # set_function gauges are this process's only: written to the shared files here
         refresh_gauges(rpc.metrics, store, settings)
         for outcome, count in jobs.items():
             rpc.metrics.password_jobs.labels(outcome).set(count)
+        guarded: Any = site
+        rpc.metrics.http_connections.set(guarded.open_connections)
+        rpc.metrics.http_dropped.labels("over_cap").set(guarded.refused_connections)
+        rpc.metrics.http_dropped.labels("too_slow").set(guarded.slow_requests)
 
     refresher = task.LoopingCall(gauges)
     reactor.callWhenRunning(refresher.start, 1.0)
