@@ -315,7 +315,7 @@ def in_flight(port: int) -> float:
     return 0.0
 
 
-def settle(bench: Bench, baseline_threads: dict[str, int], limit: float = 20.0) -> float:
+def settle(bench: Bench, baseline_threads: dict[str, int], limit: float = 5.0) -> float:
     """Wait (at most ``limit`` s) until no server still works on the calls of the last run.
 
     wrk stops at its deadline, but slow calls it gave up on go on in the servers
