@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 from bson import ObjectId
@@ -266,3 +267,24 @@ def test_methods_answer_under_their_camel_case_names(rpc, market):
     assert {"reviewsService.calculateRating", "reviewsService.calculate_rating",
             "gigsService.updateRating", "gigsService.getByUser"} <= methods
     assert "average" in rpc.system.methodHelp("reviewsService.calculateRating")
+
+
+def test_a_replay_answers_the_first_review_before_checking_the_gig_user_or_order_again(rpc, db, market):
+    _, gig, (a, _, _) = market
+    order = completed_order(rpc, gig, a)
+    rid = str(ObjectId())
+    args = (rid, gig, 5, {"user_id": a, "order_id": order, "comment": "Fine"})
+    first = rpc.reviewsService.create(*args)
+    assert first["success"] is True, first
+    # the gig and the author are deleted since: a new review is refused, the retried one is the first
+    now = datetime.now(UTC)
+    db.gigs.update_one({"_id": ObjectId(gig)}, {"$set": {"deletedAt": now, "isActive": False}})
+    db.users.update_one({"_id": ObjectId(a)}, {"$set": {"deletedAt": now}})
+    assert rpc.reviewsService.create("", gig, 5, {"user_id": a})["code"] == "NOT_FOUND"
+    again = rpc.reviewsService.create(*args)
+    assert again["success"] is True and again["created"] is False, again
+    assert again["review"] == first["review"]
+    assert rpc.reviewsService.create(rid, gig, 4, {"user_id": a, "order_id": order, "comment": "Fine"})["code"] \
+        == "CONFLICT"
+    assert db.reviews.count_documents({}) == 1
+    assert db.notifications.count_documents({"type": "review"}) == 1

@@ -96,8 +96,9 @@ class ReviewsService(ServiceResource):
 
     @signature("struct", "string", "string", "int", "struct", returns={"review_id": "string", "review": "struct", "created": "boolean", "gig_rating": "double", "review_count": "int"})
     async def xmlrpc_create(self, review_id: Any, gig_id: Any, rating: Any, extra: Any = None) -> dict:
-        """Review a live gig. review_id: client-chosen id or "" (a retry with the same id and content returns the first result with created: false; different content is a CONFLICT). rating: integer 1-5. extra (optional): user_id (the author: a live user, not the gig's seller; one review per user and gig, else CONFLICT; without it the review is anonymous), order_id (a completed order of this gig bought by user_id, which it requires), comment (at most 1000 characters). The seller is notified and the gig's rating recomputed from its reviews. Returns review_id, review, created, gig_rating (the gig's new average, 2 decimals), review_count."""
-        _id = v.client_id(review_id, "review_id") or ObjectId()
+        """Review a live gig. review_id: client-chosen id or "" (a retry with the same id and content returns the first result with created: false before anything else is checked again, even if the gig, the author or the order changed since; different content is a CONFLICT). rating: integer 1-5. extra (optional): user_id (the author: a live user, not the gig's seller; one review per user and gig, else CONFLICT; without it the review is anonymous), order_id (a completed order of this gig bought by user_id, which it requires), comment (at most 1000 characters). The seller is notified and the gig's rating recomputed from its reviews. Returns review_id, review, created, gig_rating (the gig's new average, 2 decimals), review_count."""
+        chosen = v.client_id(review_id, "review_id")
+        _id = chosen or ObjectId()
         gig = v.object_id(gig_id, "gig_id")
         stars = _rating(rating, "rating")
         options = v.struct(extra, "extra", EXTRA)
@@ -106,6 +107,11 @@ class ReviewsService(ServiceResource):
         comment = options.get("comment", "")
         if order is not None and author is None:
             raise ValidationError("user_id", "user_id is required with order_id")
+        request = {"gig_id": gig, "rating": stars, "user_id": author, "order_id": order, "comment": comment}
+        if chosen is not None:  # a repeat answers the first result before anything is checked again
+            first = await self.reviews.find_one({"_id": chosen})
+            if first is not None:
+                return await self._replay(first, request)
         gig_doc = await get_or_404(self.store["gigs"], gig, "gig", projection={"userId": 1, "title": 1})
         if author is not None:
             user = await self.store["users"].find_one({"_id": author, **NOT_DELETED}, projection={"_id": 1})
@@ -128,7 +134,6 @@ class ReviewsService(ServiceResource):
         }
         if author is not None:
             doc["userId"] = author
-        request = {"gig_id": gig, "rating": stars, "user_id": author, "order_id": order, "comment": comment}
         try:
             review, created = await create_once(self.reviews, doc, request, "review")
         except DuplicateKeyError:
@@ -143,6 +148,15 @@ class ReviewsService(ServiceResource):
         # idempotent: a retry after a crash completes what the first call left undone
         await self._notify_seller(review, str(gig_doc.get("title", "")))
         return ok(review_id=str(review["_id"]), review=review, created=created, **await self._gig_rating(gig))
+
+    async def _replay(self, first: dict, request: dict) -> dict:
+        """The answer to a repeated create: the first review (CONFLICT if the content differs), its
+        notification completed if a crash stopped the first call, and the gig's rating now."""
+        if first.get("requestHash") != request_hash(request):
+            raise Conflict("a different review already exists with this id", "id")
+        gig = await self.store["gigs"].find_one({"_id": first["gigId"]}, projection={"title": 1})
+        await self._notify_seller(first, str((gig or {}).get("title", "")))
+        return ok(review_id=str(first["_id"]), review=first, created=False, **await self._gig_rating(first["gigId"]))
 
     @signature("struct", "string", "struct", returns={"review": "struct", "gig_rating": "double", "review_count": "int"})
     async def xmlrpc_update(self, review_id: Any, updates: Any) -> dict:
