@@ -222,9 +222,9 @@ export interface System<Throw extends boolean = false> {
 }
 
 export interface UsersService<Throw extends boolean = false> {
-  /** Change a password: old_password must match (UNAUTHORIZED otherwise, counted like a failed login; RATE_LIMITED while locked); new_password 8-72 bytes of UTF-8 and different from the old one. Every token issued before stops verifying. Returns token, refresh_token (new ones). */
+  /** Change a password: old_password must match (UNAUTHORIZED otherwise, counted like a failed login of the account's email from the caller's address; RATE_LIMITED while that is locked); new_password 8-72 bytes of UTF-8 and different from the old one. Every token issued before stops verifying. Returns token, refresh_token (new ones). */
   change_password(user_id: string, old_password: string, new_password: string): Promise<Outcome<{ token: string; refresh_token: string }, Throw>>;
-  /** Change a password: old_password must match (UNAUTHORIZED otherwise, counted like a failed login; RATE_LIMITED while locked); new_password 8-72 bytes of UTF-8 and different from the old one. Every token issued before stops verifying. Returns token, refresh_token (new ones). */
+  /** Change a password: old_password must match (UNAUTHORIZED otherwise, counted like a failed login of the account's email from the caller's address; RATE_LIMITED while that is locked); new_password 8-72 bytes of UTF-8 and different from the old one. Every token issued before stops verifying. Returns token, refresh_token (new ones). */
   changePassword(user_id: string, old_password: string, new_password: string): Promise<Outcome<{ token: string; refresh_token: string }, Throw>>;
   /** Soft-delete a user (deletedAt): refused (INVALID_STATE) while the user has pending or in-progress orders as buyer or seller. Afterwards the user is NOT_FOUND everywhere, cannot log in and its tokens fail; the username and email stay reserved. Returns deleted: true. */
   delete_user(user_id: string): Promise<Outcome<{ deleted: boolean }, Throw>>;
@@ -242,7 +242,7 @@ export interface UsersService<Throw extends boolean = false> {
   get_stats(user_id: string): Promise<Outcome<{ stats: Struct }, Throw>>;
   /** Figures of a user. stats: totalOrders, completedOrders, activeOrders (ints, buyer and seller sides added; active = pending, in_progress or disputed), asBuyer and asSeller (structs with totalOrders, completedOrders, activeOrders for each side), totalGigs and activeGigs (live gigs, active ones), totalReviews and averageRating (reviews received as seller, 2 decimals, 0 when none), totalEarnings (the user's credited earnings), totalSpent (completed orders as buyer). Returns stats. */
   getStats(user_id: string): Promise<Outcome<{ stats: Struct }, Throw>>;
-  /** Log in with email and password. An unknown email and a wrong password give the same UNAUTHORIZED answer (and cost the same bcrypt check); 5 failures within 15 minutes lock the account for 15 minutes (RATE_LIMITED). Deleted accounts cannot log in. Returns token (access JWT), refresh_token (replaces the previous one), user. */
+  /** Log in with email and password. An unknown email and a wrong password give the same UNAUTHORIZED answer (and cost the same bcrypt check); 5 failures within 15 minutes from one client address lock that email for that address for 15 minutes (RATE_LIMITED), whether an account has that email or not. Deleted accounts cannot log in. Returns token (access JWT), refresh_token (replaces the previous one), user. */
   login(email: string, password: string): Promise<Outcome<{ user: Struct; token: string; refresh_token: string }, Throw>>;
   /** Exchange a refresh token for a new access token and a new refresh token (rotation: each refresh token works once, and only the newest one issued to the user). Access tokens are refused. Returns token, refresh_token; UNAUTHORIZED otherwise. */
   refresh_token(refresh_token: string): Promise<Outcome<{ token: string; refresh_token: string }, Throw>>;
