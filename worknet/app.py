@@ -7,7 +7,7 @@ import json
 import signal
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.application import service
 from twisted.internet import defer
 from twisted.web import http, resource, server
@@ -15,7 +15,7 @@ from twisted.web import http, resource, server
 from worknet.config import Settings
 from worknet.logs import logger
 from worknet.rpc.channel import GuardedSite, connection_cap, raise_file_limit
-from worknet.rpc.metrics import Metrics
+from worknet.rpc.metrics import Metrics, render
 from worknet.rpc.resource import RPCRoot, authorized, refuse_unauthorized, request_factory
 from worknet.services import build_services
 
@@ -82,11 +82,16 @@ class MetricsPage(resource.Resource):
     def render_GET(self, request: server.Request) -> bytes:
         if not authorized(request, self.settings.rpc_auth_token):
             return refuse_unauthorized(request, self.metrics)
-        self.metrics.db_connected.set(1 if self.store.connected else 0)
-        self.metrics.db_pool_size.set(self.settings.mongodb_pool_size)
-        self.metrics.db_pool_connected.set(self.store.open_connections())
+        refresh_gauges(self.metrics, self.store, self.settings)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.metrics.registry)
+        return render(self.metrics)
+
+
+def refresh_gauges(metrics: Metrics, store: Any, settings: Settings) -> None:
+    """The database gauges, read from the store (at each scrape; every second in a worker)."""
+    metrics.db_connected.set(1 if store.connected else 0)
+    metrics.db_pool_size.set(settings.mongodb_pool_size)
+    metrics.db_pool_connected.set(store.open_connections())
 
 
 class Root(resource.Resource):

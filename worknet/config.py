@@ -49,6 +49,7 @@ class Settings:
     log_level: str = "INFO"
     log_file: str = "rpc_server.log"
     bcrypt_rounds: int = 12
+    rpc_workers: int = 1
 
     @property
     def listen(self) -> str:
@@ -86,6 +87,13 @@ def _float(name: str, raw: str, low: float, high: float) -> float:
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def workers(name: str, raw: str) -> int:
+    """``auto`` (the CPU count) or a whole number of reactor processes, 1-64."""
+    if raw.strip().lower() == "auto":
+        return max(1, min(64, os.cpu_count() or 1))
+    return _int(name, raw, 1, 64)
 
 
 def _choice(name: str, raw: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
@@ -127,6 +135,7 @@ _PARSERS = {
     "LOG_LEVEL": ("log_level", lambda n, v: _choice(n, v, LOG_LEVELS, upper=True)),
     "LOG_FILE": ("log_file", lambda n, v: v.strip()),
     "BCRYPT_ROUNDS": ("bcrypt_rounds", lambda n, v: _int(n, v, 4, 16)),
+    "RPC_WORKERS": ("rpc_workers", workers),
 }
 
 ENV_VARIABLES = tuple(_PARSERS)

@@ -31,6 +31,9 @@ class Options(usage.Options):
         ["log-level", None, None, "DEBUG, INFO, WARNING, ERROR or CRITICAL (default $LOG_LEVEL or INFO)"],
         ["data-dir", None, None, "data directory of the embedded database (default $DATA_DIR or ./var/db)"],
         ["pool-size", None, None, "database connections in the pool (default $MONGODB_POOL_SIZE or 10)"],
+        ["workers", None, None,
+         "reactor processes sharing the listening socket: a number or auto (one per CPU); "
+         "default $RPC_WORKERS or 1. More than one needs a tcp: or tcp6: --listen endpoint"],
         ["log-format", None, "text", "text (twistd's classic lines) or json (one JSON object per line)"],
         ["log-rotate-bytes", None, "10000000", "rotate a log file when it reaches this size"],
         ["log-keep", None, "5", "rotated log files kept (older ones are deleted)"],
@@ -64,6 +67,10 @@ class Options(usage.Options):
         try:
             if self["pool-size"] is not None:
                 overrides["mongodb_pool_size"] = _option_int("--pool-size", self["pool-size"])
+            if self["workers"] is not None:
+                from worknet.config import workers
+
+                overrides["rpc_workers"] = workers("--workers", self["workers"])
             self.settings = load_settings(env_file=self["env-file"], overrides=overrides)
         except ValueError as e:  # ConfigError included: one line naming the setting, no usage text
             _stop(f"worknet-rpc: configuration error: {e}")
@@ -81,6 +88,13 @@ class Options(usage.Options):
         if self["log-rotate-bytes"] < 1000 or not 1 <= self["log-keep"] <= 1000:
             _stop("worknet-rpc: configuration error: --log-rotate-bytes must be at least 1000, "
                   "--log-keep between 1 and 1000")
+        if self.settings.rpc_workers > 1:
+            from worknet.workers import listen_address
+
+            try:
+                listen_address(self.settings.listen)
+            except ValueError as e:
+                _stop(f"worknet-rpc: configuration error: {e}")
         from worknet.startup import check_data_dir, check_listen
 
         problem = check_listen(self.settings)
@@ -239,18 +253,24 @@ def makeService(options: Options) -> service.MultiService:
         uri = lambda: embedded.uri  # noqa: E731 - the port is chosen when the service starts
     else:
         uri = lambda: settings.mongodb_uri  # noqa: E731
-    store = MongoStore(settings, uri, reactor=reactor)
-    store.setServiceParent(top)
-    site = build_site(store, settings, reactor=reactor)
-    DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
-    listener = endpoint_service(settings.listen, site, reactor=reactor)
-    listener.setName("xmlrpc")
-    listener.setServiceParent(top)
-    _Notify(store, listener).setServiceParent(top)
+    if settings.rpc_workers > 1:  # N processes on one socket, one database for all (worknet/workers.py)
+        from worknet.workers import WorkerPool
+
+        WorkerPool(settings, uri, reactor=reactor).setServiceParent(top)
+    else:
+        store = MongoStore(settings, uri, reactor=reactor)
+        store.setServiceParent(top)
+        site = build_site(store, settings, reactor=reactor)
+        DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
+        listener = endpoint_service(settings.listen, site, reactor=reactor)
+        listener.setName("xmlrpc")
+        listener.setServiceParent(top)
+        _Notify(store, listener).setServiceParent(top)
 
     mode = "development" if settings.development else settings.node_env
-    log.info("WorkNet RPC starting ({mode} mode) on {listen}, database {db} ({where})",
-             mode=mode, listen=settings.listen, db=settings.db_name,
+    log.info("WorkNet RPC starting ({mode} mode, {n} worker{s}) on {listen}, database {db} ({where})",
+             mode=mode, n=settings.rpc_workers, s="" if settings.rpc_workers == 1 else "s",
+             listen=settings.listen, db=settings.db_name,
              where="embedded SecantusDB" if settings.embedded_database else "MONGODB_URI")
     if settings.development and weak_secret(settings):
         log.warn("!!! DEVELOPMENT MODE with a weak JWT_SECRET: tokens are forgeable. "

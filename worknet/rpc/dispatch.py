@@ -141,6 +141,10 @@ class Dispatcher:
         self.canonical: dict[str, str] = {}
         self.active = 0
         self._idle: list[defer.Deferred[None]] = []
+        # prometheus children bound once per label set (``labels()`` per call costs a lock and a dict)
+        self._counted: dict[tuple[str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
+        self._faulted: dict[int, Any] = {}
 
     def drained(self) -> defer.Deferred[None]:
         """Fires once no call is running (at once if none is)."""
@@ -174,15 +178,29 @@ class Dispatcher:
         elapsed = time.perf_counter() - started
         if isinstance(result, xmlrpc.Fault):
             outcome = f"fault {result.faultCode}"
-            self.metrics.faults.labels(str(result.faultCode)).inc()
+            faulted = self._faulted.get(result.faultCode)
+            if faulted is None:
+                faulted = self._faulted[result.faultCode] = self.metrics.faults.labels(str(result.faultCode))
+            faulted.inc()
         elif isinstance(result, dict) and result.get("success") is False:
             outcome = str(result.get("code"))
         else:
             outcome = "ok"
-        self.metrics.requests.labels(label, outcome.split(" ")[0]).inc()
-        self.metrics.latency.labels(label).observe(elapsed)
-        log.info("{method} {ms:.1f} ms {outcome}", method=label if label != "unknown" else "(unknown method)",
-                 ms=elapsed * 1000, outcome=outcome)
+        key = (label, outcome.split(" ")[0])
+        counted = self._counted.get(key)
+        if counted is None:
+            counted = self._counted[key] = self.metrics.requests.labels(*key)
+        counted.inc()
+        timed = self._timed.get(label)
+        if timed is None:
+            timed = self._timed[label] = self.metrics.latency.labels(label)
+        timed.observe(elapsed)
+        name = label if label != "unknown" else "(unknown method)"
+        ms = elapsed * 1000
+        # The line is rendered here, once, braces escaped: every observer then formats a literal
+        # instead of running string.Formatter over three fields. The fields stay in the event.
+        line = f"{name} {ms:.1f} ms {outcome}".replace("{", "{{").replace("}", "}}")
+        log.info(line, method=name, ms=ms, outcome=outcome)
         return result
 
     async def _run(self, method: str, args: tuple) -> Any:
@@ -199,7 +217,9 @@ class Dispatcher:
             d = defer.ensureDeferred(self._after_indexes(owner.store, function, args))
         else:
             d = defer.maybeDeferred(function, *args)
-        if not getattr(function, "runs_calls", False):  # multicall: each sub-call has its own deadline
+        if not d.called and not getattr(function, "runs_calls", False):
+            # one deadline per call, and only for a call still running (most no-database calls
+            # are done by now); multicall: each sub-call has its own
             d.addTimeout(self.call_timeout, self.reactor)
         try:
             result = await d

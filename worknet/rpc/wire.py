@@ -42,7 +42,12 @@ def money(value: Decimal | Decimal128) -> float:
     return float(value.quantize(CENT))
 
 
+_AS_IS = frozenset({str, float, bool, type(None)})
+
+
 def to_wire(value: Any) -> Any:
+    if type(value) in _AS_IS:  # the most common leaves first, one set lookup
+        return value
     if isinstance(value, dict):
         return {
             ("id" if key == "_id" else key): to_wire(item)

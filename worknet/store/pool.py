@@ -34,6 +34,8 @@ T = TypeVar("T")
 
 log = logger(__name__)
 
+PING_FRESH_SECONDS = 0.5  # a ping result serves this long after its probe started
+PING_TIMEOUT_SECONDS = 1.0  # no answer within this: disconnected
 TRANSACTION_ATTEMPTS = 12  # write conflicts under contention: back off and run the steps again
 UNCERTAIN_SECONDS = 3.0  # a connection closed before answering, again and again this long: a real cause
 INDEX_RETRY_SECONDS = 5.0  # a conflicting index is checked again this often (fixed by hand, the daemon goes on)
@@ -105,6 +107,9 @@ class MongoStore(service.Service):
         self._hint_since: float | None = None
         self.index_problem: str | None = None  # a startup index that cannot be created
         self._logged_problem: str | None = None
+        self._probing = False
+        self._probe_started = -1e9
+        self._probe_waiters: list[defer.Deferred[bool]] = []
 
     # -- service life -------------------------------------------------------
 
@@ -294,19 +299,46 @@ class MongoStore(service.Service):
             self._settings.db_name, command, timeout=timeout or self._settings.db_timeout_seconds
         )
 
-    async def ping(self, timeout: float = 2.0) -> bool:
-        """True when the database answers ``ping`` within ``timeout`` seconds. Never raises."""
+    async def ping(self) -> bool:
+        """True when the database answered a ``ping`` recently. Never raises.
+
+        One probe at a time, shared by every caller: a result serves for
+        ``PING_FRESH_SECONDS`` after its probe started; later callers join the
+        probe in flight or start the next one.  A probe that gets no answer
+        within ``PING_TIMEOUT_SECONDS``, or finds no pool connection up, says
+        disconnected.  So the status a
+        caller gets describes the database at most one second ago, and load
+        on ``ping`` (or ``/health``) costs the database two commands a second.
+        """
         if self._pool is None:
             return False
-        try:
-            await self.command({"ping": 1}, timeout=timeout)
-        except Exception:
-            self.connected = False
-            return False
-        self.connected = True
-        if self.is_ready:
+        if self._reactor.seconds() - self._probe_started < PING_FRESH_SECONDS:
+            return self.connected
+        # a Deferred per caller: a caller that gives up (its deadline) cancels its own only
+        mine: defer.Deferred[bool] = defer.Deferred()
+        self._probe_waiters.append(mine)  # before the probe starts: it may end at once
+        if not self._probing:
+            self._probing = True
+            self._probe_started = self._reactor.seconds()
+            defer.ensureDeferred(self._run_probe())
+        return await mine
+
+    async def _run_probe(self) -> None:
+        connected = False
+        if self.open_connections():  # none up (the server went away): no need to wait for a timeout
+            try:
+                await self.command({"ping": 1}, timeout=PING_TIMEOUT_SECONDS)
+                connected = True
+            except Exception:
+                connected = False
+        self.connected = connected
+        if connected and self.is_ready:
             self.problem = self.hint = self._hint_since = self._logged_problem = None
-        return True
+        self._probing = False
+        waiting, self._probe_waiters = self._probe_waiters, []
+        for d in waiting:
+            if not d.called:
+                d.callback(connected)
 
     async def update_and_fetch(
         self, collection: str, filter: dict, update: dict | list, *,
