@@ -302,9 +302,10 @@ class MongoStore(service.Service):
     async def ping(self) -> bool:
         """True when the database answered a ``ping`` recently. Never raises.
 
-        One probe at a time, shared by every caller: a result serves for
-        ``PING_FRESH_SECONDS`` after its probe started; later callers join the
-        probe in flight or start the next one.  A probe that gets no answer
+        One probe at a time, shared by every caller: a "connected" result
+        serves for ``PING_FRESH_SECONDS`` after its probe started (a
+        "disconnected" one is not reused, so the return is seen at once); later
+        callers join the probe in flight or start the next one.  A probe that gets no answer
         within ``PING_TIMEOUT_SECONDS``, or finds no pool connection up, says
         disconnected.  So the status a
         caller gets describes the database at most one second ago, and load
@@ -312,8 +313,8 @@ class MongoStore(service.Service):
         """
         if self._pool is None:
             return False
-        if self._reactor.seconds() - self._probe_started < PING_FRESH_SECONDS:
-            return self.connected
+        if self.connected and self._reactor.seconds() - self._probe_started < PING_FRESH_SECONDS:
+            return True  # only good news is reused: after an outage the first ping asks again
         # a Deferred per caller: a caller that gives up (its deadline) cancels its own only
         mine: defer.Deferred[bool] = defer.Deferred()
         self._probe_waiters.append(mine)  # before the probe starts: it may end at once
