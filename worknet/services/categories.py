@@ -89,7 +89,7 @@ class CategoriesService(ServiceResource):
         if "name" in changes:
             changes["nameLower"] = changes["name"].lower()
         changes["updatedAt"] = now()
-        return ok(category=await set_on_live(self.categories, _id, changes, "category", _conflict))
+        return ok(category=await set_on_live(self.store, "categories", _id, changes, "category", _conflict))
 
     @signature("struct", "string")
     async def xmlrpc_delete(self, category_id: Any) -> dict:

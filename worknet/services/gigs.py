@@ -7,13 +7,13 @@ A gig belongs to a seller (a live user whose role is ``freelancer`` or whose
 orders of the gig are pending or in progress; deleted gigs vanish from every
 read.
 
-Search uses the ``searchTerms`` array (see :mod:`worknet.search`): all the
-folded words of the query must be among the gig's words.  With words, one
-aggregation answers: a ``$match`` on the longest query word alone (an
-equality on the multikey index, which every server plans as an index lookup),
-then a ``$match`` with the whole filter (``$all`` of every word, price,
-rating, ...), then a ``$facet`` giving the total and the sorted page in the
-same pass.  Without words, a count and a sorted find on the compound indexes.
+Search and category browses are answered by the catalogue index
+(:mod:`worknet.catalogue`: roaring bitmaps of the gigs holding each folded
+word -- see :mod:`worknet.search` --, each category, each seller and the
+active gigs, plus sort columns, all kept in the database); every write of a
+gig marks it for that index in the same transaction, so a gig is found by the
+next call after its create or update returns.  Then the page's gigs are read
+by ``_id``.
 Sorts, each with a final tie-breaker on ``_id`` so paging is deterministic:
 
 * ``relevance`` (default): best rated first -- ``rating`` desc, then
@@ -37,10 +37,11 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from bson import Decimal128, ObjectId
-from txmongo.collection import ReturnDocument
 
+from worknet import catalogue
 from worknet import validators as v
-from worknet.errors import Forbidden, InvalidState, NotFound, ValidationError
+from worknet.catalogue import Query, catalogue_of, write_marked
+from worknet.errors import DomainError, Forbidden, InvalidState, NotFound, ValidationError
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.search import search_terms, words
 from worknet.services.common import NOT_DELETED, get_or_404, now, ok, paged
@@ -107,46 +108,18 @@ FILTERS = {
 }
 
 
-def pivot(terms: list[str]) -> str:
-    """The query word looked up in the index first: the longest (long words are the rare ones)."""
-    return max(terms, key=len)
-
-
-def search_filter(terms: list[str], options: dict, category_id: ObjectId | None = None) -> dict:
-    """The query document of a search: active live gigs having every word, and the validated filters."""
-    spec: dict[str, Any] = {"isActive": True, **NOT_DELETED}
-    if terms:
-        spec["searchTerms"] = {"$all": terms}
-    if category_id is not None:
-        spec["categoryId"] = category_id
-    price: dict[str, Decimal128] = {}
-    if "min_price" in options:
-        price["$gte"] = Decimal128(options["min_price"])
-    if "max_price" in options:
-        price["$lte"] = Decimal128(options["max_price"])
-    if price:
-        spec["price"] = price
-    if "min_rating" in options:
-        spec["rating"] = {"$gte": options["min_rating"]}
-    if "max_delivery_days" in options:
-        spec["deliveryTime"] = {"$lte": options["max_delivery_days"]}
-    if "seller_id" in options:
-        spec["userId"] = options["seller_id"]
-    return spec
-
-
-def search_pipeline(terms: list[str], spec: dict, order: list[tuple[str, int]], page: int, limit: int) -> list[dict]:
-    """One pass for a search with words: the gigs holding the pivot word (an equality on the
-    multikey index), then the whole filter, then the total and the sorted page together."""
-    return [
-        {"$match": {"searchTerms": pivot(terms)}},
-        {"$match": spec},
-        {"$facet": {
-            "total": [{"$count": "n"}],
-            "gigs": [{"$sort": dict(order)}, {"$skip": (page - 1) * limit}, {"$limit": limit},
-                     {"$project": LIST_PROJECTION}],
-        }},
-    ]
+def search_query(terms: list[str], options: dict, category_id: ObjectId | None = None) -> Query:
+    """The catalogue query of a search: its words and validated filters (prices in cents)."""
+    return Query(
+        terms=terms,
+        category_id=category_id,
+        seller_id=options.get("seller_id"),
+        min_price=catalogue.cents(options["min_price"]) if "min_price" in options else None,
+        max_price=catalogue.cents(options["max_price"]) if "max_price" in options else None,
+        min_rating=options.get("min_rating"),
+        max_delivery=options.get("max_delivery_days"),
+        sort=options.get("sort", "relevance"),
+    )
 
 
 def rounded(rating: Any) -> float:
@@ -180,11 +153,8 @@ async def recompute_rating(store: Any, gig_id: ObjectId) -> dict | None:
     ticket was taken, so an older view never overwrites a newer one.
     Returns ``{"rating", "reviewCount"}`` as computed (None if the gig is gone).
     """
-    gigs = store["gigs"]
-    ticket = await gigs.find_one_and_update(
-        {"_id": gig_id}, {"$inc": {"ratingSeq": 1}},
-        projection={"ratingSeq": 1}, return_document=ReturnDocument.AFTER,
-    )
+    ticket = await store.update_and_fetch("gigs", {"_id": gig_id}, {"$inc": {"ratingSeq": 1}},
+                                          projection={"ratingSeq": 1})
     if ticket is None:
         return None
     figures = await store["reviews"].aggregate([
@@ -193,15 +163,26 @@ async def recompute_rating(store: Any, gig_id: ObjectId) -> dict | None:
     ])
     count = int(figures[0]["count"]) if figures else 0
     rating = figures[0]["sum"] / count if count else 0.0
-    await gigs.update_one(
-        {"_id": gig_id, "ratingSeq": ticket["ratingSeq"]},
-        {"$set": {"rating": float(rating), "reviewCount": count}},
-    )
+
+    async def write(session: Any) -> None:
+        await store["gigs"].update_one(
+            {"_id": gig_id, "ratingSeq": ticket["ratingSeq"]},
+            {"$set": {"rating": float(rating), "reviewCount": count}}, session=session,
+        )
+
+    await write_marked(store, [gig_id], write)
     return {"rating": float(rating), "reviewCount": count}
 
 
 class GigsService(ServiceResource):
     """gigsService.*"""
+
+    def __init__(self, store: Any, settings: Any) -> None:
+        super().__init__(store, settings)
+        from twisted.internet import reactor
+
+        self.compactor = catalogue.Compactor(store, reactor)
+        reactor.callWhenRunning(self.compactor.start)
 
     @property
     def gigs(self) -> Any:
@@ -220,6 +201,33 @@ class GigsService(ServiceResource):
         if not category.get("isActive"):
             raise ValidationError("category", "the category is not active")
         return category
+
+    async def _still_there(self, gig_id: ObjectId, owner: ObjectId | None, category_id: ObjectId | None) -> None:
+        """After a gig was written: its seller and category must still be live, else the gig is withdrawn.
+
+        ``categoriesService.delete`` and ``usersService.delete_user`` mark first,
+        then look for the gigs (of the category, of the seller): a create or a
+        category change running at the same time either sees the mark here, or
+        wrote its gig before the mark and is seen there.
+        """
+        gone: DomainError | None = None
+        if category_id is not None and await self.store["categories"].find_one(
+                {"_id": category_id, "isActive": True, **NOT_DELETED}, projection={"_id": 1}) is None:
+            gone = ValidationError("category", "the category is not active")
+        if gone is None and owner is not None and await self.store["users"].find_one(
+                {"_id": owner, **NOT_DELETED}, projection={"_id": 1}) is None:
+            gone = NotFound("user not found")
+        if gone is None:
+            return
+        moment = now()
+
+        async def withdraw(session: Any) -> None:
+            await self.gigs.update_one({"_id": gig_id, **NOT_DELETED},
+                                       {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}},
+                                       session=session)
+
+        await write_marked(self.store, [gig_id], withdraw)
+        raise gone
 
     @signature("struct", "string", "struct")
     async def xmlrpc_create(self, user_id: Any, gig_data: Any) -> dict:
@@ -253,7 +261,12 @@ class GigsService(ServiceResource):
             "deletedAt": None,
         }
         doc["searchTerms"] = search_terms(doc["title"], doc["description"], doc["tags"])
-        await self.gigs.insert_one(doc)
+
+        async def insert(session: Any) -> None:
+            await self.gigs.insert_one(dict(doc), session=session)
+
+        await write_marked(self.store, [doc["_id"]], insert)
+        await self._still_there(doc["_id"], owner, category["_id"])
         return ok(gig_id=str(doc["_id"]), gig=doc)
 
     @signature("struct", "string", "struct")
@@ -277,10 +290,16 @@ class GigsService(ServiceResource):
                 # compare-and-set on the texts the terms were computed from
                 filter_.update({key: current.get(key) for key in TEXT_FIELDS if key not in changes})
             changes["updatedAt"] = now()
-            doc = await self.gigs.find_one_and_update(
-                filter_, {"$set": changes}, projection=LIST_PROJECTION, return_document=ReturnDocument.AFTER,
-            )
+
+            async def write(session: Any, filter_: dict = filter_) -> dict | None:
+                found: dict | None = await self.store.update_and_fetch(
+                    "gigs", filter_, {"$set": changes}, projection=LIST_PROJECTION, session=session)
+                return found
+
+            doc = await write_marked(self.store, [_id], write)
             if doc is not None:
+                if "categoryId" in changes or changes.get("isActive") is True:
+                    await self._still_there(_id, doc.get("userId"), doc.get("categoryId"))
                 return ok(gig=doc)
             if not texts:
                 break
@@ -296,19 +315,28 @@ class GigsService(ServiceResource):
         # time either finds the gig gone (it touches the gig when it is placed) or
         # is seen here, and then the mark is taken back.
         moment = now()
-        result = await self.gigs.update_one(
-            {"_id": _id, **NOT_DELETED}, {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}},
-        )
-        if result.modified_count == 0:
+
+        async def mark_deleted(session: Any) -> int:
+            result = await self.gigs.update_one(
+                {"_id": _id, **NOT_DELETED},
+                {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}}, session=session,
+            )
+            return int(result.modified_count)
+
+        if await write_marked(self.store, [_id], mark_deleted) == 0:
             raise NotFound("gig not found")
         busy = await self.store["orders"].count_documents(
             {"gigId": _id, "status": {"$in": OPEN_ORDER_STATUSES}}, limit=1,
         )
         if busy:
-            await self.gigs.update_one(
-                {"_id": _id, "deletedAt": moment},
-                {"$set": {"deletedAt": None, "isActive": gig.get("isActive", True), "updatedAt": now()}},
-            )
+            async def take_back(session: Any) -> None:
+                await self.gigs.update_one(
+                    {"_id": _id, "deletedAt": moment},
+                    {"$set": {"deletedAt": None, "isActive": gig.get("isActive", True), "updatedAt": now()}},
+                    session=session,
+                )
+
+            await write_marked(self.store, [_id], take_back)
             raise InvalidState("the gig has pending or in-progress orders")
         return ok(deleted=True)
 
@@ -356,15 +384,10 @@ class GigsService(ServiceResource):
             if category is None:
                 return ok(gigs=[], total=0, page=page, limit=limit, pages=0)
             category_id = category["_id"]
-        spec = search_filter(terms, options, category_id)
-        order = SORTS[options.get("sort", "relevance")]
-        if not terms:
-            return await paged(self.gigs, spec, order, page, limit, "gigs", projection=LIST_PROJECTION)
-        found = await self.gigs.aggregate(search_pipeline(terms, spec, order, page, limit))
-        counted = found[0]["total"] if found else []
-        total = int(counted[0]["n"]) if counted else 0
-        return ok(gigs=found[0]["gigs"] if found else [], total=total, page=page, limit=limit,
-                  pages=math.ceil(total / limit))
+        ids, total = await catalogue_of(self.store).search(search_query(terms, options, category_id), page, limit)
+        found = {doc["_id"]: doc for doc in await self.gigs.find({"_id": {"$in": ids}}, projection=LIST_PROJECTION)}
+        gigs = [found[_id] for _id in ids if _id in found]
+        return ok(gigs=gigs, total=total, page=page, limit=limit, pages=math.ceil(total / limit))
 
     @signature("struct", "string", "double")
     async def xmlrpc_update_rating(self, gig_id: Any, new_rating: Any = None) -> dict:
@@ -378,20 +401,22 @@ class GigsService(ServiceResource):
             return ok(**figures)
         value = _rating_value(new_rating, "new_rating", 1, 5)
         count = {"$ifNull": ["$reviewCount", 0]}
-        doc = await self.gigs.find_one_and_update(
-            {"_id": _id, **NOT_DELETED},
-            [{"$set": {
-                "rating": {"$divide": [
-                    {"$add": [{"$multiply": [{"$ifNull": ["$rating", 0]}, count]}, value]},
-                    {"$add": [count, 1]},
-                ]},
-                "reviewCount": {"$add": [count, 1]},
-                "updatedAt": now(),
-            }}],
-            projection={"rating": 1, "reviewCount": 1},
-            return_document=ReturnDocument.AFTER,
-        )
+        fold = [{"$set": {
+            "rating": {"$divide": [
+                {"$add": [{"$multiply": [{"$ifNull": ["$rating", 0]}, count]}, value]},
+                {"$add": [count, 1]},
+            ]},
+            "reviewCount": {"$add": [count, 1]},
+            "updatedAt": now(),
+        }}]
+
+        async def write(session: Any) -> dict | None:
+            found: dict | None = await self.store.update_and_fetch(
+                "gigs", {"_id": _id, **NOT_DELETED}, fold, projection={"rating": 1, "reviewCount": 1},
+                session=session)
+            return found
+
+        doc = await write_marked(self.store, [_id], write)
         if doc is None:
             raise NotFound("gig not found")
         return ok(rating=float(doc["rating"]), reviewCount=int(doc["reviewCount"]))
-

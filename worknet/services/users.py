@@ -246,7 +246,7 @@ class UsersService(ServiceResource):
         if "username" in changes:
             changes["usernameLower"] = changes["username"].lower()
         changes["updatedAt"] = await self.clock.now()
-        return ok(user=await set_on_live(self.users, _id, changes, "user", _conflict))
+        return ok(user=await set_on_live(self.store, "users", _id, changes, "user", _conflict))
 
     @signature("struct", "string", "string", "string")
     async def xmlrpc_change_password(self, user_id: Any, old_password: Any, new_password: Any) -> dict:

@@ -24,14 +24,14 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ([("createdAt", DESC), ("_id", DESC)], {"name": "users_newest"}),
     ],
     "gigs": [
-        ([("category", ASC), ("isActive", ASC)], {"name": "category_active"}),
-        ([("searchTerms", ASC)], {"name": "search_terms"}),
+        # search and browses are served by the catalogue index (worknet/catalogue.py), not by gig
+        # indexes: every gig index is rewritten on each gig write, so gigs keep only these two
         ([("userId", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "user_newest"}),
         ([("categoryId", ASC), ("isActive", ASC)], {"name": "category_id_active"}),
-        ([("isActive", ASC), ("price", ASC), ("_id", ASC)], {"name": "active_price"}),
-        ([("isActive", ASC), ("rating", DESC), ("reviewCount", DESC), ("createdAt", DESC), ("_id", DESC)],
-         {"name": "active_relevance"}),
-        ([("isActive", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "active_newest"}),
+    ],
+    # the catalogue index: which base docs a compaction wrote since a version
+    "catalogue": [
+        ([("v", ASC)], {"name": "catalogue_version"}),
     ],
     "reviews": [
         # anonymous reviews (no userId) are outside the one-review-per-user rule
