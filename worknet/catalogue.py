@@ -24,9 +24,8 @@ the keys it was indexed under), so that compaction can take a changed gig out
 of the bitmaps it was in.
 
 Changes: every write of a gig field that search reads also upserts a marker
-``{_id: gigId, rev}`` in ``catalogueDirty`` -- in the same transaction as the
-gig when the server has transactions, else once before and once after the
-gig write.  A search reads the markers FIRST, then the base: marked gigs are
+``{_id: gigId, rev}`` in ``catalogueDirty``, once before and once after the
+gig write (see :func:`write_marked` for why not in a transaction).  A search reads the markers FIRST, then the base: marked gigs are
 taken out of the base result and judged from their current documents, so a
 gig is found by the next call after its create or update returns, whatever
 compaction is doing.  Compaction (one daemon at a time, under a lease in the
@@ -528,20 +527,21 @@ class Catalogue:
 
 async def write_marked(store: Any, gig_ids: Sequence[ObjectId],
                        write: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``write(session)`` -- a write of gigs -- and mark ``gig_ids`` for the catalogue.
+    """Run ``write(session)`` -- a write of gigs -- with ``gig_ids`` marked for the catalogue
+    once before and once after it.
 
-    With transactions, the marks are written in the same transaction as the
-    gigs.  Without, once before the write and once after: a compaction that
-    folds a gig in between leaves it marked by the second mark, and a failed
-    write leaves a harmless mark (the gig is indexed again as it is).
+    The marks are plain upserts, not in a transaction with the write: a
+    transaction would make every two writes of one gig conflict (fifty
+    concurrent ``update_rating`` calls then time out in retries), where the
+    gig writes themselves are single atomic updates.  Marked before, a gig is
+    judged from its document by every search that starts after the write can
+    have happened; marked after, a compaction that folded it in between the
+    two is followed by another.  A failed write leaves a harmless mark (the
+    gig is indexed again as it is).  The one gap: the daemon dies between the
+    write and the second mark while a compaction ran in that window; then the
+    gig's index entry is stale until it is written again or ``rebuild`` runs.
+    ``session`` is None.
     """
-    if store.supports_transactions:
-        async def steps(session: Any) -> T:
-            result = await write(session)
-            await mark(store, gig_ids, session)
-            return result
-
-        return await store.transaction(steps)
     await mark(store, gig_ids)
     result = await write(None)
     await mark(store, gig_ids)
@@ -575,10 +575,10 @@ class Compactor:
         self.done = self.loop.start(self.interval, now=False)
         self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
 
-    def stop(self) -> defer.Deferred | None:
+    def stop(self) -> None:
+        """No new round; one in progress ends by itself (its errors are logged as warnings)."""
         if self.loop.running:
-            self.loop.stop()  # after the round in progress, if any
-        return self.done
+            self.loop.stop()
 
     def _tick(self) -> defer.Deferred:
         return defer.ensureDeferred(self._round())

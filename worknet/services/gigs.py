@@ -33,10 +33,12 @@ reviews collection (:func:`recompute_rating`, also used by reviewsService).
 from __future__ import annotations
 
 import math
+from collections.abc import Coroutine
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from bson import Decimal128, ObjectId
+from twisted.internet import defer
 
 from worknet import catalogue
 from worknet import validators as v
@@ -58,7 +60,8 @@ SORTS: dict[str, list[tuple[str, int]]] = {
     "rating": [("rating", -1), ("reviewCount", -1), ("_id", -1)],
     "newest": [("createdAt", -1), ("_id", -1)],
 }
-LIST_PROJECTION = {"searchTerms": 0, "ratingSeq": 0}
+LIST_PROJECTION = {"searchTerms": 0, "ratingSeq": 0, "ratingTicket": 0, "ratingLog": 0}
+RATING_LOG = 64  # the last folds kept on the gig, so that each call finds its own figures
 TEXT_FIELDS = ("title", "description", "tags")
 UPDATE_ATTEMPTS = 5
 
@@ -148,14 +151,14 @@ async def find_category(store: Any, ref: str, field: str = "category") -> dict |
 async def recompute_rating(store: Any, gig_id: ObjectId) -> dict | None:
     """Set the gig's ``rating`` and ``reviewCount`` from its reviews (one aggregation).
 
-    Concurrent recomputations of one gig are ordered by ``ratingSeq``: each
-    takes a ticket before reading the reviews and writes only if no later
-    ticket was taken, so an older view never overwrites a newer one.
+    Concurrent recomputations of one gig are ordered by ``ratingTicket``: each
+    sets a fresh ticket before reading the reviews and writes only if no later
+    ticket was set, so an older view never overwrites a newer one.
     Returns ``{"rating", "reviewCount"}`` as computed (None if the gig is gone).
     """
-    ticket = await store.update_and_fetch("gigs", {"_id": gig_id}, {"$inc": {"ratingSeq": 1}},
-                                          projection={"ratingSeq": 1})
-    if ticket is None:
+    ticket = ObjectId()
+    taken = await store["gigs"].update_one({"_id": gig_id}, {"$set": {"ratingTicket": ticket}})
+    if taken.matched_count == 0:
         return None
     figures = await store["reviews"].aggregate([
         {"$match": {"gigId": gig_id}},
@@ -166,12 +169,31 @@ async def recompute_rating(store: Any, gig_id: ObjectId) -> dict | None:
 
     async def write(session: Any) -> None:
         await store["gigs"].update_one(
-            {"_id": gig_id, "ratingSeq": ticket["ratingSeq"]},
+            {"_id": gig_id, "ratingTicket": ticket},
             {"$set": {"rating": float(rating), "reviewCount": count}}, session=session,
         )
 
     await write_marked(store, [gig_id], write)
     return {"rating": float(rating), "reviewCount": count}
+
+
+async def _live(collection: Any, _id: ObjectId | None, query: dict | None = None) -> dict | bool | None:
+    """The live document ``_id`` of ``collection`` (projection: ``_id``); True when there is no id to check."""
+    if _id is None:
+        return True
+    found: dict | None = await collection.find_one({"_id": _id, **NOT_DELETED, **(query or {})},
+                                                   projection={"_id": 1})
+    return found
+
+
+async def together(*steps: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run independent reads at once (each its own round trip); their results in order, or the
+    error of the first failed one in argument order."""
+    outcomes = await defer.DeferredList([defer.ensureDeferred(step) for step in steps], consumeErrors=True)
+    for succeeded, value in outcomes:
+        if not succeeded:
+            value.raiseException()
+    return [value for _succeeded, value in outcomes]
 
 
 class GigsService(ServiceResource):
@@ -210,15 +232,12 @@ class GigsService(ServiceResource):
         category change running at the same time either sees the mark here, or
         wrote its gig before the mark and is seen there.
         """
-        gone: DomainError | None = None
-        if category_id is not None and await self.store["categories"].find_one(
-                {"_id": category_id, "isActive": True, **NOT_DELETED}, projection={"_id": 1}) is None:
-            gone = ValidationError("category", "the category is not active")
-        if gone is None and owner is not None and await self.store["users"].find_one(
-                {"_id": owner, **NOT_DELETED}, projection={"_id": 1}) is None:
-            gone = NotFound("user not found")
-        if gone is None:
+        category, seller = await together(_live(self.store["categories"], category_id, {"isActive": True}),
+                                          _live(self.store["users"], owner))
+        if category is not None and seller is not None:
             return
+        gone: DomainError = (ValidationError("category", "the category is not active") if category is None
+                             else NotFound("user not found"))
         moment = now()
 
         async def withdraw(session: Any) -> None:
@@ -237,8 +256,7 @@ class GigsService(ServiceResource):
         for name in REQUIRED:
             if name not in data:
                 raise ValidationError(name, f"{name} is required")
-        await self._seller(owner)
-        category = await self._active_category(data["category"])
+        _seller, category = await together(self._seller(owner), self._active_category(data["category"]))
         moment = now()
         doc: dict[str, Any] = {
             "_id": ObjectId(),
@@ -401,6 +419,7 @@ class GigsService(ServiceResource):
             return ok(**figures)
         value = _rating_value(new_rating, "new_rating", 1, 5)
         count = {"$ifNull": ["$reviewCount", 0]}
+        ticket = ObjectId()
         fold = [{"$set": {
             "rating": {"$divide": [
                 {"$add": [{"$multiply": [{"$ifNull": ["$rating", 0]}, count]}, value]},
@@ -408,15 +427,20 @@ class GigsService(ServiceResource):
             ]},
             "reviewCount": {"$add": [count, 1]},
             "updatedAt": now(),
-        }}]
+        }}, {"$set": {"ratingLog": {"$concatArrays": [
+            {"$slice": [{"$ifNull": ["$ratingLog", []]}, -(RATING_LOG - 1)]},
+            [{"t": ticket, "rating": "$rating", "reviewCount": "$reviewCount"}],
+        ]}}}]
 
         async def write(session: Any) -> dict | None:
             found: dict | None = await self.store.update_and_fetch(
-                "gigs", {"_id": _id, **NOT_DELETED}, fold, projection={"rating": 1, "reviewCount": 1},
-                session=session)
+                "gigs", {"_id": _id, **NOT_DELETED}, fold,
+                projection={"rating": 1, "reviewCount": 1, "ratingLog": 1}, session=session)
             return found
 
         doc = await write_marked(self.store, [_id], write)
         if doc is None:
             raise NotFound("gig not found")
-        return ok(rating=float(doc["rating"]), reviewCount=int(doc["reviewCount"]))
+        # the figures this fold produced (the document may already show later folds)
+        mine = next((entry for entry in doc.get("ratingLog", []) if entry.get("t") == ticket), doc)
+        return ok(rating=float(mine["rating"]), reviewCount=int(mine["reviewCount"]))
