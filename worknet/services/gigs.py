@@ -177,6 +177,28 @@ async def recompute_rating(store: Any, gig_id: ObjectId) -> dict | None:
     return {"rating": float(rating), "reviewCount": count}
 
 
+async def withdraw_gigs(store: Any, owner: ObjectId, moment: Any) -> int:
+    """Soft-delete every live gig of ``owner`` (a deleted account), marked for the catalogue; how many.
+
+    usersService.delete_user marks the user first, then calls this: a gig created
+    at the same time checks its seller again once written (``_still_there``), so
+    it either withdraws itself or is found here.
+    """
+    found = await store["gigs"].find({"userId": owner, **NOT_DELETED}, projection={"_id": 1})
+    ids = [doc["_id"] for doc in found]
+    for start in range(0, len(ids), 100):
+        part = ids[start:start + 100]
+
+        async def withdraw(session: Any, part: list = part) -> None:
+            await store["gigs"].update_many(
+                {"_id": {"$in": part}, **NOT_DELETED},
+                {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}}, session=session,
+            )
+
+        await write_marked(store, part, withdraw)
+    return len(ids)
+
+
 async def _live(collection: Any, _id: ObjectId | None, query: dict | None = None) -> dict | bool | None:
     """The live document ``_id`` of ``collection`` (projection: ``_id``); True when there is no id to check."""
     if _id is None:
