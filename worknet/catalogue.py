@@ -64,6 +64,7 @@ from pymongo import ReplaceOne
 from pymongo.errors import DuplicateKeyError
 from pyroaring import BitMap
 from twisted.internet import defer, task
+from txmongo import filter as qf
 
 from worknet.logs import logger
 from worknet.search import search_terms
@@ -81,6 +82,7 @@ COLUMN_CHUNK = 4096
 LEASE_SECONDS = 30.0
 COMPACT_SECONDS = 0.2  # how often each daemon looks for marked gigs
 BATCH = 500  # gigs folded in per compaction
+BY_ID = qf.sort(qf.ASCENDING("_id"))  # the markers in _id order: an index scan on MongoDB, not a collection scan
 ID_CHUNK = 100  # ids per $in (SecantusDB re-checks each candidate against the list)
 GIG_FIELDS = {"title": 1, "description": 1, "tags": 1, "searchTerms": 1, "categoryId": 1, "userId": 1,
               "price": 1, "rating": 1, "reviewCount": 1, "createdAt": 1, "deliveryTime": 1,
@@ -414,7 +416,7 @@ class Catalogue:
     async def search(self, query: Query, page: int, limit: int) -> tuple[list[ObjectId], int]:
         """The ids of one page of ``query`` in order, and the total."""
         # markers first, then the base (see the module docstring)
-        marked = [doc["_id"] for doc in await self.store[DIRTY].find({}, projection={"_id": 1})]
+        marked = [doc["_id"] for doc in await self.store[DIRTY].find({}, projection={"_id": 1}, sort=BY_ID)]
         view = await self.refresh()
         await self.load(view, query.keys())
         changed = [Row.of(doc) for doc in await _find_by_ids(self.store["gigs"], marked, GIG_FIELDS)]
@@ -456,7 +458,7 @@ class Catalogue:
             return 0
         self.compacting = True
         try:
-            markers = await self.store[DIRTY].find({}, limit=batch)
+            markers = await self.store[DIRTY].find({}, limit=batch, sort=BY_ID)
             if not markers or not await self._take_lease():
                 return 0
             try:
@@ -570,6 +572,7 @@ class Compactor:
         self.loop = task.LoopingCall(self._tick)
         self.loop.clock = reactor
         self.done: defer.Deferred | None = None
+        self.checked = False
 
     def start(self) -> None:
         self.done = self.loop.start(self.interval, now=False)
@@ -587,6 +590,13 @@ class Compactor:
         if not self.store.is_ready or not self.store.running:
             return
         try:
+            if not self.checked:
+                self.checked = True
+                if await self.store[BASE].find_one({"_id": STATE}) is None and await self.store["gigs"].find_one(
+                        {}, projection={"_id": 1}) is not None:
+                    log.warn("the catalogue index is missing while the database has gigs (a database from "
+                             "before the index): search finds only gigs written from now on until "
+                             "`python -m worknet.catalogue rebuild` runs")
             while await self.catalogue.compact() >= BATCH and self.loop.running:
                 pass  # behind: the next batch at once (every step awaits the database, so calls go on)
         except Exception as e:  # the database went away, or the daemon is stopping: next round
@@ -684,14 +694,50 @@ def rebuild(db: Any, progress: bool = True, batch: int = 5000) -> dict:
     return {"gigs": seq, "bitmaps": len(bitmaps), "version": version, "seconds": time.monotonic() - began}
 
 
+def _embedded(data_dir: str) -> tuple[Any, str]:
+    """Start SecantusDB on the embedded database's directory (the daemon must be stopped: it holds it)."""
+    import subprocess
+
+    import pymongo
+
+    from worknet.store.embedded import find_secantusd, free_port
+
+    executable = find_secantusd()
+    if executable is None:
+        raise RuntimeError("secantusd-py not found (pip install SecantusDB)")
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603 - our own launcher, found beside the interpreter
+        [executable, "--host", "127.0.0.1", "--port", str(port), "--storage-path", data_dir, "--sync-on-commit",
+         "--log-level", "WARNING"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    uri = f"mongodb://127.0.0.1:{port}/"
+    probe: pymongo.MongoClient = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500, directConnection=True)
+    try:
+        for _attempt in range(240):
+            if process.poll() is not None:
+                said = process.stderr.read().decode(errors="replace")[-500:] if process.stderr else ""
+                raise RuntimeError(f"secantusd-py exited (is the daemon still running on {data_dir}?) {said}")
+            try:
+                probe.admin.command("ping")
+                return process, uri
+            except pymongo.errors.PyMongoError:
+                time.sleep(0.25)
+    finally:
+        probe.close()
+    process.terminate()
+    raise RuntimeError("secantusd-py did not answer")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worknet.catalogue",
                                      description="Maintain the catalogue index of the gigs (see worknet/catalogue.py).")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("rebuild", help="rebuild the index from the gigs collection (safe while daemons run)")
-    build.add_argument("--uri", default=None,
-                       help="MongoDB URI (default: MONGODB_URI from the environment or .env)")
+    build.add_argument("--uri", default=None, help="MongoDB URI (default: MONGODB_URI from the environment or .env; "
+                       "without one, the embedded database in --data-dir)")
     build.add_argument("--db", default=None, help="database name (default: DB_NAME, else worknet)")
+    build.add_argument("--data-dir", default=None,
+                       help="the embedded database's directory (default: DATA_DIR, else var/db); "
+                       "stop the daemon first, it holds the directory")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     import pymongo
@@ -699,15 +745,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     env = {**{k: v for k, v in dotenv_values(".env").items() if v is not None}, **os.environ}
     uri = args.uri or env.get("MONGODB_URI")
+    embedded = None
     if not uri:
-        print("no database: pass --uri or set MONGODB_URI (for the embedded database, the URI it listens on)",
-              file=sys.stderr)
-        return 2
+        embedded, uri = _embedded(args.data_dir or env.get("DATA_DIR") or "var/db")
     client: pymongo.MongoClient = pymongo.MongoClient(uri, tz_aware=True)
     try:
         figures = rebuild(client[args.db or env.get("DB_NAME") or "worknet"], progress=not args.quiet)
     finally:
         client.close()
+        if embedded is not None:
+            embedded.terminate()
+            embedded.wait(timeout=60)
     print(f"catalogue rebuilt: {figures['gigs']} gigs, {figures['bitmaps']} bitmaps, "
           f"version {figures['version']}, {figures['seconds']:.1f} s")
     return 0
