@@ -81,6 +81,10 @@ BITMAP_CHUNK = 1 << 16
 COLUMN_CHUNK = 4096
 LEASE_SECONDS = 30.0
 COMPACT_SECONDS = 0.2  # how often each daemon looks for marked gigs
+# fold when this many gigs are marked, or the oldest mark is this old: every fold rewrites the
+# bitmap chunks of all the words it touches, so folding a few gigs at a time costs the writes
+FOLD_AT = 100
+FOLD_AFTER = 1.0
 BATCH = 500  # gigs folded in per compaction
 BY_ID = qf.sort(qf.ASCENDING("_id"))  # the markers in _id order: an index scan on MongoDB, not a collection scan
 ID_CHUNK = 100  # ids per $in (SecantusDB re-checks each candidate against the list)
@@ -366,8 +370,10 @@ def _chunks(items: Sequence[Any], size: int = ID_CHUNK) -> Iterable[Sequence[Any
 
 async def mark(store: Any, gig_ids: Iterable[ObjectId], session: Any = None) -> None:
     """Mark gigs as changed for the catalogue (one small upsert each)."""
+    moment = datetime.now(UTC)
     for gig_id in gig_ids:
-        await store[DIRTY].update_one({"_id": gig_id}, {"$inc": {"rev": 1}}, upsert=True, session=session)
+        await store[DIRTY].update_one({"_id": gig_id}, {"$inc": {"rev": 1}, "$min": {"at": moment}},
+                                      upsert=True, session=session)
 
 
 async def _find_by_ids(collection: Any, ids: Sequence[Any], projection: dict | None = None) -> list[dict]:
@@ -375,6 +381,12 @@ async def _find_by_ids(collection: Any, ids: Sequence[Any], projection: dict | N
     for part in _chunks(ids):
         found += await collection.find({"_id": {"$in": list(part)}}, projection=projection)
     return found
+
+
+def _aware(moment: datetime | None) -> datetime:
+    if moment is None:
+        return datetime.fromtimestamp(0, UTC)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _empty_state() -> dict:
@@ -452,14 +464,17 @@ class Catalogue:
             {"_id": "compaction", "holder": self.holder}, {"$set": {"until": datetime.fromtimestamp(0, UTC)}},
         )
 
-    async def compact(self, batch: int = BATCH) -> int:
+    async def compact(self, batch: int = BATCH, force: bool = False) -> int:
         """Fold up to ``batch`` marked gigs into the base; returns how many (0: none, or another holds the lease)."""
         if self.compacting:
             return 0
         self.compacting = True
         try:
             markers = await self.store[DIRTY].find({}, limit=batch, sort=BY_ID)
-            if not markers or not await self._take_lease():
+            if not markers or (len(markers) < FOLD_AT and not force and min(
+                    _aware(m.get("at")) for m in markers) > datetime.now(UTC) - timedelta(seconds=FOLD_AFTER)):
+                return 0  # a few recent marks: searches judge them directly; fold them with the next ones
+            if not await self._take_lease():
                 return 0
             try:
                 await self._fold(markers)

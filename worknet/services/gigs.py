@@ -64,6 +64,7 @@ LIST_PROJECTION = {"searchTerms": 0, "ratingSeq": 0, "ratingTicket": 0, "ratingL
 RATING_LOG = 64  # the last folds kept on the gig, so that each call finds its own figures
 TEXT_FIELDS = ("title", "description", "tags")
 UPDATE_ATTEMPTS = 5
+CATEGORY_REFS_KEPT = 10_000
 
 
 def _title(value: Any, field: str) -> str:
@@ -226,6 +227,7 @@ class GigsService(ServiceResource):
         from twisted.internet import reactor
 
         self.compactor = catalogue.Compactor(store, reactor)
+        self.category_ids: dict[str, ObjectId] = {}  # search filter: category slug or id -> its id
         reactor.callWhenRunning(self.compactor.start)
 
     @property
@@ -246,7 +248,8 @@ class GigsService(ServiceResource):
             raise ValidationError("category", "the category is not active")
         return category
 
-    async def _still_there(self, gig_id: ObjectId, owner: ObjectId | None, category_id: ObjectId | None) -> None:
+    async def _still_there(self, gig_id: ObjectId, owner: ObjectId | None, category_id: ObjectId | None,
+                           mark_too: bool = False) -> None:
         """After a gig was written: its seller and category must still be live, else the gig is withdrawn.
 
         ``categoriesService.delete`` and ``usersService.delete_user`` mark first,
@@ -254,8 +257,9 @@ class GigsService(ServiceResource):
         category change running at the same time either sees the mark here, or
         wrote its gig before the mark and is seen there.
         """
-        category, seller = await together(_live(self.store["categories"], category_id, {"isActive": True}),
-                                          _live(self.store["users"], owner))
+        category, seller, *_marked = await together(
+            _live(self.store["categories"], category_id, {"isActive": True}), _live(self.store["users"], owner),
+            *([catalogue.mark(self.store, [gig_id])] if mark_too else []))
         if category is not None and seller is not None:
             return
         gone: DomainError = (ValidationError("category", "the category is not active") if category is None
@@ -302,11 +306,10 @@ class GigsService(ServiceResource):
         }
         doc["searchTerms"] = search_terms(doc["title"], doc["description"], doc["tags"])
 
-        async def insert(session: Any) -> None:
-            await self.gigs.insert_one(dict(doc), session=session)
-
-        await write_marked(self.store, [doc["_id"]], insert)
-        await self._still_there(doc["_id"], owner, category["_id"])
+        # A new gig needs no mark before its insert (no search can know it yet): one mark after
+        # it, sent together with the re-reads of the seller and the category.
+        await self.gigs.insert_one(dict(doc))
+        await self._still_there(doc["_id"], owner, category["_id"], mark_too=True)
         return ok(gig_id=str(doc["_id"]), gig=doc)
 
     @signature("struct", "string", "struct")
@@ -420,10 +423,17 @@ class GigsService(ServiceResource):
             return ok(gigs=[], total=0, page=page, limit=limit, pages=0)
         category_id = None
         if "category" in options:
-            category = await find_category(self.store, options["category"])
-            if category is None:
-                return ok(gigs=[], total=0, page=page, limit=limit, pages=0)
-            category_id = category["_id"]
+            # a slug names one category forever (slugs are immutable and stay reserved after a
+            # delete), so the id it resolves to is remembered; a deleted category has no live gig
+            ref = options["category"]
+            category_id = self.category_ids.get(ref)
+            if category_id is None:
+                category = await find_category(self.store, ref)
+                if category is None:
+                    return ok(gigs=[], total=0, page=page, limit=limit, pages=0)
+                category_id = category["_id"]
+                if len(self.category_ids) < CATEGORY_REFS_KEPT:
+                    self.category_ids[ref] = category_id
         ids, total = await catalogue_of(self.store).search(search_query(terms, options, category_id), page, limit)
         found = {doc["_id"]: doc for doc in await self.gigs.find({"_id": {"$in": ids}}, projection=LIST_PROJECTION)}
         gigs = [found[_id] for _id in ids if _id in found]
