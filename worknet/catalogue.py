@@ -24,8 +24,8 @@ the keys it was indexed under), so that compaction can take a changed gig out
 of the bitmaps it was in.
 
 Changes: every write of a gig field that search reads also upserts a marker
-``{_id: gigId, rev}`` in ``catalogueDirty``, once before and once after the
-gig write (see :func:`write_marked` for why not in a transaction).  A search reads the markers FIRST, then the base: marked gigs are
+``{_id: gigId, rev}`` in ``catalogueDirty`` after the gig write (see
+:func:`write_marked` for why not in a transaction).  A search reads the markers FIRST, then the base: marked gigs are
 taken out of the base result and judged from their current documents, so a
 gig is found by the next call after its create or update returns, whatever
 compaction is doing.  Compaction (one daemon at a time, under a lease in the
@@ -544,22 +544,19 @@ class Catalogue:
 
 async def write_marked(store: Any, gig_ids: Sequence[ObjectId],
                        write: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``write(session)`` -- a write of gigs -- with ``gig_ids`` marked for the catalogue
-    once before and once after it.
+    """Run ``write(session)`` -- a write of gigs -- then mark ``gig_ids`` for the catalogue.
 
-    The marks are plain upserts, not in a transaction with the write: a
-    transaction would make every two writes of one gig conflict (fifty
+    The mark is a plain upsert after the write, not in a transaction with it:
+    a transaction would make every two writes of one gig conflict (fifty
     concurrent ``update_rating`` calls then time out in retries), where the
-    gig writes themselves are single atomic updates.  Marked before, a gig is
-    judged from its document by every search that starts after the write can
-    have happened; marked after, a compaction that folded it in between the
-    two is followed by another.  A failed write leaves a harmless mark (the
-    gig is indexed again as it is).  The one gap: the daemon dies between the
-    write and the second mark while a compaction ran in that window; then the
-    gig's index entry is stale until it is written again or ``rebuild`` runs.
-    ``session`` is None.
+    gig writes themselves are single atomic updates.  The mark is written
+    before the call returns, so the next search judges the gig from its
+    document; a compaction that folded the gig before the write is followed
+    by another one for this mark.  A failed write may leave a harmless mark
+    (the gig is indexed again as it is).  The one gap: the daemon dies
+    between the write and the mark; then the gig's index entry is stale until
+    its next write or a ``rebuild``.  ``session`` is None.
     """
-    await mark(store, gig_ids)
     result = await write(None)
     await mark(store, gig_ids)
     return result
