@@ -188,3 +188,19 @@ def test_a_category_deleted_while_gigs_are_created_in_it_never_keeps_live_gigs(d
         for answer in answers["create"]:
             assert answer["success"] or answer["code"] in ("VALIDATION_ERROR", "NOT_FOUND"), answer
     assert not broken, f"{len(broken)} of {RACE_ROUNDS} rounds left live gigs in a deleted category: {broken[:2]}"
+
+
+def test_category_stats_read_the_orders_through_an_index(rpc, db):
+    """categoriesService.get_stats' orders aggregation is an index scan on categoryId, never a collection scan."""
+    import json
+
+    created = rpc.categoriesService.create("Plan Check", "plan-check", "")
+    cid = ObjectId(created["category_id"])
+    db.orders.insert_one({"categoryId": cid, "status": "completed", "totalPrice": Decimal128("10.00")})
+    plan = db.command("explain", {"aggregate": "orders", "cursor": {}, "pipeline": [
+        {"$match": {"categoryId": cid}},
+        {"$group": {"_id": None, "total": {"$sum": 1}}},
+    ]}, verbosity="queryPlanner")
+    text = json.dumps(plan, default=str)
+    assert "IXSCAN" in text and "category_status" in text and "COLLSCAN" not in text, text
+    assert rpc.categoriesService.get_stats(created["category_id"])["stats"]["totalOrders"] == 1

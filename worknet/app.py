@@ -22,8 +22,11 @@ from worknet.services import build_services
 class Health(resource.Resource):
     """``GET /health``: 200 when the database answers a ping and the startup indexes exist.
 
-    503 otherwise: ``"starting"`` while the indexes are being created,
-    ``"degraded"`` while the database does not answer.  Open to all.
+    503 otherwise, with ``status``: ``"starting"`` while the indexes are being
+    created, ``"degraded"`` while the database cannot be used; then ``cause``
+    says why when the daemon knows (wrong credentials, a TLS failure, a
+    plaintext connection to a TLS server, a startup index that cannot be
+    created), in the same words as the log line.  Open to all.
     """
 
     isLeaf = True
@@ -33,14 +36,28 @@ class Health(resource.Resource):
         self.store = store
 
     def render_GET(self, request: server.Request) -> Any:
-        d = defer.ensureDeferred(self.store.ping())
+        if not self.store.is_ready and getattr(self.store, "refused", None):
+            # refused, and known why: answer at once (an index conflict means the database itself answers)
+            d: defer.Deferred[bool] = defer.succeed(bool(getattr(self.store, "index_problem", None)))
+        else:
+            d = defer.ensureDeferred(self.store.ping())
 
         def answer(connected: bool) -> None:
             serving = connected and self.store.is_ready
+            cause = getattr(self.store, "cause", None)
             request.setResponseCode(200 if serving else 503)
             request.setHeader(b"content-type", b"application/json")
-            status = "ok" if serving else ("starting" if connected else "degraded")
-            body = {"status": status, "mongodb": "connected" if connected else "disconnected"}
+            if serving:
+                status = "ok"
+            elif connected and cause is None:
+                status = "starting"
+            else:
+                status = "degraded"
+            body: dict[str, Any] = {"status": status, "mongodb": "connected" if connected else "disconnected"}
+            if not serving and cause:
+                body["cause"] = cause
+            elif status == "degraded":
+                body["cause"] = "the database does not answer"
             request.write(json.dumps(body).encode())
             request.finish()
 

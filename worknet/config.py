@@ -169,6 +169,10 @@ def load_settings(
 
 def check(settings: Settings) -> None:
     """Refuse settings that are unsafe outside development."""
+    if settings.mongodb_uri:
+        from worknet.store.connect import parse  # parsed once (cached): the store reuses the result
+
+        parse(settings.mongodb_uri, settings.node_env)
     if not settings.db_name or any(c in settings.db_name for c in '/\\. "$'):
         raise ConfigError(f"DB_NAME must be a plain database name, got {settings.db_name!r}")
     if not settings.development:

@@ -8,6 +8,7 @@ with a short reference id that is also in the log (with the traceback).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import re
@@ -37,6 +38,14 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+# The network address (host) of the client whose call is running; "" when unknown.
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("worknet_caller", default="")
+
+
+def caller_address() -> str:
+    """The address of the client of the current call (for per-client rules such as login lockouts)."""
+    return _CALLER.get()
 
 DATABASE_DOWN = (
     AutoReconnect, ConnectionFailure, NetworkTimeout, ExecutionTimeout, TimeExceeded,
@@ -142,8 +151,13 @@ class Dispatcher:
             self._idle.append(d)
         return d
 
-    async def call(self, method: str, args: tuple) -> Any:
-        """Result value (already converted for the wire) or an ``xmlrpc.Fault``."""
+    async def call(self, method: str, args: tuple, caller: str | None = None) -> Any:
+        """Result value (already converted for the wire) or an ``xmlrpc.Fault``.
+
+        ``caller`` is the client's address (sub-calls of a multicall inherit it).
+        """
+        if caller is not None:
+            _CALLER.set(caller)  # this call's own context: Deferred.fromCoroutine runs it in a copy
         started = time.perf_counter()
         label = self.canonical.get(method, "unknown")
         self.metrics.in_flight.inc()

@@ -210,7 +210,7 @@ class RPCRoot(xmlrpc.XMLRPC):
             return self._respond(request, xmlrpc.Fault(INVALID_REQUEST, str(e)))
         finished: list = []
         request.notifyFinish().addBoth(finished.append)
-        d = defer.ensureDeferred(self.dispatcher.call(method, args))
+        d = defer.ensureDeferred(self.dispatcher.call(method, args, getattr(request.getClientAddress(), "host", "")))
         d.addCallback(lambda result: None if finished else self._write(request, result))
         d.addErrback(lambda f: log.failure("could not answer {method}", f, method=method))
         return server.NOT_DONE_YET
