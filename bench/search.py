@@ -1,39 +1,40 @@
-"""Catalogue search under load: gigsService.search and get_by_id vs the same queries in pymongo.
+"""The catalogue at scale: every catalogue scenario through the daemon, one client, at 100,000 gigs.
 
-    .venv/bin/python -m bench.search [--gigs 100000] [--duration 20] [--concurrency 32]
-        [--pool-size 10] [--sellers 2000]
+    .venv/bin/python -m bench.search [--gigs 100000] [--calls 100] [--sellers 2000]
 
-Starts a throw-away SecantusDB and a daemon, creates the daemon's indexes and
-bulk-inserts the catalogue straight into the database with pymongo
-``insert_many`` (progress bar).  The gig documents are the ones
-``gigsService.create`` writes, field for field: same names and types,
-Decimal128 prices, and ``searchTerms`` computed by
-``worknet.search.search_terms`` -- the daemon's own function -- from title,
-description and tags.  Titles draw words from a vocabulary of about 200 with
-Zipf-like frequencies (a few words are in many gigs, most in few), accented
-words included.
+Starts a throw-away SecantusDB and a daemon.  The catalogue is written straight
+into the database (pymongo ``insert_many``, progress bar): the gig documents
+are the ones ``gigsService.create`` writes, field for field -- same names and
+types, Decimal128 prices, ``searchTerms`` from ``worknet.search.search_terms``
+(the daemon's own function).  Titles draw words from a vocabulary of about 200
+with Zipf-like frequencies, accented words included.  Then the catalogue index
+is built by ``worknet.catalogue.rebuild`` -- the code of
+``python -m worknet.catalogue rebuild``.
 
-Then, for each of ``gigsService.get_by_id`` (random gigs) and
-``gigsService.search`` (a 2-word query of middling-frequency words, a price
-range and a sort -- ``price_asc``, ``rating`` or ``newest`` -- page 1 of 20),
-the daemon next to the same work sent straight to the database with pymongo
-(the search's aggregation built by ``worknet.services.gigs.search_pipeline``,
-the function the daemon uses; the two ``find_one`` of ``get_by_id``, gig then
-seller):
+Then, one client (each call waits for the previous answer), ``--calls`` calls
+per row, p50 and p99 of each:
 
-* one client: the service time without queueing, so the difference of the
-  medians is the daemon's own share (the searches: the same queries, in the
-  same order, on both sides);
-* 32 concurrent keep-alive clients (threads for pymongo) for 20 s.
+* ``gigsService.search``: two words of middling frequency, a price range, for
+  every sort, page 1 and page 5 (limit 20);
+* a category browse (no words, a category, each sort, pages 1 and 5), and the
+  whole catalogue (no words, no filter);
+* ``gigsService.get_by_id``;
+* writes: ``update_rating``, ``gigsService.update`` (price; title), order
+  status changes (``ordersService.update_status`` pending -> in_progress ->
+  completed);
+* gig creation through ``system.multicall`` (batches of 50): gigs per second;
+* the searches again right after the writes (marked gigs judged live, while
+  compaction folds them in).
 
-Every row ends when its calls have answered, so none leaves the database busy
-for the next.  The ``explain`` of one search (winning plan, keys and documents
-examined) is printed before the load.
+Also the time the search spends on the CPU (bitmap set logic, filters and
+top-k over the cached index, the part that runs on the reactor thread),
+measured in this process on the same index.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 from datetime import UTC, datetime, timedelta
@@ -44,9 +45,10 @@ import pymongo
 from bson import Decimal128, ObjectId
 from tqdm import tqdm
 
-from bench.loadgen import HEADER, Result, Workspace, call_body, create_indexes, direct_load, plan_summary, run_load
+from bench.loadgen import HEADER, Result, Workspace, call_body, create_indexes, run_load
+from worknet import catalogue
 from worknet.search import search_terms, words
-from worknet.services.gigs import SORTS, search_filter, search_pipeline
+from worknet.services.gigs import SORTS, search_query
 
 BATCH = 2000
 CATEGORIES = ["graphic-design", "writing", "video-editing", "translation", "marketing",
@@ -126,120 +128,159 @@ def generate(db: Any, gigs: int, sellers: int, rng: random.Random) -> tuple[list
     return gig_ids, seller_ids
 
 
-def queries(rng: random.Random, n: int) -> list[tuple[str, dict]]:
-    """``n`` searches: two words from the middle of the frequency ranking, a price range, a sort."""
-    band = VOCABULARY[QUERY_RANKS[0]:QUERY_RANKS[1]]
+QUERY_BAND = (8, 60)
+
+
+def queries(rng: random.Random, n: int, sort: str) -> list[tuple[str, dict]]:
+    """``n`` searches: two words from the middle of the frequency ranking, a price range, ``sort``."""
+    band = VOCABULARY[QUERY_BAND[0]:QUERY_BAND[1]]
     out = []
     for _ in range(n):
         low = rng.choice([5, 10, 20, 30])
         out.append((" ".join(rng.sample(band, 2)),
-                    {"min_price": low, "max_price": low * rng.choice([5, 10, 20]),
-                     "sort": rng.choice(["price_asc", "rating", "newest"])}))
+                    {"min_price": low, "max_price": low * rng.choice([5, 10, 20]), "sort": sort}))
     return out
 
 
-def direct_pipeline(query: str, filters: dict) -> list[dict]:
-    """The aggregation the daemon sends for ``gigsService.search(query, filters, 1, 20)``."""
-    terms = words(query)
-    options = {k: Decimal(v) if k.endswith("_price") else v for k, v in filters.items()}
-    return search_pipeline(terms, search_filter(terms, options), SORTS[filters["sort"]], 1, 20)
+def browses(rng: random.Random, n: int, sort: str) -> list[tuple[str, dict]]:
+    return [("", {"category": rng.choice(CATEGORIES), "sort": sort}) for _ in range(n)]
 
 
-def show_plan(db: Any, query: str, filters: dict) -> None:
-    pipeline = direct_pipeline(query, filters)
-    explained = db.command("explain", {"aggregate": "gigs", "pipeline": pipeline, "cursor": {}},
-                           verbosity="executionStats")
-    result = list(db.gigs.aggregate(pipeline))[0]
-    total = result["total"][0]["n"] if result["total"] else 0
-    pivot = pipeline[0]["$match"]["searchTerms"]
-    with_pivot = db.gigs.count_documents({"searchTerms": pivot})
-    print(f"\nsearch plan for {query!r} {filters}:")
-    print(f"  first $match {{searchTerms: {pivot!r}}}: {plan_summary(explained)}")
-    print(f"  gigs with {pivot!r}: {with_pivot}; matching the whole filter: {total}")
+def one_by_one(port: int, bodies: list[bytes]) -> Result:
+    return run_load(port, bodies, 1, 600.0, len(bodies))
+
+
+def compute_times(db: Any, searches: list[tuple[str, dict, int]]) -> list[float]:
+    """Milliseconds of CPU per search over the cached index (set logic, filters, top-k), read with pymongo."""
+    base = db[catalogue.BASE]
+    state = base.find_one({"_id": catalogue.STATE})
+    view = catalogue.View(state["epoch"])
+    view.version, view.next_seq = state["version"], state["nextSeq"]
+    category_ids = {c["slug"]: c["_id"] for c in db.categories.find()}
+    timings = []
+    for text, filters, page in searches:
+        options = {k: Decimal(str(v)) if k.endswith("_price") else v for k, v in filters.items() if k != "category"}
+        query = search_query(words(text), options, category_ids.get(filters.get("category", "")))
+        bitmap_ids = view.missing_bitmaps(query.keys())
+        chunks = view.missing_columns()
+        wanted = bitmap_ids + [catalogue.column_id(view.epoch, c) for c in chunks]
+        view.take(list(base.find({"_id": {"$in": wanted}})) if wanted else [], bitmap_ids, chunks)
+        started = time.perf_counter()
+        seqs = view.candidates(query, [])
+        view.columns.top(seqs, query.sort, page * 20)
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gigs", type=int, default=100_000)
     parser.add_argument("--sellers", type=int, default=2_000)
-    parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--pool-size", type=int, default=10, help="the daemon's MONGODB_POOL_SIZE")
+    parser.add_argument("--calls", type=int, default=100, help="calls per one-client row")
+    parser.add_argument("--creates", type=int, default=1000, help="gigs created through system.multicall")
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--serial-searches", type=int, default=20, help="searches in the one-client rows")
     args = parser.parse_args()
     args.gigs = max(100, min(args.gigs, 1_000_000))
-    args.duration = min(args.duration, 120.0)
     rng = random.Random(args.seed)
+    load = os.getloadavg()
 
     with Workspace("bench-search") as workspace:
-        uri = workspace.uri
         db_name = "bench_search"
-        client: pymongo.MongoClient = pymongo.MongoClient(uri, directConnection=True)
+        client: pymongo.MongoClient = pymongo.MongoClient(workspace.uri, directConnection=True, tz_aware=True)
         db = client[db_name]
         create_indexes(db)
         began = time.monotonic()
         gig_ids, seller_ids = generate(db, args.gigs, args.sellers, rng)
         took = time.monotonic() - began
-        print(f"generated {len(gig_ids)} gigs of {len(seller_ids)} sellers in {took:.0f} s "
-              f"({len(gig_ids) / took:.0f} gigs/s)")
-        searches = queries(rng, 500)
-        show_plan(db, *searches[0])
+        print(f"generated {len(gig_ids)} gigs of {len(seller_ids)} sellers in {took:.0f} s")
+        figures = catalogue.rebuild(db)
+        print(f"catalogue index built: {figures['bitmaps']} bitmaps in {figures['seconds']:.1f} s")
+        buyers = [ObjectId() for _ in range(50)]
+        epoch = datetime(2026, 1, 1, tzinfo=UTC)
+        db.users.insert_many([
+            {"_id": _id, "username": f"buyer{i}", "usernameLower": f"buyer{i}", "email": f"buyer{i}@example.com",
+             "passwordHash": "x", "role": "client", "isSeller": False, "rating": 0.0, "reviewCount": 0,
+             "totalEarnings": Decimal128("0.00"), "tokenVersion": 0, "createdAt": epoch, "updatedAt": epoch,
+             "deletedAt": None} for i, _id in enumerate(buyers)])
 
-        # the daemon waits for the database as long as pymongo does (no UNAVAILABLE cut-off)
-        port = workspace.daemon(db_name, MONGODB_POOL_SIZE=str(args.pool_size), DB_TIMEOUT_SECONDS="120")
-        search_bodies = [call_body("gigsService.search", q, f, 1, 20) for q, f in searches]
-        id_bodies = [call_body("gigsService.get_by_id", str(rng.choice(gig_ids))) for _ in range(5000)]
-        run_load(port, id_bodies, args.concurrency, 2.0)  # warm-up
-        pipelines = [direct_pipeline(q, f) for q, f in searches]
+        port = workspace.daemon(db_name, DB_TIMEOUT_SECONDS="120")
+        n = args.calls
+        rows: list[tuple[str, Result]] = []
 
-        def direct_search(database: Any, r: random.Random) -> None:
-            list(database.gigs.aggregate(r.choice(pipelines)))
+        def row(name: str, result: Result) -> None:
+            rows.append((name, result))
+            print(result.row(name), flush=True)
 
-        def direct_get(database: Any, r: random.Random) -> None:
-            gig = database.gigs.find_one({"_id": r.choice(gig_ids), "deletedAt": None},
-                                         {"searchTerms": 0, "ratingSeq": 0})
-            database.users.find_one({"_id": gig["userId"], "deletedAt": None}, {"username": 1, "rating": 1})
+        def body(text: str, filters: dict, page: int) -> bytes:
+            return call_body("gigsService.search", text, filters, page, 20)
 
-        def direct_searches_in_order(count: int) -> Result:
-            """The first ``count`` searches one after another, as the one-client daemon row sends them."""
-            result = Result()
-            began = time.perf_counter()
-            for pipeline in pipelines[:count]:
-                started = time.perf_counter()
-                list(db.gigs.aggregate(pipeline))
-                result.latencies_ms.append((time.perf_counter() - started) * 1000)
-                result.count += 1
-            result.elapsed = time.perf_counter() - began
-            return result
-
-        # one client first (the service time without queueing: the daemon's own share is the
-        # difference of the medians), then 32: every row ends when its calls have answered,
-        # so none leaves the database busy for the next one
-        serial = min(args.duration, 10.0)
-        searches_in_order = min(args.serial_searches, len(pipelines))
-        direct_searches_in_order(searches_in_order)  # untimed: both sides then find the same documents cached
-        rows = [
-            ("daemon get_by_id, 1 client", run_load(port, id_bodies, 1, serial)),
-            ("pymongo get_by_id (gig + seller), 1 thread", direct_load(uri, db_name, 1, serial, direct_get)),
-            ("daemon search, 1 client, same queries", run_load(port, search_bodies, 1, 600.0, searches_in_order)),
-            ("pymongo search aggregate, same queries", direct_searches_in_order(searches_in_order)),
-            (f"daemon get_by_id (pool {args.pool_size})", run_load(port, id_bodies, args.concurrency, args.duration)),
-            ("pymongo get_by_id (gig + seller)", direct_load(uri, db_name, args.concurrency, args.duration, direct_get)),
-            (f"daemon search (pool {args.pool_size})", run_load(port, search_bodies, args.concurrency, args.duration)),
-            ("pymongo search aggregate", direct_load(uri, db_name, args.concurrency, args.duration, direct_search)),
-        ]
-        print(f"\nrows 1-4: one client ({serial:.0f} s; searches: the same {searches_in_order} queries in order); "
-              f"rows 5-8: {args.concurrency} concurrent clients for {args.duration:.0f} s; {len(gig_ids)} gigs:")
         print(HEADER)
-        for name, result in rows:
-            print(result.row(name))
-        pairs = (("get_by_id, 1 client", rows[0][1], rows[1][1]), ("search, 1 client", rows[2][1], rows[3][1]),
-                 (f"get_by_id, {args.concurrency} clients", rows[4][1], rows[5][1]),
-                 (f"search, {args.concurrency} clients", rows[6][1], rows[7][1]))
-        for label, daemon, direct in pairs:
-            print(f"{label}: daemon adds {daemon.p50_ms - direct.p50_ms:+.2f} ms to the median, "
-                  f"{daemon.rps / direct.rps if direct.rps else float('nan'):.2f}x the direct requests/s")
+        one_by_one(port, [body(q, f, 1) for q, f in queries(rng, 20, "relevance")])  # warm-up (loads the index)
+        search_rows = []
+        for sort in SORTS:
+            for page in (1, 5):
+                result = one_by_one(port, [body(q, f, page) for q, f in queries(rng, n, sort)])
+                search_rows.append(result)
+                row(f"search 2 words + price, {sort}, page {page}", result)
+        for sort in SORTS:
+            for page in (1, 5):
+                row(f"browse category, {sort}, page {page}",
+                    one_by_one(port, [body(q, f, page) for q, f in browses(rng, n, sort)]))
+        row("browse everything, relevance, page 1", one_by_one(port, [body("", {}, 1) for _ in range(n)]))
+        row("gigsService.get_by_id",
+            one_by_one(port, [call_body("gigsService.get_by_id", str(rng.choice(gig_ids))) for _ in range(n * 3)]))
+        row("gigsService.update_rating", one_by_one(port, [
+            call_body("gigsService.update_rating", str(rng.choice(gig_ids)), rng.choice([1, 2, 3, 4, 5]))
+            for _ in range(n)]))
+        row("gigsService.update (price)", one_by_one(port, [
+            call_body("gigsService.update", str(rng.choice(gig_ids)), {"price": rng.choice(["19.99", "45", "120"])})
+            for _ in range(n)]))
+        row("gigsService.update (title)", one_by_one(port, [
+            call_body("gigsService.update", str(rng.choice(gig_ids)),
+                      {"title": " ".join(rng.sample(VOCABULARY, 4))}) for _ in range(n)]))
+        # orders: placed (not measured here), then two status changes each
+        ordered = rng.sample(gig_ids, n)
+        gigs = {g["_id"]: g for g in db.gigs.find({"_id": {"$in": ordered}}, {"price": 1, "isActive": 1})}
+        live = [g for g in ordered if gigs[g].get("isActive")]
+        placed = one_by_one(port, [call_body("ordersService.create", str(g), str(rng.choice(buyers)), 1,
+                                             str(gigs[g]["price"].to_decimal())) for g in live])
+        row("ordersService.create", placed)
+        order_ids = [str(o["_id"]) for o in db.orders.find({}, {"_id": 1})]
+        row("ordersService.update_status (in_progress)", one_by_one(port, [
+            call_body("ordersService.update_status", o, "in_progress") for o in order_ids]))
+        row("ordersService.update_status (completed)", one_by_one(port, [
+            call_body("ordersService.update_status", o, "completed") for o in order_ids]))
+        # creation through system.multicall, batches of 50
+        batch = 50
+        creates = []
+        for _ in range(args.creates // batch):
+            calls = []
+            for _ in range(batch):
+                calls.append({"methodName": "gigsService.create", "params": [str(rng.choice(seller_ids)), {
+                    "title": " ".join(rng.sample(VOCABULARY, 5)), "category": rng.choice(CATEGORIES),
+                    "description": "I will deliver " + " ".join(rng.sample(VOCABULARY, 12)) + ", on time.",
+                    "price": str(rng.choice(PRICES)), "deliveryTime": rng.randint(1, 30),
+                    "tags": rng.sample(VOCABULARY, 3)}]})
+            creates.append(call_body("system.multicall", calls))
+        made = one_by_one(port, creates)
+        created = db.gigs.count_documents({}) - len(gig_ids)
+        print(f"system.multicall of {batch} gigsService.create: {created} gigs in {made.elapsed:.1f} s = "
+              f"{created / made.elapsed:.0f} gigs/s (p50 {made.p50_ms:.0f} ms, p99 {made.p99_ms:.0f} ms per batch)",
+              flush=True)
+        marked = db[catalogue.DIRTY].count_documents({})
+        row(f"search right after the writes ({marked} marked)",
+            one_by_one(port, [body(q, f, 1) for q, f in queries(rng, n, "relevance")]))
+        time.sleep(5)
+        marked = db[catalogue.DIRTY].count_documents({})
+        row(f"search 5 s later ({marked} marked)",
+            one_by_one(port, [body(q, f, 1) for q, f in queries(rng, n, "price_asc")]))
+        cpu = sorted(compute_times(db, [(q, f, p) for p in (1, 5) for sort in SORTS
+                                        for q, f in queries(rng, 20, sort) + browses(rng, 20, sort)]))
+        print(f"\nCPU per search over the cached index (set logic, filters, top-k; the reactor's share): "
+              f"p50 {cpu[len(cpu) // 2]:.2f} ms, p99 {cpu[int(len(cpu) * 0.99)]:.2f} ms, max {cpu[-1]:.2f} ms")
+        worst = max(r.p99_ms for r in search_rows)
+        print(f"{len(gig_ids)} gigs; one client; load average before {load[0]:.1f}, after {os.getloadavg()[0]:.1f} "
+              f"({os.cpu_count()} CPUs); worst search p99 {worst:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -386,3 +387,52 @@ def test_category_stats_count_real_gigs_orders_and_reviews(rpc, db, world):
     assert rpc.categoriesService.getStats(writing)["stats"] == {
         "totalGigs": 1, "activeGigs": 1, "totalOrders": 1, "completedOrders": 1,
         "averageRating": 1.0, "totalRevenue": 100.0}
+
+
+def test_deleting_the_seller_takes_its_gigs_out_of_search(rpc, db, world):
+    kept = make_gig(rpc, world, title="Orphan café logo")
+    paused = make_gig(rpc, world, title="Paused café logo")
+    rpc.gigsService.update(paused, {"isActive": False})
+    other = seed_user(db, "other_seller")
+    stays = make_gig(rpc, other, title="Another café logo")
+    assert rpc.gigsService.search("café", None, 1, 20)["total"] == 2
+    assert rpc.usersService.delete_user(world) == {"success": True, "deleted": True}
+    found = rpc.gigsService.search("café", None, 1, 20)
+    assert (found["total"], [g["id"] for g in found["gigs"]]) == (1, [stays])
+    assert rpc.gigsService.search("", None, 1, 20)["total"] == 1
+    for gid in (kept, paused):
+        assert rpc.gigsService.get_by_id(gid)["code"] == "NOT_FOUND"
+        assert rpc.gigsService.update(gid, {"isActive": True})["code"] == "NOT_FOUND"
+    assert db.gigs.count_documents({"userId": ObjectId(world), "deletedAt": None}) == 0
+
+
+def test_a_seller_deleted_while_creating_gigs_keeps_no_live_gig(daemon, db):
+    """usersService.delete_user racing gigsService.create by the same seller, on fresh sellers.
+
+    After each round, either the seller is live or none of its gigs is.
+    (On the code before the fix, 35bd900: 22 of 24 rounds left live gigs of a deleted seller.)
+    """
+    make_category(daemon.proxy())
+    broken = []
+    for round_ in range(24):
+        seller = seed_user(db, f"leaving_{round_}")
+        start = threading.Barrier(4)
+        answers: list = []
+
+        def call(method, *args, start=start, answers=answers):
+            proxy = daemon.proxy()
+            start.wait()
+            answers.append(getattr(proxy, method)(*args))
+
+        threads = [threading.Thread(target=call, args=("usersService.delete_user", seller))]
+        threads += [threading.Thread(target=call, args=("gigsService.create", seller, gig_data()))
+                    for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        gone = db.users.find_one({"_id": ObjectId(seller)})["deletedAt"] is not None
+        live = db.gigs.count_documents({"userId": ObjectId(seller), "deletedAt": None})
+        if gone and live:
+            broken.append((round_, live, answers))
+    assert not broken, f"{len(broken)} of 24 rounds left live gigs of a deleted seller: {broken[:2]}"

@@ -15,16 +15,20 @@ implementation of its own: same ids in the same order, same total and pages.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import random
 import re
+import subprocess
+import sys
 import unicodedata
 import uuid
 from decimal import Decimal
 
 import pytest
+from bson import ObjectId
 
-from tests.conftest import Daemon
+from tests.conftest import ROOT, Daemon, wait_for
 from tests.test_gigs import seed_user
 
 GIGS = 2000
@@ -159,6 +163,8 @@ def catalogue(database, mongo, tmp_path_factory):
         changed = rng.sample(ids, 120)
         multicall(rpc, [("gigsService.update", (gig, {"isActive": False})) for gig in changed[:60]])
         multicall(rpc, [("gigsService.delete", (gig,)) for gig in changed[60:]])
+        # the daemon's compaction folds every marked gig into the catalogue index
+        wait_for(lambda: db.catalogueDirty.count_documents({}) == 0, 120, "the compaction")
         yield Catalogue(daemon, db, sellers, categories)
     finally:
         daemon.stop()
@@ -214,3 +220,102 @@ def test_paging_through_every_sort_gives_the_whole_list_once(catalogue, sort):
             break
         page += 1
     assert seen == expected
+
+
+SHAPES = [
+    ("", {}, 1, 20),
+    ("café", {"sort": "price_asc"}, 2, 20),
+    ("CAFE logo", {"min_price": 20, "max_price": "120.00", "sort": "price_desc"}, 1, 50),
+    ("résumé", {"category": "writing", "sort": "rating"}, 1, 100),
+    ("", {"min_rating": 3.5, "sort": "newest"}, 3, 25),
+    ("design", {"max_delivery_days": 7}, 5, 10),
+    ("", {"category": "translation", "sort": "price_asc"}, 5, 20),
+]
+
+
+def test_the_index_is_the_answer_when_nothing_is_marked(catalogue):
+    assert catalogue.db.catalogueDirty.count_documents({}) == 0
+    state = catalogue.db.catalogue.find_one({"_id": "state"})
+    assert state["nextSeq"] == GIGS and state["version"] >= 1
+    assert catalogue.db.catalogueRows.count_documents({}) == GIGS
+    for shape in SHAPES:
+        catalogue.check(*shape)
+
+
+def test_marked_gigs_are_judged_from_their_documents(catalogue):
+    """Every gig marked at once (as if compaction were far behind): the same answers, then folded in again."""
+    db = catalogue.db
+    ids = [g["_id"] for g in db.gigs.find({}, {"_id": 1})]
+    db.catalogueDirty.insert_many([{"_id": _id, "rev": 1} for _id in ids[::10]])
+    for shape in SHAPES:
+        catalogue.check(*shape)
+    wait_for(lambda: db.catalogueDirty.count_documents({}) == 0, 120, "the compaction")
+    for shape in SHAPES:
+        catalogue.check(*shape)
+
+
+def test_rebuild_command_rebuilds_the_index_while_the_daemon_runs(catalogue, database):
+    db = catalogue.db
+    before = db.catalogue.find_one({"_id": "state"})
+    done = subprocess.run(
+        [sys.executable, "-m", "worknet.catalogue", "rebuild", "--uri", database, "--db", db.name, "--quiet"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env={"PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"catalogue rebuilt: {GIGS} gigs" in done.stdout, done.stdout
+    after = db.catalogue.find_one({"_id": "state"})
+    assert after["epoch"] != before.get("epoch") and after["version"] > before["version"]
+    assert db.catalogue.count_documents({"_id": {"$regex": f"^(b|col):{before.get('epoch', '0')}:"}}) == 0
+    for shape in SHAPES:
+        catalogue.check(*shape)
+
+
+def test_two_daemons_on_one_database_answer_alike_and_see_each_others_writes(catalogue, tmp_path, database):
+    other = Daemon(tmp_path, database, catalogue.daemon.db_name)
+    other.start()
+    try:
+        one, two = catalogue.daemon.proxy(), other.proxy()
+        for query, filters, page, limit in SHAPES:
+            assert one.gigsService.search(query, filters, page, limit) == two.gigsService.search(
+                query, filters, page, limit)
+        made = one.gigsService.create(catalogue.sellers[0], {
+            "title": "Quokka zeppelin xylophone", "description": "A gig only this test writes, to be found.",
+            "category": "writing", "price": "12.34", "deliveryTime": 2})
+        assert made["success"], made
+        found = two.gigsService.search("quokka zeppelin", {"sort": "newest"}, 1, 20)  # the next call, elsewhere
+        assert [g["id"] for g in found["gigs"]] == [made["gig_id"]] and found["total"] == 1
+        assert two.gigsService.update(made["gig_id"], {"price": "99.00"})["success"]
+        assert one.gigsService.search("quokka", {"max_price": 50}, 1, 20)["total"] == 0
+        assert one.gigsService.search("quokka", {"min_price": 99}, 1, 20)["total"] == 1
+        assert two.gigsService.delete(made["gig_id"])["success"]
+        assert one.gigsService.search("quokka", None, 1, 20)["total"] == 0
+    finally:
+        other.stop()
+    assert not other.internal_errors(), other.internal_errors()[:5]
+
+
+def test_the_catalogue_queries_use_indexes(catalogue):
+    """Each query shape the search and the compaction send is an index scan (on MongoDB: no COLLSCAN)."""
+    db = catalogue.db
+    some = [g["_id"] for g in db.gigs.find({}, {"_id": 1}).limit(20)]
+    state = db.catalogue.find_one({"_id": "state"})
+    shapes = [
+        ("catalogueDirty", {"find": "catalogueDirty", "filter": {}, "sort": {"_id": 1}}),
+        ("catalogue", {"find": "catalogue", "filter": {"_id": "state"}}),
+        ("catalogue", {"find": "catalogue", "filter": {"v": {"$gt": state["version"] - 1}}, "projection": {"_id": 1}}),
+        ("catalogue", {"find": "catalogue", "filter": {"_id": {"$in": [f"col:{state['epoch']}:0"]}}}),
+        ("gigs", {"find": "gigs", "filter": {"_id": {"$in": some}}}),
+        ("catalogueRows", {"find": "catalogueRows", "filter": {"_id": {"$in": some}}}),
+        ("gigs", {"find": "gigs", "filter": {"categoryId": ObjectId(catalogue.categories["writing"]),
+                                             "deletedAt": None}}),
+        ("gigs", {"find": "gigs", "filter": {"userId": ObjectId(catalogue.sellers[0]), "deletedAt": None}}),
+    ]
+    secantus = "secantusVersion" in db.command("buildInfo")
+    for collection, command in shapes:
+        if collection == "catalogueDirty" and secantus:
+            # SecantusDB plans no index for a sorted read of a whole collection; this one holds
+            # only the gigs written since the last compaction (a few), so the scan is short there
+            continue
+        plan = json.dumps(db.command("explain", command, verbosity="queryPlanner"), default=str)
+        assert "COLLSCAN" not in plan, (command, plan[:500])
+        assert "IXSCAN" in plan or "IDHACK" in plan or "EXPRESS" in plan, (command, plan[:500])

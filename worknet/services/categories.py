@@ -1,8 +1,8 @@
 """categoriesService: the marketplace's categories.
 
 A category has a unique ``name`` (case-insensitively) and a unique, immutable
-``slug``.  Deleting is a soft delete (``deletedAt``), refused while active
-gigs use the category; the slug of a deleted category stays reserved so that
+``slug``.  Deleting is a soft delete (``deletedAt``), refused while live
+gigs (active or paused) use the category; the slug of a deleted category stays reserved so that
 old links never point at a different category.
 """
 
@@ -89,21 +89,29 @@ class CategoriesService(ServiceResource):
         if "name" in changes:
             changes["nameLower"] = changes["name"].lower()
         changes["updatedAt"] = now()
-        return ok(category=await set_on_live(self.categories, _id, changes, "category", _conflict))
+        return ok(category=await set_on_live(self.store, "categories", _id, changes, "category", _conflict))
 
     @signature("struct", "string", returns={"deleted": "boolean"})
     async def xmlrpc_delete(self, category_id: Any) -> dict:
-        """Soft-delete a category; refused (INVALID_STATE) while active gigs use it. Returns deleted: true."""
+        """Soft-delete a category; refused (INVALID_STATE) while live gigs (active or paused) use it. Returns deleted: true."""
         _id = v.object_id(category_id, "category_id")
-        await get_or_404(self.categories, _id, "category")
-        in_use = await self.store["gigs"].count_documents({"categoryId": _id, "isActive": True, **NOT_DELETED}, limit=1)
-        if in_use:
-            raise InvalidState("the category is used by active gigs")
-        result = await self.categories.update_one(
-            {"_id": _id, **NOT_DELETED}, {"$set": {"deletedAt": now(), "isActive": False, "updatedAt": now()}},
+        category = await get_or_404(self.categories, _id, "category", projection={"isActive": 1})
+        # Mark first, then look for gigs: a gig created (or moved here) at the same time
+        # checks the category again once written, so it either sees the mark and
+        # withdraws itself, or was written before the mark and is seen here.
+        moment = now()
+        marked = await self.categories.update_one(
+            {"_id": _id, **NOT_DELETED}, {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}},
         )
-        if result.modified_count == 0:
+        if marked.modified_count == 0:
             raise NotFound("category not found")
+        in_use = await self.store["gigs"].count_documents({"categoryId": _id, **NOT_DELETED}, limit=1)
+        if in_use:
+            await self.categories.update_one(
+                {"_id": _id, "deletedAt": moment},
+                {"$set": {"deletedAt": None, "isActive": category.get("isActive", True), "updatedAt": now()}},
+            )
+            raise InvalidState("the category is used by gigs (active or paused)")
         return ok(deleted=True)
 
     @signature("struct", "int", "int", returns={"categories": "array", "total": "int", "page": "int", "limit": "int", "pages": "int"})

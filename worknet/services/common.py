@@ -12,7 +12,6 @@ from typing import Any
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 from txmongo import filter as qf
-from txmongo.collection import ReturnDocument
 
 from worknet.errors import Conflict, NotFound
 
@@ -60,16 +59,15 @@ async def get_or_404(collection: Any, _id: ObjectId, what: str, query: dict | No
 
 
 async def set_on_live(
-    collection: Any, _id: ObjectId, changes: dict, what: str, conflict: Callable[[DuplicateKeyError], Conflict],
+    store: Any, collection: str, _id: ObjectId, changes: dict, what: str,
+    conflict: Callable[[DuplicateKeyError], Conflict],
 ) -> dict:
-    """``$set`` ``changes`` on a live (not deleted) document and return it as it is now.
+    """``$set`` ``changes`` on a live (not deleted) document of ``collection`` and return it as it is now.
 
     NOT_FOUND when there is none; ``conflict(error)`` when a unique index refuses the change.
     """
     try:
-        doc = await collection.find_one_and_update(
-            {"_id": _id, **NOT_DELETED}, {"$set": changes}, return_document=ReturnDocument.AFTER,
-        )
+        doc = await store.update_and_fetch(collection, {"_id": _id, **NOT_DELETED}, {"$set": changes})
     except DuplicateKeyError as e:
         raise conflict(e) from None
     if doc is None:

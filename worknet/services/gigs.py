@@ -7,13 +7,13 @@ A gig belongs to a seller (a live user whose role is ``freelancer`` or whose
 orders of the gig are pending or in progress; deleted gigs vanish from every
 read.
 
-Search uses the ``searchTerms`` array (see :mod:`worknet.search`): all the
-folded words of the query must be among the gig's words.  With words, one
-aggregation answers: a ``$match`` on the longest query word alone (an
-equality on the multikey index, which every server plans as an index lookup),
-then a ``$match`` with the whole filter (``$all`` of every word, price,
-rating, ...), then a ``$facet`` giving the total and the sorted page in the
-same pass.  Without words, a count and a sorted find on the compound indexes.
+Search and category browses are answered by the catalogue index
+(:mod:`worknet.catalogue`: roaring bitmaps of the gigs holding each folded
+word -- see :mod:`worknet.search` --, each category, each seller and the
+active gigs, plus sort columns, all kept in the database); every write of a
+gig marks it for that index in the same transaction, so a gig is found by the
+next call after its create or update returns.  Then the page's gigs are read
+by ``_id``.
 Sorts, each with a final tie-breaker on ``_id`` so paging is deterministic:
 
 * ``relevance`` (default): best rated first -- ``rating`` desc, then
@@ -33,14 +33,17 @@ reviews collection (:func:`recompute_rating`, also used by reviewsService).
 from __future__ import annotations
 
 import math
+from collections.abc import Coroutine
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from bson import Decimal128, ObjectId
-from txmongo.collection import ReturnDocument
+from twisted.internet import defer
 
+from worknet import catalogue
 from worknet import validators as v
-from worknet.errors import Forbidden, InvalidState, NotFound, ValidationError
+from worknet.catalogue import Query, catalogue_of, write_marked
+from worknet.errors import DomainError, Forbidden, InvalidState, NotFound, ValidationError
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.search import search_terms, words
 from worknet.services.common import NOT_DELETED, get_or_404, now, ok, paged
@@ -57,9 +60,11 @@ SORTS: dict[str, list[tuple[str, int]]] = {
     "rating": [("rating", -1), ("reviewCount", -1), ("_id", -1)],
     "newest": [("createdAt", -1), ("_id", -1)],
 }
-LIST_PROJECTION = {"searchTerms": 0, "ratingSeq": 0}
+LIST_PROJECTION = {"searchTerms": 0, "ratingSeq": 0, "ratingTicket": 0, "ratingLog": 0}
+RATING_LOG = 64  # the last folds kept on the gig, so that each call finds its own figures
 TEXT_FIELDS = ("title", "description", "tags")
 UPDATE_ATTEMPTS = 5
+CATEGORY_REFS_KEPT = 10_000
 
 
 def _title(value: Any, field: str) -> str:
@@ -107,46 +112,18 @@ FILTERS = {
 }
 
 
-def pivot(terms: list[str]) -> str:
-    """The query word looked up in the index first: the longest (long words are the rare ones)."""
-    return max(terms, key=len)
-
-
-def search_filter(terms: list[str], options: dict, category_id: ObjectId | None = None) -> dict:
-    """The query document of a search: active live gigs having every word, and the validated filters."""
-    spec: dict[str, Any] = {"isActive": True, **NOT_DELETED}
-    if terms:
-        spec["searchTerms"] = {"$all": terms}
-    if category_id is not None:
-        spec["categoryId"] = category_id
-    price: dict[str, Decimal128] = {}
-    if "min_price" in options:
-        price["$gte"] = Decimal128(options["min_price"])
-    if "max_price" in options:
-        price["$lte"] = Decimal128(options["max_price"])
-    if price:
-        spec["price"] = price
-    if "min_rating" in options:
-        spec["rating"] = {"$gte": options["min_rating"]}
-    if "max_delivery_days" in options:
-        spec["deliveryTime"] = {"$lte": options["max_delivery_days"]}
-    if "seller_id" in options:
-        spec["userId"] = options["seller_id"]
-    return spec
-
-
-def search_pipeline(terms: list[str], spec: dict, order: list[tuple[str, int]], page: int, limit: int) -> list[dict]:
-    """One pass for a search with words: the gigs holding the pivot word (an equality on the
-    multikey index), then the whole filter, then the total and the sorted page together."""
-    return [
-        {"$match": {"searchTerms": pivot(terms)}},
-        {"$match": spec},
-        {"$facet": {
-            "total": [{"$count": "n"}],
-            "gigs": [{"$sort": dict(order)}, {"$skip": (page - 1) * limit}, {"$limit": limit},
-                     {"$project": LIST_PROJECTION}],
-        }},
-    ]
+def search_query(terms: list[str], options: dict, category_id: ObjectId | None = None) -> Query:
+    """The catalogue query of a search: its words and validated filters (prices in cents)."""
+    return Query(
+        terms=terms,
+        category_id=category_id,
+        seller_id=options.get("seller_id"),
+        min_price=catalogue.cents(options["min_price"]) if "min_price" in options else None,
+        max_price=catalogue.cents(options["max_price"]) if "max_price" in options else None,
+        min_rating=options.get("min_rating"),
+        max_delivery=options.get("max_delivery_days"),
+        sort=options.get("sort", "relevance"),
+    )
 
 
 def rounded(rating: Any) -> float:
@@ -175,17 +152,14 @@ async def find_category(store: Any, ref: str, field: str = "category") -> dict |
 async def recompute_rating(store: Any, gig_id: ObjectId) -> dict | None:
     """Set the gig's ``rating`` and ``reviewCount`` from its reviews (one aggregation).
 
-    Concurrent recomputations of one gig are ordered by ``ratingSeq``: each
-    takes a ticket before reading the reviews and writes only if no later
-    ticket was taken, so an older view never overwrites a newer one.
+    Concurrent recomputations of one gig are ordered by ``ratingTicket``: each
+    sets a fresh ticket before reading the reviews and writes only if no later
+    ticket was set, so an older view never overwrites a newer one.
     Returns ``{"rating", "reviewCount"}`` as computed (None if the gig is gone).
     """
-    gigs = store["gigs"]
-    ticket = await gigs.find_one_and_update(
-        {"_id": gig_id}, {"$inc": {"ratingSeq": 1}},
-        projection={"ratingSeq": 1}, return_document=ReturnDocument.AFTER,
-    )
-    if ticket is None:
+    ticket = ObjectId()
+    taken = await store["gigs"].update_one({"_id": gig_id}, {"$set": {"ratingTicket": ticket}})
+    if taken.matched_count == 0:
         return None
     figures = await store["reviews"].aggregate([
         {"$match": {"gigId": gig_id}},
@@ -193,15 +167,68 @@ async def recompute_rating(store: Any, gig_id: ObjectId) -> dict | None:
     ])
     count = int(figures[0]["count"]) if figures else 0
     rating = figures[0]["sum"] / count if count else 0.0
-    await gigs.update_one(
-        {"_id": gig_id, "ratingSeq": ticket["ratingSeq"]},
-        {"$set": {"rating": float(rating), "reviewCount": count}},
-    )
+
+    async def write(session: Any) -> None:
+        await store["gigs"].update_one(
+            {"_id": gig_id, "ratingTicket": ticket},
+            {"$set": {"rating": float(rating), "reviewCount": count}}, session=session,
+        )
+
+    await write_marked(store, [gig_id], write)
     return {"rating": float(rating), "reviewCount": count}
+
+
+async def withdraw_gigs(store: Any, owner: ObjectId, moment: Any) -> int:
+    """Soft-delete every live gig of ``owner`` (a deleted account), marked for the catalogue; how many.
+
+    usersService.delete_user marks the user first, then calls this: a gig created
+    at the same time checks its seller again once written (``_still_there``), so
+    it either withdraws itself or is found here.
+    """
+    found = await store["gigs"].find({"userId": owner, **NOT_DELETED}, projection={"_id": 1})
+    ids = [doc["_id"] for doc in found]
+    for start in range(0, len(ids), 100):
+        part = ids[start:start + 100]
+
+        async def withdraw(session: Any, part: list = part) -> None:
+            await store["gigs"].update_many(
+                {"_id": {"$in": part}, **NOT_DELETED},
+                {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}}, session=session,
+            )
+
+        await write_marked(store, part, withdraw)
+    return len(ids)
+
+
+async def _live(collection: Any, _id: ObjectId | None, query: dict | None = None) -> dict | bool | None:
+    """The live document ``_id`` of ``collection`` (projection: ``_id``); True when there is no id to check."""
+    if _id is None:
+        return True
+    found: dict | None = await collection.find_one({"_id": _id, **NOT_DELETED, **(query or {})},
+                                                   projection={"_id": 1})
+    return found
+
+
+async def together(*steps: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run independent reads at once (each its own round trip); their results in order, or the
+    error of the first failed one in argument order."""
+    outcomes = await defer.DeferredList([defer.ensureDeferred(step) for step in steps], consumeErrors=True)
+    for succeeded, value in outcomes:
+        if not succeeded:
+            value.raiseException()
+    return [value for _succeeded, value in outcomes]
 
 
 class GigsService(ServiceResource):
     """gigsService.*"""
+
+    def __init__(self, store: Any, settings: Any) -> None:
+        super().__init__(store, settings)
+        from twisted.internet import reactor
+
+        self.compactor = catalogue.Compactor(store, reactor)
+        self.category_ids: dict[str, ObjectId] = {}  # search filter: category slug or id -> its id
+        reactor.callWhenRunning(self.compactor.start)
 
     @property
     def gigs(self) -> Any:
@@ -221,6 +248,32 @@ class GigsService(ServiceResource):
             raise ValidationError("category", "the category is not active")
         return category
 
+    async def _still_there(self, gig_id: ObjectId, owner: ObjectId | None, category_id: ObjectId | None,
+                           mark_too: bool = False) -> None:
+        """After a gig was written: its seller and category must still be live, else the gig is withdrawn.
+
+        ``categoriesService.delete`` and ``usersService.delete_user`` mark first,
+        then look for the gigs (of the category, of the seller): a create or a
+        category change running at the same time either sees the mark here, or
+        wrote its gig before the mark and is seen there.
+        """
+        category, seller, *_marked = await together(
+            _live(self.store["categories"], category_id, {"isActive": True}), _live(self.store["users"], owner),
+            *([catalogue.mark(self.store, [gig_id])] if mark_too else []))
+        if category is not None and seller is not None:
+            return
+        gone: DomainError = (ValidationError("category", "the category is not active") if category is None
+                             else NotFound("user not found"))
+        moment = now()
+
+        async def withdraw(session: Any) -> None:
+            await self.gigs.update_one({"_id": gig_id, **NOT_DELETED},
+                                       {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}},
+                                       session=session)
+
+        await write_marked(self.store, [gig_id], withdraw)
+        raise gone
+
     @signature("struct", "string", "struct", returns={"gig_id": "string", "gig": "struct"})
     async def xmlrpc_create(self, user_id: Any, gig_data: Any) -> dict:
         """Create a gig for a seller. user_id: a live user whose role is freelancer or whose isSeller is true (else FORBIDDEN). gig_data: title 5-120, description 20-5000, category (slug or id of an active category), price (money), deliveryTime 1-365 days, optional revisionNumber 0-20 (default 0), images (at most 10 http(s) URLs), features (at most 20 strings), tags (at most 10 strings). Returns gig_id, gig."""
@@ -229,8 +282,7 @@ class GigsService(ServiceResource):
         for name in REQUIRED:
             if name not in data:
                 raise ValidationError(name, f"{name} is required")
-        await self._seller(owner)
-        category = await self._active_category(data["category"])
+        _seller, category = await together(self._seller(owner), self._active_category(data["category"]))
         moment = now()
         doc: dict[str, Any] = {
             "_id": ObjectId(),
@@ -253,7 +305,11 @@ class GigsService(ServiceResource):
             "deletedAt": None,
         }
         doc["searchTerms"] = search_terms(doc["title"], doc["description"], doc["tags"])
-        await self.gigs.insert_one(doc)
+
+        # A new gig needs no mark before its insert (no search can know it yet): one mark after
+        # it, sent together with the re-reads of the seller and the category.
+        await self.gigs.insert_one(dict(doc))
+        await self._still_there(doc["_id"], owner, category["_id"], mark_too=True)
         return ok(gig_id=str(doc["_id"]), gig=doc)
 
     @signature("struct", "string", "struct", returns={"gig": "struct"})
@@ -277,10 +333,16 @@ class GigsService(ServiceResource):
                 # compare-and-set on the texts the terms were computed from
                 filter_.update({key: current.get(key) for key in TEXT_FIELDS if key not in changes})
             changes["updatedAt"] = now()
-            doc = await self.gigs.find_one_and_update(
-                filter_, {"$set": changes}, projection=LIST_PROJECTION, return_document=ReturnDocument.AFTER,
-            )
+
+            async def write(session: Any, filter_: dict = filter_) -> dict | None:
+                found: dict | None = await self.store.update_and_fetch(
+                    "gigs", filter_, {"$set": changes}, projection=LIST_PROJECTION, session=session)
+                return found
+
+            doc = await write_marked(self.store, [_id], write)
             if doc is not None:
+                if "categoryId" in changes or changes.get("isActive") is True:
+                    await self._still_there(_id, doc.get("userId"), doc.get("categoryId"))
                 return ok(gig=doc)
             if not texts:
                 break
@@ -296,19 +358,28 @@ class GigsService(ServiceResource):
         # time either finds the gig gone (it touches the gig when it is placed) or
         # is seen here, and then the mark is taken back.
         moment = now()
-        result = await self.gigs.update_one(
-            {"_id": _id, **NOT_DELETED}, {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}},
-        )
-        if result.modified_count == 0:
+
+        async def mark_deleted(session: Any) -> int:
+            result = await self.gigs.update_one(
+                {"_id": _id, **NOT_DELETED},
+                {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}}, session=session,
+            )
+            return int(result.modified_count)
+
+        if await write_marked(self.store, [_id], mark_deleted) == 0:
             raise NotFound("gig not found")
         busy = await self.store["orders"].count_documents(
             {"gigId": _id, "status": {"$in": OPEN_ORDER_STATUSES}}, limit=1,
         )
         if busy:
-            await self.gigs.update_one(
-                {"_id": _id, "deletedAt": moment},
-                {"$set": {"deletedAt": None, "isActive": gig.get("isActive", True), "updatedAt": now()}},
-            )
+            async def take_back(session: Any) -> None:
+                await self.gigs.update_one(
+                    {"_id": _id, "deletedAt": moment},
+                    {"$set": {"deletedAt": None, "isActive": gig.get("isActive", True), "updatedAt": now()}},
+                    session=session,
+                )
+
+            await write_marked(self.store, [_id], take_back)
             raise InvalidState("the gig has pending or in-progress orders")
         return ok(deleted=True)
 
@@ -352,19 +423,21 @@ class GigsService(ServiceResource):
             return ok(gigs=[], total=0, page=page, limit=limit, pages=0)
         category_id = None
         if "category" in options:
-            category = await find_category(self.store, options["category"])
-            if category is None:
-                return ok(gigs=[], total=0, page=page, limit=limit, pages=0)
-            category_id = category["_id"]
-        spec = search_filter(terms, options, category_id)
-        order = SORTS[options.get("sort", "relevance")]
-        if not terms:
-            return await paged(self.gigs, spec, order, page, limit, "gigs", projection=LIST_PROJECTION)
-        found = await self.gigs.aggregate(search_pipeline(terms, spec, order, page, limit))
-        counted = found[0]["total"] if found else []
-        total = int(counted[0]["n"]) if counted else 0
-        return ok(gigs=found[0]["gigs"] if found else [], total=total, page=page, limit=limit,
-                  pages=math.ceil(total / limit))
+            # a slug names one category forever (slugs are immutable and stay reserved after a
+            # delete), so the id it resolves to is remembered; a deleted category has no live gig
+            ref = options["category"]
+            category_id = self.category_ids.get(ref)
+            if category_id is None:
+                category = await find_category(self.store, ref)
+                if category is None:
+                    return ok(gigs=[], total=0, page=page, limit=limit, pages=0)
+                category_id = category["_id"]
+                if len(self.category_ids) < CATEGORY_REFS_KEPT:
+                    self.category_ids[ref] = category_id
+        ids, total = await catalogue_of(self.store).search(search_query(terms, options, category_id), page, limit)
+        found = {doc["_id"]: doc for doc in await self.gigs.find({"_id": {"$in": ids}}, projection=LIST_PROJECTION)}
+        gigs = [found[_id] for _id in ids if _id in found]
+        return ok(gigs=gigs, total=total, page=page, limit=limit, pages=math.ceil(total / limit))
 
     @signature("struct", "string", "double", returns={"rating": "double", "reviewCount": "int"})
     async def xmlrpc_update_rating(self, gig_id: Any, new_rating: Any = None) -> dict:
@@ -378,20 +451,28 @@ class GigsService(ServiceResource):
             return ok(**figures)
         value = _rating_value(new_rating, "new_rating", 1, 5)
         count = {"$ifNull": ["$reviewCount", 0]}
-        doc = await self.gigs.find_one_and_update(
-            {"_id": _id, **NOT_DELETED},
-            [{"$set": {
-                "rating": {"$divide": [
-                    {"$add": [{"$multiply": [{"$ifNull": ["$rating", 0]}, count]}, value]},
-                    {"$add": [count, 1]},
-                ]},
-                "reviewCount": {"$add": [count, 1]},
-                "updatedAt": now(),
-            }}],
-            projection={"rating": 1, "reviewCount": 1},
-            return_document=ReturnDocument.AFTER,
-        )
+        ticket = ObjectId()
+        fold = [{"$set": {
+            "rating": {"$divide": [
+                {"$add": [{"$multiply": [{"$ifNull": ["$rating", 0]}, count]}, value]},
+                {"$add": [count, 1]},
+            ]},
+            "reviewCount": {"$add": [count, 1]},
+            "updatedAt": now(),
+        }}, {"$set": {"ratingLog": {"$concatArrays": [
+            {"$slice": [{"$ifNull": ["$ratingLog", []]}, -(RATING_LOG - 1)]},
+            [{"t": ticket, "rating": "$rating", "reviewCount": "$reviewCount"}],
+        ]}}}]
+
+        async def write(session: Any) -> dict | None:
+            found: dict | None = await self.store.update_and_fetch(
+                "gigs", {"_id": _id, **NOT_DELETED}, fold,
+                projection={"rating": 1, "reviewCount": 1, "ratingLog": 1}, session=session)
+            return found
+
+        doc = await write_marked(self.store, [_id], write)
         if doc is None:
             raise NotFound("gig not found")
-        return ok(rating=float(doc["rating"]), reviewCount=int(doc["reviewCount"]))
-
+        # the figures this fold produced (the document may already show later folds)
+        mine = next((entry for entry in doc.get("ratingLog", []) if entry.get("t") == ticket), doc)
+        return ok(rating=float(mine["rating"]), reviewCount=int(mine["reviewCount"]))

@@ -46,6 +46,7 @@ from worknet.money import as_decimal, average_rating
 from worknet.rpc.dispatch import ServiceResource, caller_address, signature
 from worknet.security import ACCESS, BAD_TOKEN, REFRESH, Clock, CpuPool, Passwords, Tokens, login_password, password
 from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, ok, paged, set_on_live
+from worknet.services.gigs import withdraw_gigs
 
 ROLES = ("client", "freelancer")
 ALL_ROLES = ("client", "freelancer", "admin")
@@ -299,7 +300,7 @@ class UsersService(ServiceResource):
         if "username" in changes:
             changes["usernameLower"] = changes["username"].lower()
         changes["updatedAt"] = await self.clock.now()
-        return ok(user=await set_on_live(self.users, _id, changes, "user", _conflict))
+        return ok(user=await set_on_live(self.store, "users", _id, changes, "user", _conflict))
 
     @signature("struct", "string", "string", "string", returns={"token": "string", "refresh_token": "string"})
     async def xmlrpc_change_password(self, user_id: Any, old_password: Any, new_password: Any) -> dict:
@@ -330,7 +331,7 @@ class UsersService(ServiceResource):
 
     @signature("struct", "string", returns={"deleted": "boolean"})
     async def xmlrpc_delete_user(self, user_id: Any) -> dict:
-        """Soft-delete a user (deletedAt): refused (INVALID_STATE) while the user has pending or in-progress orders as buyer or seller. Afterwards the user is NOT_FOUND everywhere, cannot log in and its tokens fail; the username and email stay reserved. Returns deleted: true."""
+        """Soft-delete a user (deletedAt): refused (INVALID_STATE) while the user has pending or in-progress orders as buyer or seller. Afterwards the user is NOT_FOUND everywhere, cannot log in and its tokens fail, and its gigs are deleted (gone from search); the username and email stay reserved. Returns deleted: true."""
         _id = v.object_id(user_id, "user_id")
         moment = await self.clock.now()
         # Mark first, then look for open orders: placing an order touches its buyer and
@@ -349,6 +350,7 @@ class UsersService(ServiceResource):
         await self.users.update_one(
             {"_id": _id}, {"$set": {"updatedAt": moment, "refreshJti": None}, "$inc": {"tokenVersion": 1}},
         )
+        await withdraw_gigs(self.store, _id, moment)
         return ok(deleted=True)
 
     @signature("struct", "string", returns={"stats": "struct"})

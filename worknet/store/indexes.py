@@ -30,14 +30,17 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
          {"name": "users_country_newest"}),
     ],
     "gigs": [
-        ([("category", ASC), ("isActive", ASC)], {"name": "category_active"}),
-        ([("searchTerms", ASC)], {"name": "search_terms"}),
+        # search and browses are served by the catalogue index (worknet/catalogue.py), not by gig
+        # indexes: every gig index is rewritten on each gig write, so gigs keep only these three.
+        # The live gigs of a seller / a category ({..., deletedAt: null}): all-equality indexes,
+        # the only form SecantusDB plans for a two-field filter (else a full scan)
         ([("userId", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "user_newest"}),
-        ([("categoryId", ASC), ("isActive", ASC)], {"name": "category_id_active"}),
-        ([("isActive", ASC), ("price", ASC), ("_id", ASC)], {"name": "active_price"}),
-        ([("isActive", ASC), ("rating", DESC), ("reviewCount", DESC), ("createdAt", DESC), ("_id", DESC)],
-         {"name": "active_relevance"}),
-        ([("isActive", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "active_newest"}),
+        ([("userId", ASC), ("deletedAt", ASC)], {"name": "user_live"}),
+        ([("categoryId", ASC), ("deletedAt", ASC)], {"name": "category_live"}),
+    ],
+    # the catalogue index: which base docs a compaction wrote since a version
+    "catalogue": [
+        ([("v", ASC)], {"name": "catalogue_version"}),
     ],
     "reviews": [
         # anonymous reviews (no userId) are outside the one-review-per-user rule

@@ -1,0 +1,777 @@
+"""The catalogue index: roaring bitmaps and sort columns over a dense gig number, kept in the database.
+
+Why: SecantusDB plans one index per query, decodes every candidate in full
+and sorts in Python (see docs/DECISIONS.md, "Catalogue index"), so a search
+or a category browse over 100,000 gigs cannot be a query on the gigs
+collection.  This module answers ``gigsService.search`` from a compact index
+instead, on every server (MongoDB too), the same way.
+
+The index (a base, written only by compaction) -- collection ``catalogue``:
+
+* ``{_id: "state", version, nextSeq}``: every indexed gig has a dense
+  sequence number ``seq``; ``version`` grows by one per compaction.
+* bitmaps ``b:<key>:<chunk>`` (``bits``: a serialized ``pyroaring.BitMap`` of
+  the seqs in ``[chunk * 65536, (chunk + 1) * 65536)``), keys: ``live``
+  (active, not deleted), ``t:<word>`` (search terms), ``c:<categoryId>``,
+  ``u:<sellerId>``;
+* columns ``col:<chunk>`` (4,096 seqs each, little-endian arrays): price in
+  cents, rating, review count, creation time (ms), delivery days and the
+  gig's ``_id``: the range filters and every sort run over them;
+* each doc carries ``v``, the version that last wrote it (indexed).
+
+Collection ``catalogueRows``: one small document per indexed gig (its seq and
+the keys it was indexed under), so that compaction can take a changed gig out
+of the bitmaps it was in.
+
+Changes: every write of a gig field that search reads also upserts a marker
+``{_id: gigId, rev}`` in ``catalogueDirty`` after the gig write (see
+:func:`write_marked` for why not in a transaction).  A search reads the markers FIRST, then the base: marked gigs are
+taken out of the base result and judged from their current documents, so a
+gig is found by the next call after its create or update returns, whatever
+compaction is doing.  Compaction (one daemon at a time, under a lease in the
+database; every daemon runs the loop) folds marked gigs into the base --
+bitmaps and columns first, then rows, then ``state.version``, then it deletes
+the markers whose ``rev`` did not change meanwhile.  Any step may be
+interrupted: the next compaction redoes it (every step is idempotent) and
+searches stay right because the gigs are still marked.
+
+Each daemon keeps a cache of the base docs it has read, validated on every
+call by one read of ``state``: when the version moved, the ids of the docs
+written since (``v`` greater than the cached version) are read and those
+entries dropped, so N daemons on one database answer alike.
+
+``python -m worknet.catalogue rebuild`` rebuilds the whole index from the gigs
+(pymongo, a progress bar; safe while daemons run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
+
+import numpy as np
+from bson import Binary, Decimal128, ObjectId
+from pymongo import ReplaceOne
+from pymongo.errors import DuplicateKeyError
+from pyroaring import BitMap
+from twisted.internet import defer, task
+from txmongo import filter as qf
+
+from worknet.logs import logger
+from worknet.search import search_terms
+
+T = TypeVar("T")
+log = logger(__name__)
+
+BASE = "catalogue"
+ROWS = "catalogueRows"
+DIRTY = "catalogueDirty"
+STATE = "state"
+LEASES = "catalogueLease"  # its own tiny collection: the lease update has an $or
+BITMAP_CHUNK = 1 << 16
+COLUMN_CHUNK = 4096
+LEASE_SECONDS = 30.0
+COMPACT_SECONDS = 0.2  # how often each daemon looks for marked gigs
+# fold when this many gigs are marked, or the oldest mark is this old: every fold rewrites the
+# bitmap chunks of all the words it touches, so folding a few gigs at a time costs the writes
+FOLD_AT = 100
+FOLD_AFTER = 1.0
+BATCH = 500  # gigs folded in per compaction
+BY_ID = qf.sort(qf.ASCENDING("_id"))  # the markers in _id order: an index scan on MongoDB, not a collection scan
+ID_CHUNK = 100  # ids per $in (SecantusDB re-checks each candidate against the list)
+GIG_FIELDS = {"title": 1, "description": 1, "tags": 1, "searchTerms": 1, "categoryId": 1, "userId": 1,
+              "price": 1, "rating": 1, "reviewCount": 1, "createdAt": 1, "deliveryTime": 1,
+              "isActive": 1, "deletedAt": 1}
+COLUMNS = {"price": "<i8", "rating": "<f8", "reviews": "<i8", "created": "<i8", "delivery": "<i8"}
+
+# sort name -> (column, descending) from the primary key down; _id breaks ties in the last direction
+SORT_KEYS: dict[str, list[tuple[str, bool]]] = {
+    "relevance": [("rating", True), ("reviews", True), ("created", True), ("_id", True)],
+    "price_asc": [("price", False), ("_id", False)],
+    "price_desc": [("price", True), ("_id", True)],
+    "rating": [("rating", True), ("reviews", True), ("_id", True)],
+    "newest": [("created", True), ("_id", True)],
+}
+
+
+# -- one gig as the index sees it -------------------------------------------------
+
+def cents(value: Any) -> int:
+    """Money (Decimal128 or Decimal, at most 2 decimals) as integer cents."""
+    amount = value.to_decimal() if isinstance(value, Decimal128) else value
+    return int(amount.scaleb(2).to_integral_value())
+
+
+def millis(moment: datetime | None) -> int:
+    if moment is None:
+        return 0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass
+class Row:
+    """The indexed view of one gig: its bitmap keys and its column values."""
+
+    oid: ObjectId
+    keys: list[str]
+    price: int
+    rating: float
+    reviews: int
+    created: int
+    delivery: int
+
+    @classmethod
+    def of(cls, doc: dict) -> Row:
+        terms = doc.get("searchTerms")
+        if terms is None:
+            terms = search_terms(doc.get("title", ""), doc.get("description", ""), doc.get("tags", []))
+        keys = [f"t:{term}" for term in dict.fromkeys(terms)]
+        if doc.get("categoryId") is not None:
+            keys.append(f"c:{doc['categoryId']}")
+        if doc.get("userId") is not None:
+            keys.append(f"u:{doc['userId']}")
+        if doc.get("isActive") is True and doc.get("deletedAt") is None:
+            keys.append("live")
+        return cls(doc["_id"], keys, cents(doc.get("price") or Decimal128("0")), float(doc.get("rating") or 0.0),
+                   int(doc.get("reviewCount") or 0), millis(doc.get("createdAt")), int(doc.get("deliveryTime") or 0))
+
+    def sort_key(self, sort: str) -> tuple:
+        return tuple(_python_key(self, name, desc) for name, desc in SORT_KEYS[sort])
+
+
+def _python_key(row: Row, name: str, desc: bool) -> Any:
+    value = int.from_bytes(row.oid.binary, "big") if name == "_id" else getattr(row, name)
+    return -value if desc else value
+
+
+def bitmap_id(epoch: str, key: str, chunk: int) -> str:
+    return f"b:{epoch}:{key}:{chunk}"
+
+
+def column_id(epoch: str, chunk: int) -> str:
+    return f"col:{epoch}:{chunk}"
+
+
+@dataclass
+class Query:
+    """A search, validated: words, filters (prices in cents), sort, paging."""
+
+    terms: list[str]
+    category_id: ObjectId | None = None
+    seller_id: ObjectId | None = None
+    min_price: int | None = None
+    max_price: int | None = None
+    min_rating: float | None = None
+    max_delivery: int | None = None
+    sort: str = "relevance"
+
+    def keys(self) -> list[str]:
+        keys = ["live", *(f"t:{t}" for t in self.terms)]
+        if self.category_id is not None:
+            keys.append(f"c:{self.category_id}")
+        if self.seller_id is not None:
+            keys.append(f"u:{self.seller_id}")
+        return keys
+
+    def admits(self, row: Row) -> bool:
+        if not set(self.keys()) <= set(row.keys):
+            return False
+        if self.min_price is not None and row.price < self.min_price:
+            return False
+        if self.max_price is not None and row.price > self.max_price:
+            return False
+        if self.min_rating is not None and row.rating < self.min_rating:
+            return False
+        return self.max_delivery is None or row.delivery <= self.max_delivery
+
+
+# -- the columns in memory ------------------------------------------------------------
+
+class Columns:
+    """The sort and filter columns, one numpy array each, indexed by seq."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.arrays: dict[str, np.ndarray] = {name: np.zeros(0, dtype=dtype) for name, dtype in COLUMNS.items()}
+        self.oids = np.zeros((0, 12), dtype=np.uint8)
+        self.oid_hi = np.zeros(0, dtype=np.uint64)  # the _id as two sortable numbers; 0, 0: no gig
+        self.oid_lo = np.zeros(0, dtype=np.uint64)
+
+    def _grow(self, size: int) -> None:
+        if size <= self.size:
+            return
+        size = max(size, self.size * 5 // 4)
+        extra = size - self.size
+        for name, array in self.arrays.items():
+            self.arrays[name] = np.concatenate([array, np.zeros(extra, dtype=array.dtype)])
+        self.oids = np.concatenate([self.oids, np.zeros((extra, 12), dtype=np.uint8)])
+        self.oid_hi = np.concatenate([self.oid_hi, np.zeros(extra, dtype=np.uint64)])
+        self.oid_lo = np.concatenate([self.oid_lo, np.zeros(extra, dtype=np.uint64)])
+        self.size = size
+
+    def load(self, chunk: int, doc: dict | None) -> None:
+        """Put one column document (None: absent, all empty) in place."""
+        start = chunk * COLUMN_CHUNK
+        self._grow(start + COLUMN_CHUNK)
+        part = slice(start, start + COLUMN_CHUNK)
+        if doc is None:
+            for array in self.arrays.values():
+                array[part] = 0
+            self.oids[part] = 0
+        else:
+            for name, dtype in COLUMNS.items():
+                self.arrays[name][part] = np.frombuffer(doc[name], dtype=dtype)
+            self.oids[part] = np.frombuffer(doc["oid"], dtype=np.uint8).reshape(COLUMN_CHUNK, 12)
+        raw = self.oids[part]
+        self.oid_hi[part] = raw[:, :8].copy().view(">u8").ravel()
+        self.oid_lo[part] = raw[:, 8:].copy().view(">u4").ravel()
+
+    def chunk_doc(self, epoch: str, chunk: int) -> dict:
+        """The column document of ``chunk`` as the arrays are now."""
+        part = slice(chunk * COLUMN_CHUNK, (chunk + 1) * COLUMN_CHUNK)
+        self._grow(part.stop)
+        doc: dict[str, Any] = {"_id": column_id(epoch, chunk)}
+        for name, dtype in COLUMNS.items():
+            doc[name] = Binary(self.arrays[name][part].astype(dtype).tobytes())
+        doc["oid"] = Binary(self.oids[part].tobytes())
+        return doc
+
+    def put(self, seq: int, row: Row) -> None:
+        self._grow(seq + 1)
+        for name in COLUMNS:
+            self.arrays[name][seq] = getattr(row, name)
+        self.oids[seq] = np.frombuffer(row.oid.binary, dtype=np.uint8)
+        self.oid_hi[seq] = int.from_bytes(row.oid.binary[:8], "big")
+        self.oid_lo[seq] = int.from_bytes(row.oid.binary[8:], "big")
+
+    def oid(self, seq: int) -> ObjectId:
+        return ObjectId(self.oids[seq].tobytes())
+
+    def row(self, seq: int) -> Row:
+        a = self.arrays
+        return Row(self.oid(seq), [], int(a["price"][seq]), float(a["rating"][seq]),
+                   int(a["reviews"][seq]), int(a["created"][seq]), int(a["delivery"][seq]))
+
+    def _key(self, name: str, desc: bool, seqs: np.ndarray) -> list[np.ndarray]:
+        """Sort keys (ascending order = the wanted order) for ``seqs``; ``_id`` gives two arrays."""
+        if name == "_id":
+            hi, lo = self.oid_hi[seqs], self.oid_lo[seqs]
+            return [~hi, ~lo] if desc else [hi, lo]
+        values = self.arrays[name][seqs]
+        return [-values if desc else values]
+
+    def top(self, seqs: np.ndarray, sort: str, k: int) -> np.ndarray:
+        """The first ``k`` of ``seqs`` in ``sort`` order, sorted."""
+        if k <= 0 or len(seqs) == 0:
+            return seqs[:0]
+        spec = SORT_KEYS[sort]
+        if len(seqs) > 4 * k and len(seqs) > 2048:
+            # only the candidates whose primary key is within the k best can be on the page
+            primary = self._key(*spec[0], seqs)[0]
+            bound = np.partition(primary, k - 1)[k - 1]
+            seqs = seqs[primary <= bound]
+        keys: list[np.ndarray] = []
+        for name, desc in spec:
+            keys += self._key(name, desc, seqs)
+        order = np.lexsort(keys[::-1])  # lexsort: the last key is the primary one
+        return seqs[order[:k]]
+
+    def keep(self, seqs: np.ndarray, query: Query, excluded: Sequence[ObjectId]) -> np.ndarray:
+        """``seqs`` that pass the range filters, are not ``excluded`` and are known (a gig is there)."""
+        a = self.arrays
+        hi, lo = self.oid_hi[seqs], self.oid_lo[seqs]
+        mask = (hi != 0) | (lo != 0)  # a seq of a compaction still being written: judged as marked, or not yet there
+        if query.min_price is not None:
+            mask &= a["price"][seqs] >= query.min_price
+        if query.max_price is not None:
+            mask &= a["price"][seqs] <= query.max_price
+        if query.min_rating is not None:
+            mask &= a["rating"][seqs] >= query.min_rating
+        if query.max_delivery is not None:
+            mask &= a["delivery"][seqs] <= query.max_delivery
+        if excluded:
+            pairs = {(int.from_bytes(o.binary[:8], "big"), int.from_bytes(o.binary[8:], "big")) for o in excluded}
+            suspects = np.flatnonzero(np.isin(hi, np.array([p[0] for p in pairs], dtype=np.uint64)))
+            for at in suspects:
+                if (int(hi[at]), int(lo[at])) in pairs:
+                    mask[at] = False
+        return seqs if mask.all() else seqs[mask]
+
+
+# -- one daemon's view of the base, validated by version --------------------------
+
+class View:
+    """The base docs this process has read, valid for ``epoch`` and ``version``."""
+
+    def __init__(self, epoch: str = "") -> None:
+        self.epoch = epoch
+        self.version = -1
+        self.next_seq = 0
+        self.bitmaps: dict[str, BitMap] = {}
+        self.columns = Columns()
+        self.loaded_columns: set[int] = set()
+
+    def invalidate(self, ids: Iterable[str]) -> None:
+        for _id in ids:
+            if _id.startswith("col:"):
+                self.loaded_columns.discard(int(_id.rsplit(":", 1)[1]))
+            else:
+                self.bitmaps.pop(_id, None)
+
+    def chunks(self) -> range:
+        return range(math.ceil(self.next_seq / BITMAP_CHUNK))
+
+    def missing_bitmaps(self, keys: Iterable[str]) -> list[str]:
+        wanted = [bitmap_id(self.epoch, key, c) for key in keys for c in self.chunks()]
+        return [_id for _id in wanted if _id not in self.bitmaps]
+
+    def missing_columns(self) -> list[int]:
+        return [c for c in range(math.ceil(self.next_seq / COLUMN_CHUNK)) if c not in self.loaded_columns]
+
+    def take(self, docs: Iterable[dict], bitmap_ids: Iterable[str], column_chunks: Iterable[int]) -> None:
+        """Store fetched docs; asked-for ids that were not found are empty."""
+        found = {doc["_id"]: doc for doc in docs}
+        for _id in bitmap_ids:
+            doc = found.get(_id)
+            self.bitmaps[_id] = BitMap.deserialize(bytes(doc["bits"])) if doc else BitMap()
+        for chunk in column_chunks:
+            self.columns.load(chunk, found.get(column_id(self.epoch, chunk)))
+            self.loaded_columns.add(chunk)
+
+    def bitmap(self, key: str) -> BitMap:
+        parts = [self.bitmaps.get(bitmap_id(self.epoch, key, c)) or BitMap() for c in self.chunks()]
+        return BitMap.union(*parts) if len(parts) > 1 else (parts[0] if parts else BitMap())
+
+    def candidates(self, query: Query, excluded: Sequence[ObjectId]) -> np.ndarray:
+        """The seqs of the base that answer ``query``, minus the ``excluded`` gigs (the marked ones)."""
+        bitmaps = sorted((self.bitmap(key) for key in query.keys()), key=len)
+        found = bitmaps[0].intersection(*bitmaps[1:]) if len(bitmaps) > 1 else bitmaps[0]
+        seqs = np.asarray(found.to_array(), dtype=np.int64)
+        return self.columns.keep(seqs, query, excluded)
+
+
+# -- the async side (the daemon, txmongo) -------------------------------------------
+
+def _chunks(items: Sequence[Any], size: int = ID_CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+async def mark(store: Any, gig_ids: Iterable[ObjectId], session: Any = None) -> None:
+    """Mark gigs as changed for the catalogue (one small upsert each)."""
+    moment = datetime.now(UTC)
+    for gig_id in gig_ids:
+        await store[DIRTY].update_one({"_id": gig_id}, {"$inc": {"rev": 1}, "$min": {"at": moment}},
+                                      upsert=True, session=session)
+
+
+async def _find_by_ids(collection: Any, ids: Sequence[Any], projection: dict | None = None) -> list[dict]:
+    found: list[dict] = []
+    for part in _chunks(ids):
+        found += await collection.find({"_id": {"$in": list(part)}}, projection=projection)
+    return found
+
+
+def _aware(moment: datetime | None) -> datetime:
+    if moment is None:
+        return datetime.fromtimestamp(0, UTC)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _empty_state() -> dict:
+    return {"version": 0, "nextSeq": 0, "epoch": "0"}
+
+
+class Catalogue:
+    """The catalogue of one daemon: searches, and compaction."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.view = View()
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{ObjectId()}"
+        self.compacting = False
+
+    async def refresh(self, always_list: bool = False) -> View:
+        """Bring the view to the database's current version (one read when nothing changed)."""
+        base = self.store[BASE]
+        state = await base.find_one({"_id": STATE}) or _empty_state()
+        if state.get("epoch", "0") != self.view.epoch:
+            self.view = View(state.get("epoch", "0"))  # rebuilt: start again
+        view = self.view
+        if state["version"] != view.version or always_list:
+            if view.version >= 0:
+                changed = await base.find({"v": {"$gt": view.version}}, projection={"_id": 1})
+                view.invalidate(doc["_id"] for doc in changed)
+            view.version = state["version"]
+        view.next_seq = max(view.next_seq, int(state.get("nextSeq", 0)))
+        return view
+
+    async def load(self, view: View, keys: Iterable[str]) -> None:
+        bitmap_ids = view.missing_bitmaps(keys)
+        column_chunks = view.missing_columns()
+        wanted = bitmap_ids + [column_id(view.epoch, c) for c in column_chunks]
+        if wanted:
+            docs = await _find_by_ids(self.store[BASE], wanted)
+            view.take(docs, bitmap_ids, column_chunks)
+
+    async def search(self, query: Query, page: int, limit: int) -> tuple[list[ObjectId], int]:
+        """The ids of one page of ``query`` in order, and the total."""
+        # markers first, then the base (see the module docstring)
+        marked = [doc["_id"] for doc in await self.store[DIRTY].find({}, projection={"_id": 1}, sort=BY_ID)]
+        view = await self.refresh()
+        await self.load(view, query.keys())
+        changed = [Row.of(doc) for doc in await _find_by_ids(self.store["gigs"], marked, GIG_FIELDS)]
+        seqs = view.candidates(query, marked)
+        extra = sorted((row for row in changed if query.admits(row)), key=lambda r: r.sort_key(query.sort))
+        total = len(seqs) + len(extra)
+        skip = (page - 1) * limit
+        if skip >= total:
+            return [], total
+        best = view.columns.top(seqs, query.sort, min(skip + limit, len(seqs)))
+        if not extra:
+            return [view.columns.oid(int(s)) for s in best[skip:skip + limit]], total
+        rows = [view.columns.row(int(s)) for s in best] + extra
+        rows.sort(key=lambda r: r.sort_key(query.sort))
+        return [row.oid for row in rows[skip:skip + limit]], total
+
+    # -- compaction ----------------------------------------------------------------
+
+    async def _take_lease(self) -> bool:
+        moment = datetime.now(UTC)
+        try:
+            result = await self.store[LEASES].update_one(
+                {"_id": "compaction", "$or": [{"until": {"$lt": moment}}, {"holder": self.holder}]},
+                {"$set": {"holder": self.holder, "until": moment + timedelta(seconds=LEASE_SECONDS)}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False  # held by another daemon
+        return bool(result.matched_count or result.upserted_id is not None)
+
+    async def _release_lease(self) -> None:
+        await self.store[LEASES].update_one(
+            {"_id": "compaction", "holder": self.holder}, {"$set": {"until": datetime.fromtimestamp(0, UTC)}},
+        )
+
+    async def compact(self, batch: int = BATCH, force: bool = False) -> int:
+        """Fold up to ``batch`` marked gigs into the base; returns how many (0: none, or another holds the lease)."""
+        if self.compacting:
+            return 0
+        self.compacting = True
+        try:
+            markers = await self.store[DIRTY].find({}, limit=batch, sort=BY_ID)
+            if not markers or (len(markers) < FOLD_AT and not force and min(
+                    _aware(m.get("at")) for m in markers) > datetime.now(UTC) - timedelta(seconds=FOLD_AFTER)):
+                return 0  # a few recent marks: searches judge them directly; fold them with the next ones
+            if not await self._take_lease():
+                return 0
+            try:
+                await self._fold(markers)
+            finally:
+                await self._release_lease()
+            return len(markers)
+        finally:
+            self.compacting = False
+
+    async def _fold(self, markers: list[dict]) -> None:
+        base, rows_collection = self.store[BASE], self.store[ROWS]
+        view = await self.refresh(always_list=True)
+        ids = [m["_id"] for m in markers]
+        gigs = {doc["_id"]: doc for doc in await _find_by_ids(self.store["gigs"], ids, GIG_FIELDS)}
+        old_rows = {doc["_id"]: doc for doc in await _find_by_ids(rows_collection, ids)}
+        state = await base.find_one({"_id": STATE}) or _empty_state()
+        epoch = view.epoch
+        next_seq = max(int(state.get("nextSeq", 0)), view.next_seq)
+        plan = Plan(epoch)
+        new_rows: list[dict] = []
+        for gig_id in ids:
+            old = old_rows.get(gig_id)
+            doc = gigs.get(gig_id)
+            if old is None and doc is None:
+                continue
+            if old is not None:
+                seq = int(old["seq"])
+            else:
+                seq, next_seq = next_seq, next_seq + 1
+            row = Row.of(doc) if doc is not None else Row(gig_id, [], 0, 0.0, 0, 0, 0)
+            plan.change(seq, old["keys"] if old else [], row.keys)
+            plan.columns[seq] = row
+            new_rows.append({"_id": gig_id, "seq": seq, "keys": row.keys})
+        version = int(state["version"]) + 1
+        # reserve the new seqs before anything refers to them
+        await base.update_one({"_id": STATE}, {"$max": {"nextSeq": next_seq},
+                                               "$setOnInsert": {"version": 0, "epoch": epoch}}, upsert=True)
+        view.next_seq = max(view.next_seq, next_seq)
+        await self.load(view, [])  # every column chunk (the compaction rewrites some)
+        touched = list(plan.bitmaps)
+        current = {doc["_id"]: doc for doc in await _find_by_ids(base, touched)}
+        writes = []
+        for _id in touched:
+            doc = current.get(_id)
+            bits = BitMap.deserialize(bytes(doc["bits"])) if doc else BitMap()
+            adds, removes = plan.bitmaps[_id]
+            bits.difference_update(BitMap(removes))
+            bits.update(adds)
+            view.bitmaps[_id] = bits
+            writes.append(ReplaceOne({"_id": _id}, {"bits": Binary(bits.serialize()), "v": version}, upsert=True))
+        for seq, row in plan.columns.items():
+            view.columns.put(seq, row)
+        for chunk in sorted({seq // COLUMN_CHUNK for seq in plan.columns}):
+            doc = view.columns.chunk_doc(epoch, chunk)
+            view.loaded_columns.add(chunk)
+            writes.append(ReplaceOne({"_id": doc["_id"]}, {**doc, "v": version}, upsert=True))
+        for part in _chunks(writes, 200):
+            await base.bulk_write(list(part), ordered=False)
+        for part in _chunks([ReplaceOne({"_id": r["_id"]}, r, upsert=True) for r in new_rows], 200):
+            await rows_collection.bulk_write(list(part), ordered=False)
+        await base.update_one({"_id": STATE}, {"$set": {"version": version}})
+        view.version = version
+        # markers whose rev moved were marked again meanwhile: they stay for the next round
+        for part in _chunks(markers):
+            await self.store[DIRTY].delete_many({"$or": [{"_id": m["_id"], "rev": m.get("rev")} for m in part]})
+
+
+async def write_marked(store: Any, gig_ids: Sequence[ObjectId],
+                       write: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``write(session)`` -- a write of gigs -- then mark ``gig_ids`` for the catalogue.
+
+    The mark is a plain upsert after the write, not in a transaction with it:
+    a transaction would make every two writes of one gig conflict (fifty
+    concurrent ``update_rating`` calls then time out in retries), where the
+    gig writes themselves are single atomic updates.  The mark is written
+    before the call returns, so the next search judges the gig from its
+    document; a compaction that folded the gig before the write is followed
+    by another one for this mark.  A failed write may leave a harmless mark
+    (the gig is indexed again as it is).  The one gap: the daemon dies
+    between the write and the mark; then the gig's index entry is stale until
+    its next write or a ``rebuild``.  ``session`` is None.
+    """
+    result = await write(None)
+    await mark(store, gig_ids)
+    return result
+
+
+_CATALOGUES: WeakKeyDictionary[Any, Catalogue] = WeakKeyDictionary()
+
+
+def catalogue_of(store: Any) -> Catalogue:
+    """The one Catalogue (view and compaction) of this daemon's store."""
+    found = _CATALOGUES.get(store)
+    if found is None:
+        found = _CATALOGUES[store] = Catalogue(store)
+    return found
+
+
+class Compactor:
+    """Every ``interval`` seconds, fold marked gigs into the base (when this daemon gets the lease)."""
+
+    def __init__(self, store: Any, reactor: Any, interval: float = COMPACT_SECONDS) -> None:
+        self.catalogue = catalogue_of(store)
+        self.store = store
+        self.reactor = reactor
+        self.interval = interval
+        self.loop = task.LoopingCall(self._tick)
+        self.loop.clock = reactor
+        self.done: defer.Deferred | None = None
+        self.checked = False
+
+    def start(self) -> None:
+        self.done = self.loop.start(self.interval, now=False)
+        self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+
+    def stop(self) -> None:
+        """No new round; one in progress ends by itself (its errors are logged as warnings)."""
+        if self.loop.running:
+            self.loop.stop()
+
+    def _tick(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._round())
+
+    async def _round(self) -> None:
+        if not self.store.is_ready or not self.store.running:
+            return
+        try:
+            if not self.checked:
+                self.checked = True
+                if await self.store[BASE].find_one({"_id": STATE}) is None and await self.store["gigs"].find_one(
+                        {}, projection={"_id": 1}) is not None:
+                    log.warn("the catalogue index is missing while the database has gigs (a database from "
+                             "before the index): search finds only gigs written from now on until "
+                             "`python -m worknet.catalogue rebuild` runs")
+            while await self.catalogue.compact() >= BATCH and self.loop.running:
+                pass  # behind: the next batch at once (every step awaits the database, so calls go on)
+        except Exception as e:  # the database went away, or the daemon is stopping: next round
+            log.warn("catalogue compaction postponed ({reason}: {detail})", reason=type(e).__name__, detail=str(e)[:200])
+
+
+@dataclass
+class Plan:
+    """What one compaction changes: seqs to add to and remove from each bitmap doc, and column rows."""
+
+    epoch: str
+    bitmaps: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+    columns: dict[int, Row] = field(default_factory=dict)
+
+    def change(self, seq: int, old_keys: Iterable[str], new_keys: Iterable[str]) -> None:
+        chunk = seq // BITMAP_CHUNK
+        old, new = set(old_keys), set(new_keys)
+        for key in new - old:
+            self.bitmaps.setdefault(bitmap_id(self.epoch, key, chunk), ([], []))[0].append(seq)
+        for key in old - new:
+            self.bitmaps.setdefault(bitmap_id(self.epoch, key, chunk), ([], []))[1].append(seq)
+
+
+# -- rebuild (pymongo, outside the reactor) --------------------------------------------
+
+def _lease(db: Any, holder: str, until: datetime) -> bool:
+    try:
+        result = db[LEASES].update_one(
+            {"_id": "compaction", "$or": [{"until": {"$lt": datetime.now(UTC)}}, {"holder": holder}]},
+            {"$set": {"holder": holder, "until": until}}, upsert=True)
+    except DuplicateKeyError:
+        return False
+    return bool(result.matched_count or result.upserted_id is not None)
+
+
+def rebuild(db: Any, progress: bool = True, batch: int = 5000) -> dict:
+    """Rebuild the whole index of ``db`` (a pymongo Database) from its gigs; returns figures.
+
+    Safe while daemons run: it holds the compaction lease, writes the new
+    base under a new epoch (searches keep using the old one until the switch),
+    and leaves gigs marked meanwhile marked.
+    """
+    from tqdm import tqdm
+
+    base = db[BASE]
+    holder = f"rebuild:{socket.gethostname()}:{os.getpid()}"
+    for _attempt in range(600):
+        if _lease(db, holder, datetime.now(UTC) + timedelta(hours=6)):
+            break
+        time.sleep(0.1)
+    else:
+        raise RuntimeError("another process holds the catalogue lease")
+    began = time.monotonic()
+    try:
+        markers = list(db[DIRTY].find({}))
+        state = base.find_one({"_id": STATE}) or _empty_state()
+        old_epoch = state.get("epoch", "0")
+        epoch = str(ObjectId())
+        version = int(state["version"]) + 1
+        total = db.gigs.estimated_document_count()
+        bitmaps: dict[str, BitMap] = {}
+        columns = Columns()
+        rows: list[dict] = []
+        seq = 0
+        bar = tqdm(total=total, desc="reading gigs", unit="gig", unit_scale=True, disable=not progress)
+        for doc in db.gigs.find({}, projection=GIG_FIELDS, sort=[("_id", 1)], batch_size=batch):
+            row = Row.of(doc)
+            for key in row.keys:
+                bitmaps.setdefault(bitmap_id(epoch, key, seq // BITMAP_CHUNK), BitMap()).add(seq)
+            columns.put(seq, row)
+            rows.append({"_id": row.oid, "seq": seq, "keys": row.keys})
+            seq += 1
+            bar.update(1)
+        bar.close()
+        docs: list[dict] = [{"_id": _id, "bits": Binary(bits.serialize()), "v": version}
+                            for _id, bits in bitmaps.items()]
+        docs += [{**columns.chunk_doc(epoch, c), "v": version} for c in range(math.ceil(seq / COLUMN_CHUNK))]
+        writing = tqdm(total=len(docs) + len(rows), desc="writing index", unit="doc", unit_scale=True,
+                       disable=not progress)
+        for part in _chunks(docs, 100):
+            base.insert_many(list(part), ordered=False)
+            writing.update(len(part))
+        db[ROWS].delete_many({})
+        for part in _chunks(rows, batch):
+            db[ROWS].insert_many(list(part), ordered=False)
+            writing.update(len(part))
+        writing.close()
+        base.update_one({"_id": STATE}, {"$set": {"version": version, "nextSeq": seq, "epoch": epoch}}, upsert=True)
+        base.delete_many({"_id": {"$regex": f"^(b|col):{old_epoch}:"}})
+        for marker in markers:
+            db[DIRTY].delete_one({"_id": marker["_id"], "rev": marker.get("rev")})
+    finally:
+        db[LEASES].update_one({"_id": "compaction", "holder": holder},
+                              {"$set": {"until": datetime.fromtimestamp(0, UTC)}})
+    return {"gigs": seq, "bitmaps": len(bitmaps), "version": version, "seconds": time.monotonic() - began}
+
+
+def _embedded(data_dir: str) -> tuple[Any, str]:
+    """Start SecantusDB on the embedded database's directory (the daemon must be stopped: it holds it)."""
+    import subprocess
+
+    import pymongo
+
+    from worknet.store.embedded import find_secantusd, free_port
+
+    executable = find_secantusd()
+    if executable is None:
+        raise RuntimeError("secantusd-py not found (pip install SecantusDB)")
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603 - our own launcher, found beside the interpreter
+        [executable, "--host", "127.0.0.1", "--port", str(port), "--storage-path", data_dir, "--sync-on-commit",
+         "--log-level", "WARNING"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    uri = f"mongodb://127.0.0.1:{port}/"
+    probe: pymongo.MongoClient = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500, directConnection=True)
+    try:
+        for _attempt in range(240):
+            if process.poll() is not None:
+                said = process.stderr.read().decode(errors="replace")[-500:] if process.stderr else ""
+                raise RuntimeError(f"secantusd-py exited (is the daemon still running on {data_dir}?) {said}")
+            try:
+                probe.admin.command("ping")
+                return process, uri
+            except pymongo.errors.PyMongoError:
+                time.sleep(0.25)
+    finally:
+        probe.close()
+    process.terminate()
+    raise RuntimeError("secantusd-py did not answer")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worknet.catalogue",
+                                     description="Maintain the catalogue index of the gigs (see worknet/catalogue.py).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("rebuild", help="rebuild the index from the gigs collection (safe while daemons run)")
+    build.add_argument("--uri", default=None, help="MongoDB URI (default: MONGODB_URI from the environment or .env; "
+                       "without one, the embedded database in --data-dir)")
+    build.add_argument("--db", default=None, help="database name (default: DB_NAME, else worknet)")
+    build.add_argument("--data-dir", default=None,
+                       help="the embedded database's directory (default: DATA_DIR, else var/db); "
+                       "stop the daemon first, it holds the directory")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    import pymongo
+    from dotenv import dotenv_values
+
+    env = {**{k: v for k, v in dotenv_values(".env").items() if v is not None}, **os.environ}
+    uri = args.uri or env.get("MONGODB_URI")
+    embedded = None
+    if not uri:
+        embedded, uri = _embedded(args.data_dir or env.get("DATA_DIR") or "var/db")
+    client: pymongo.MongoClient = pymongo.MongoClient(uri, tz_aware=True)
+    try:
+        figures = rebuild(client[args.db or env.get("DB_NAME") or "worknet"], progress=not args.quiet)
+    finally:
+        client.close()
+        if embedded is not None:
+            embedded.terminate()
+            embedded.wait(timeout=60)
+    print(f"catalogue rebuilt: {figures['gigs']} gigs, {figures['bitmaps']} bitmaps, "
+          f"version {figures['version']}, {figures['seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
