@@ -72,7 +72,7 @@ export class RpcTimeoutError extends Error {
 export interface CategoriesService<Throw extends boolean = false> {
   /** Create a category. name 2-60 characters, unique; slug lower-case words joined by hyphens, unique, at most 60; description at most 1000. Returns category_id, category. */
   create(name: string, slug: string, description?: string): Promise<Outcome<{ category_id: string; category: Struct }, Throw>>;
-  /** Soft-delete a category; refused (INVALID_STATE) while active gigs use it. Returns deleted: true. */
+  /** Soft-delete a category; refused (INVALID_STATE) while live gigs (active or paused) use it. Returns deleted: true. */
   delete(category_id: string): Promise<Outcome<{ deleted: boolean }, Throw>>;
   /** Active categories by name, paged (page >= 1, limit 1-100, default 20). Returns categories, total, page, limit, pages. */
   get_all(page?: number | null, limit?: number | null): Promise<Outcome<{ categories: any[]; total: number; page: number; limit: number; pages: number }, Throw>>;
@@ -226,9 +226,9 @@ export interface UsersService<Throw extends boolean = false> {
   change_password(user_id: string, old_password: string, new_password: string): Promise<Outcome<{ token: string; refresh_token: string }, Throw>>;
   /** Change a password: old_password must match (UNAUTHORIZED otherwise, counted like a failed login of the account's email from the caller's address; RATE_LIMITED while that is locked); new_password 8-72 bytes of UTF-8 and different from the old one. Every token issued before stops verifying. Returns token, refresh_token (new ones). */
   changePassword(user_id: string, old_password: string, new_password: string): Promise<Outcome<{ token: string; refresh_token: string }, Throw>>;
-  /** Soft-delete a user (deletedAt): refused (INVALID_STATE) while the user has pending or in-progress orders as buyer or seller. Afterwards the user is NOT_FOUND everywhere, cannot log in and its tokens fail; the username and email stay reserved. Returns deleted: true. */
+  /** Soft-delete a user (deletedAt): refused (INVALID_STATE) while the user has pending or in-progress orders as buyer or seller. Afterwards the user is NOT_FOUND everywhere, cannot log in and its tokens fail, and its gigs are deleted (gone from search); the username and email stay reserved. Returns deleted: true. */
   delete_user(user_id: string): Promise<Outcome<{ deleted: boolean }, Throw>>;
-  /** Soft-delete a user (deletedAt): refused (INVALID_STATE) while the user has pending or in-progress orders as buyer or seller. Afterwards the user is NOT_FOUND everywhere, cannot log in and its tokens fail; the username and email stay reserved. Returns deleted: true. */
+  /** Soft-delete a user (deletedAt): refused (INVALID_STATE) while the user has pending or in-progress orders as buyer or seller. Afterwards the user is NOT_FOUND everywhere, cannot log in and its tokens fail, and its gigs are deleted (gone from search); the username and email stay reserved. Returns deleted: true. */
   deleteUser(user_id: string): Promise<Outcome<{ deleted: boolean }, Throw>>;
   /** Users, newest first, paged (page >= 1, limit 1-100, default 20). filters (all optional): role (client, freelancer, admin), country (exact), is_seller (boolean), search (prefix of the username or the email, case-insensitive, taken literally). Deleted users are left out. Returns users, total, page, limit, pages. */
   get_all(page?: number | null, limit?: number | null, filters?: Struct | null): Promise<Outcome<{ users: any[]; total: number; page: number; limit: number; pages: number }, Throw>>;
