@@ -33,8 +33,12 @@ class Health(resource.Resource):
 
     def render_GET(self, request: server.Request) -> Any:
         d = defer.ensureDeferred(self.store.ping())
+        finished: list = []
+        request.notifyFinish().addBoth(finished.append)  # a probe may hang up before the answer
 
         def answer(connected: bool) -> None:
+            if finished:
+                return
             serving = connected and self.store.is_ready
             request.setResponseCode(200 if serving else 503)
             request.setHeader(b"content-type", b"application/json")

@@ -33,6 +33,7 @@ class Settings:
     rpc_listen: str = ""
     rpc_auth_token: str = field(default="", repr=False)
     rpc_max_body: int = 1024 * 1024
+    rpc_max_multicall: int = 1000
     mongodb_uri: str = field(default="", repr=False)
     db_name: str = "worknet"
     mongodb_pool_size: int = 10
@@ -108,6 +109,7 @@ _PARSERS = {
     "RPC_LISTEN": ("rpc_listen", lambda n, v: v.strip()),
     "RPC_AUTH_TOKEN": ("rpc_auth_token", lambda n, v: v.strip()),
     "RPC_MAX_BODY": ("rpc_max_body", lambda n, v: _int(n, v, 1024, 64 * 1024 * 1024)),
+    "RPC_MAX_MULTICALL": ("rpc_max_multicall", lambda n, v: _int(n, v, 1, 100_000)),
     "MONGODB_URI": ("mongodb_uri", lambda n, v: v.strip()),
     "DB_NAME": ("db_name", lambda n, v: v.strip()),
     "MONGODB_POOL_SIZE": ("mongodb_pool_size", lambda n, v: _int(n, v, 1, 200)),
