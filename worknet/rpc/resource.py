@@ -39,7 +39,7 @@ log = logger("worknet.rpc")
 VERSION = "0.1.0"
 
 # A batch hands the reactor back at least this often (seconds of work between two yields).
-YIELD_SECONDS = 0.002
+YIELD_SECONDS = 0.0005
 
 
 class LimitedRequest(server.Request):
