@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install node-deps bench clean
+.PHONY: run test lint install node-deps bench fuzz clean
 
 $(BIN)/twistd: setup.py setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ node-deps:
 
 test: install lint node-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The long fuzz run (the short one is part of `make test`): FUZZ_CASES hostile bodies against a real daemon.
+FUZZ_CASES ?= 100000
+fuzz: install
+	FUZZ_CASES=$(FUZZ_CASES) $(BIN)/pytest -q -s -p no:cacheprovider tests/fuzz
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
