@@ -351,8 +351,8 @@ def test_calls_during_shutdown_answer_unavailable_not_internal_error(make_daemon
 
 # -- what needs no database does not wait for it -----------------------------------------------------
 
-@pytest.fixture
-def daemon_without_database(make_daemon):
+def start_without_database(make_daemon):
+    """A daemon whose database never answers (nothing listens on its port)."""
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -368,6 +368,11 @@ def daemon_without_database(make_daemon):
 
     wait_for(listening, 30, "the daemon to listen")
     return daemon
+
+
+@pytest.fixture
+def daemon_without_database(make_daemon):
+    return start_without_database(make_daemon)
 
 
 def _timed(daemon, method: str, *args):

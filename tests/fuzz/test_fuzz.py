@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import http.client
 import os
-import time
-import xmlrpc.client
-
 import random
+import time
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
