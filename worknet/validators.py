@@ -104,7 +104,7 @@ def money(value: Any, field: str) -> Decimal:
     """An amount: int, double or decimal string, at most 2 decimals, 0 < x <= 1,000,000.
 
     A string is ASCII digits with an optional ``.`` (no sign, exponent, ``_`` or
-    non-ASCII digits; surrounding blanks are ignored).  Doubles are read through
+    non-ASCII digits; surrounding ASCII blanks are ignored).  Doubles are read through
     their shortest repr (``19.99`` is ``Decimal('19.99')``, not the binary
     expansion), so no float arithmetic ever touches money.
     """
@@ -115,7 +115,7 @@ def money(value: Any, field: str) -> Decimal:
     elif isinstance(value, float):
         amount = Decimal(repr(value))
     elif isinstance(value, str):
-        raw = value.strip()
+        raw = value.strip(" \t\r\n")
         if not _AMOUNT.match(raw):
             raise ValidationError(field, f"{field} must be an amount (digits with an optional '.')")
         amount = Decimal(raw)
