@@ -25,6 +25,7 @@ from worknet.rpc.parsing import parse_call
 CASES = int(os.environ.get("FUZZ_CASES", "2000"))
 # Each hypothesis example is sent as generated and as VARIANTS cheap random variants (tests.fuzz.strategies.variant).
 VARIANTS = 4
+PROGRESS_EVERY = 5000
 ANSWER_TIMEOUT = 15.0
 
 
@@ -98,6 +99,9 @@ def test_fuzz_the_daemon(make_daemon):
                     raise Bad("the daemon logged:\n" + "\n".join(problems[:10]))
             except Bad as e:
                 raise Bad(f"{e}\nbody: {body[:2000]!r}") from None
+            if count["cases"] % PROGRESS_EVERY == 0:
+                elapsed = time.perf_counter() - started
+                print(f"fuzz: {count['cases']} cases, {elapsed:.0f} s, {count['cases'] / elapsed:.0f} cases/s", flush=True)
             if status != 200:
                 count["4xx"] += 1
             elif b"<fault>" in payload[:80]:
