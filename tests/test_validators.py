@@ -179,12 +179,14 @@ def test_dates_outside_the_calendar_and_inclusive_to():
 def test_wire_converts_foreign_values_and_refuses_what_it_cannot_carry():
     from bson import Binary, Decimal128, Int64, Regex
 
-    from worknet.rpc.wire import Unmarshallable
+    from worknet.rpc.wire import Unmarshallable, encode_response
 
-    converted = to_wire({"n": Int64(3), "big": Int64(2**40), "s": "a\x00b\x1f\ud800", "b": Binary(b"\x00\x01")})
+    converted = to_wire({"n": Int64(3), "big": Int64(2**40), "s": "a\x00b\x1f\ud800\uffff", "b": Binary(b"\x00\x01")})
     assert converted["n"] == 3 and type(converted["n"]) is int and converted["big"] == float(2**40)
-    assert converted["s"] == "a\ufffdb\ufffd\ufffd" and converted["b"].data == b"\x00\x01"
-    xmlrpc.client.dumps((converted,), methodresponse=True)  # the stdlib marshaller takes all of it
+    assert converted["b"].data == b"\x00\x01"
+    back = xmlrpc.client.loads(encode_response(converted))[0][0]  # a document any client can read
+    assert back["s"] == "a\ufffdb\ufffd\ufffd\ufffd" and back["n"] == 3
+    assert xmlrpc.client.loads(encode_response({"s": "Café Zoë 東京\n\t"}))[0][0]["s"] == "Café Zoë 東京\n\t"
     for bad in (Decimal128("NaN"), Decimal128("Infinity"), Decimal128("1E+6000"), float("nan"), float("-inf"),
                 Regex("a"), object()):
         with pytest.raises(Unmarshallable):

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from io import BytesIO
 from typing import Any
-from xmlrpc.client import dumps
 
 from twisted.internet import defer, task
 from twisted.web import http, server, xmlrpc
@@ -33,6 +32,7 @@ from worknet.rpc.dispatch import (
 )
 from worknet.rpc.metrics import Metrics
 from worknet.rpc.parsing import BadValue, NotAnXmlRpcCall, NotWellFormed, parse_call
+from worknet.rpc.wire import encode_response
 
 log = logger("worknet.rpc")
 
@@ -260,8 +260,7 @@ class RPCRoot(xmlrpc.XMLRPC):
         return self._encode(result)
 
     def _encode(self, result: Any) -> bytes:
-        payload = result if isinstance(result, xmlrpc.Fault) else (result,)
-        return dumps(payload, methodresponse=True, allow_none=True, encoding="utf-8").encode("utf-8")
+        return encode_response(result)
 
     def _write(self, request: server.Request, result: Any) -> None:
         try:

@@ -7,8 +7,9 @@ counters, token versions, search keys) never leave the server.
 
 Values written by others (the Node backend shares the collections) are
 converted where the wire can carry them: a ``NumberLong`` is an int (a double
-beyond 32 bits), binary data base64, a string with characters XML 1.0 forbids
-gets U+FFFD in their place.  A value that cannot be carried (a NaN or infinite
+beyond 32 bits), binary data base64; characters XML 1.0 forbids get U+FFFD in
+their place when the response is encoded (:func:`encode_response`, one scan
+of the whole document rather than one per string).  A value that cannot be carried (a NaN or infinite
 number, a regex, ...) raises :class:`Unmarshallable`: the call then answers
 fault -32603 with a reference id, never nothing.
 """
@@ -21,7 +22,7 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from xmlrpc.client import Binary, DateTime
+from xmlrpc.client import Binary, DateTime, Fault, dumps
 
 from bson import Decimal128, ObjectId, Timestamp
 
@@ -64,9 +65,18 @@ def money(value: Decimal | Decimal128) -> float:
         raise Unmarshallable("a decimal too large for money") from None
 
 
+def encode_response(result: Any) -> bytes:
+    """The methodResponse document of a result (already :func:`to_wire`'d) or of an ``xmlrpc.Fault``."""
+    payload = result if isinstance(result, Fault) else (result,)
+    document = dumps(payload, methodresponse=True, allow_none=True, encoding="utf-8")
+    if _NOT_XML.search(document):  # only string values can hold them: the markup is ours
+        document = _NOT_XML.sub("\ufffd", document)
+    return document.encode("utf-8")
+
+
 def to_wire(value: Any) -> Any:
     if isinstance(value, str):
-        return _NOT_XML.sub("\ufffd", value) if _NOT_XML.search(value) else value
+        return value
     if isinstance(value, dict):
         return {
             ("id" if key == "_id" else key if isinstance(key, str) else str(key)): to_wire(item)
