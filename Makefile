@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install node-deps bench fuzz clean
+.PHONY: run test lint install node-deps node-client bench soak fuzz clean
 
 $(BIN)/twistd: setup.py setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ lint: install
 node-deps:
 	cd tests/node && npm install --no-package-lock --no-audit --no-fund --loglevel=error
 
-test: install lint node-deps
+# the client package's own dependencies, exactly as locked (clients/node/package-lock.json)
+node-client: clients/node/node_modules/.installed
+clients/node/node_modules/.installed: clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: install lint node-deps node-client
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The long fuzz run (the short one is part of `make test`): FUZZ_CASES hostile bodies against a real daemon.
@@ -39,6 +45,10 @@ fuzz: install
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Ten minutes of mixed load on one daemon (needs wrk); writes bench/soak.md and bench/soak.png.
+soak: install
+	$(BIN)/python -m bench.soak --minutes 10 $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) var rpc_server.log* tests/node/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -161,6 +161,9 @@ def test_embedded_database_failure_stops_the_daemon(tmp_path, make_daemon):
     code = second.process.wait(timeout=60)
     assert code != 0
     assert "cannot run without the database" in second.log()
+    holder = [pid for pid in processes_mentioning(str(data_dir)) if "secantusd" in
+              Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+    assert f"is in use by process {holder[0]}" in second.log()
     assert first.proxy().ping()["mongodb"] == "connected"
 
 

@@ -1,8 +1,23 @@
-"""The Node backend's client (npm ``xmlrpc``) against a real daemon."""
+"""The Node backend's client against a real daemon: npm ``xmlrpc`` directly, and the ``worknet-rpc-client`` package.
+
+``test_node_client_package_suite`` runs ``node --test clients/node/test/`` against a daemon that requires a
+token.  Set ``WORKNET_GENERATE_NODE_TYPES=1`` to rewrite ``clients/node/index.d.ts`` and ``methods.json``
+from that daemon first (what ``npm run generate`` does against a running one).
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
 from tests.support import run_node
+
+CLIENT_DIR = ROOT / "clients" / "node"
 
 
 def test_node_client_pings_and_manages_categories(daemon, db):
@@ -13,3 +28,24 @@ def test_node_client_pings_and_manages_categories(daemon, db):
     assert out["fetched"]["category"]["name"] == "Café Zoë 東京"
     assert out["missing"]["code"] == "VALIDATION_ERROR"
     assert db.categories.find_one({"slug": "node-cafe"})["name"] == "Café Zoë 東京"
+
+
+def test_node_client_package_suite(make_daemon):
+    node = shutil.which("node")
+    if node is None or not (CLIENT_DIR / "node_modules" / "xmlrpc").is_dir():
+        pytest.fail("node and clients/node's packages are required: run `make node-client` (make test does)")
+    token = secrets.token_urlsafe(32)
+    daemon = make_daemon(RPC_AUTH_TOKEN=token, BCRYPT_ROUNDS="4")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "RPC_SERVER_URL": daemon.url,
+        "RPC_AUTH_TOKEN": token,
+    }
+    if os.environ.get("WORKNET_GENERATE_NODE_TYPES") == "1":
+        subprocess.run([node, "scripts/generate.js"], cwd=CLIENT_DIR, env=env, check=True, timeout=60)
+    done = subprocess.run([node, "--test", "test/"], cwd=CLIENT_DIR, env=env, capture_output=True, text=True,
+                          timeout=150)
+    summary = "\n".join(line for line in done.stdout.splitlines() if line.startswith("# "))
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "# fail 0" in summary and "# pass " in summary, summary

@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.web import http, resource, server
 
 from worknet.config import Settings
+from worknet.rpc.channel import GuardedSite, connection_cap, raise_file_limit
 from worknet.rpc.metrics import Metrics
 from worknet.rpc.resource import RPCRoot, authorized, refuse_unauthorized, request_factory
 from worknet.services import build_services
@@ -85,11 +86,7 @@ class Root(resource.Resource):
         return resource.NoResource()
 
 
-# Keep-alive connections idle this long are closed (Twisted's default is 12 hours).
-IDLE_CONNECTION_SECONDS = 120
-
-
-class QuietSite(server.Site):
+class QuietSite(GuardedSite):
     """No access log: the dispatcher already logs one line per call."""
 
     def log(self, request: http.Request) -> None:
@@ -164,7 +161,14 @@ def build_site(store: Any, settings: Settings, reactor: Any = None) -> server.Si
     root.putChild(b"RPC2", rpc)
     root.putChild(b"health", Health(store))
     root.putChild(b"metrics", MetricsPage(metrics, store, settings))
-    site = QuietSite(root, timeout=IDLE_CONNECTION_SECONDS)
+    # Idle keep-alive connections are closed (Twisted's default is 12 hours), requests must arrive
+    # whole in time (no slowloris), and connections are capped below the open-files limit.
+    cap = connection_cap(settings.rpc_max_connections, raise_file_limit(), settings.mongodb_pool_size)
+    site = QuietSite(root, idle_timeout=settings.rpc_idle_timeout_seconds,
+                     read_timeout=settings.rpc_read_timeout_seconds, max_connections=cap, reactor=reactor)
+    metrics.http_connections.set_function(lambda: site.open_connections)
+    metrics.http_dropped.labels("over_cap").set_function(lambda: site.refused_connections)
+    metrics.http_dropped.labels("too_slow").set_function(lambda: site.slow_requests)
     site.requestFactory = request_factory(settings.rpc_max_body)
     site.displayTracebacks = False
     site.noisy = False

@@ -32,6 +32,13 @@ class Options(usage.Options):
 
     settings: Settings
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """As usage.Options does, but a bad option is one line and exit 2 (like a bad setting), not a usage dump."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            _stop(f"worknet-rpc: {e} (see twistd worknet-rpc --help)")
+
     def postOptions(self) -> None:
         overrides: dict[str, Any] = {
             "rpc_listen": self["listen"],
@@ -42,22 +49,37 @@ class Options(usage.Options):
         }
         try:
             if self["pool-size"] is not None:
-                overrides["mongodb_pool_size"] = int(self["pool-size"])
+                overrides["mongodb_pool_size"] = _option_int("--pool-size", self["pool-size"])
             self.settings = load_settings(env_file=self["env-file"], overrides=overrides)
         except ValueError as e:  # ConfigError included: one line naming the setting, no usage text
-            sys.stderr.write(f"worknet-rpc: configuration error: {e}\n")
-            raise SystemExit(2) from None
+            _stop(f"worknet-rpc: configuration error: {e}")
         if self.settings.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise usage.UsageError("--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+            _stop("worknet-rpc: configuration error: --log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 1 <= self.settings.mongodb_pool_size <= 200:
-            raise usage.UsageError("--pool-size must be between 1 and 200")
+            _stop("worknet-rpc: configuration error: --pool-size must be between 1 and 200")
+        from worknet.startup import check_data_dir, check_listen
+
+        problem = check_listen(self.settings)
         if self.settings.embedded_database:
             from worknet.store.embedded import find_secantusd
 
             if find_secantusd() is None:
-                raise usage.UsageError(
-                    "MONGODB_URI is unset and secantusd-py (the embedded database) is not installed"
-                )
+                problem = problem or "MONGODB_URI is unset and secantusd-py (the embedded database) is not installed"
+            problem = problem or check_data_dir(self.settings.data_dir)
+        if problem:
+            _stop(f"worknet-rpc: configuration error: {problem}")
+
+
+def _stop(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    raise SystemExit(2)
+
+
+def _option_int(option: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{option} must be a whole number, got {raw!r}") from None
 
 
 def makeService(options: Options) -> service.MultiService:

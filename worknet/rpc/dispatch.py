@@ -86,11 +86,25 @@ class ServiceResource(xmlrpc.XMLRPC):
         return sorted(set(names) | {camel_case(n) for n in names})
 
 
-def signature(*types: str) -> Callable[[Callable], Callable]:
-    """Declare ``[return type, arg types...]`` for ``system.methodSignature``."""
+XMLRPC_TYPES = frozenset({"string", "int", "double", "boolean", "struct", "array", "base64", "dateTime.iso8601", "nil"})
+
+
+def signature(*types: str, returns: dict[str, str] | None = None) -> Callable[[Callable], Callable]:
+    """Declare ``[return type, arg types...]`` for ``system.methodSignature``.
+
+    ``returns`` names the fields of the result struct (beside ``success``) and
+    their XML-RPC types (``"struct|nil"`` for a field that may be nil); with
+    the parameter names and defaults of the function itself it feeds
+    ``system.describeMethods``.
+    """
+    declared = [t for spec in (returns or {}).values() for t in spec.split("|")]
+    unknown = sorted(set(types) - XMLRPC_TYPES) + sorted(set(declared) - XMLRPC_TYPES)
+    if unknown:
+        raise ValueError(f"not XML-RPC types: {', '.join(unknown)}")
 
     def mark(f: Callable) -> Callable:
         f.signature = [list(types)]  # type: ignore[attr-defined]
+        f.returns = dict(returns or {})  # type: ignore[attr-defined]
         return f
 
     return mark

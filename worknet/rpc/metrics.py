@@ -28,6 +28,14 @@ class Metrics:
             "worknet_http_rejected", "HTTP requests refused before any call (401, 413)",
             ["status"], registry=self.registry,
         )
+        self.http_connections = Gauge(
+            "worknet_http_connections", "HTTP connections open now", registry=self.registry,
+        )
+        self.http_dropped = Gauge(
+            "worknet_http_connections_dropped", "HTTP connections closed by the daemon so far: over_cap (the "
+            "connection cap was reached), too_slow (a request did not arrive whole in time)",
+            ["reason"], registry=self.registry,
+        )
         self.password_jobs = Gauge(
             "worknet_password_jobs", "bcrypt jobs of the password thread pool so far: run, skipped (too late "
             "to answer in time), refused (queue full)", ["outcome"], registry=self.registry,

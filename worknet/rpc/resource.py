@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import html
 import secrets
 import time
 from collections.abc import Callable
@@ -22,13 +21,14 @@ from twisted.web import http, server, xmlrpc
 
 from worknet.errors import Unavailable
 from worknet.logs import logger
+from worknet.rpc.describe import describe_methods, render_method_page
 from worknet.rpc.dispatch import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     NOT_WELL_FORMED,
     Dispatcher,
-    camel_case,
+    signature,
 )
 from worknet.rpc.metrics import Metrics
 from worknet.rpc.parsing import BadValue, NotAnXmlRpcCall, NotWellFormed, parse_call
@@ -37,6 +37,7 @@ from worknet.rpc.wire import encode_response
 log = logger("worknet.rpc")
 
 VERSION = "0.1.0"
+SERVER_HEADER = b"WorkNet-RPC"
 
 # A batch hands the reactor back at least this often (seconds of work between two yields).
 YIELD_SECONDS = 0.0005
@@ -54,6 +55,11 @@ class LimitedRequest(server.Request):
     max_body = 1024 * 1024
     body_too_large = False
     _received = 0
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if name == b"Server":  # Twisted's default names Twisted and its version: name only ourselves
+            value = SERVER_HEADER
+        super().setHeader(name, value)
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body:
@@ -98,7 +104,10 @@ def authorized(request: server.Request, token: str) -> bool:
 def refuse_unauthorized(request: server.Request, metrics: Metrics) -> bytes:
     metrics.http_rejected.labels("401").inc()
     request.setResponseCode(http.UNAUTHORIZED)
-    request.setHeader(b"www-authenticate", b'Bearer realm="worknet-rpc"')
+    # Basic too, so that a browser asks for the token (as the password) and can open the method page
+    request.responseHeaders.setRawHeaders(
+        b"www-authenticate", [b'Bearer realm="worknet-rpc"', b'Basic realm="worknet-rpc", charset="UTF-8"'],
+    )
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     return b"401 Unauthorized: a valid Authorization header is required\n"
 
@@ -177,6 +186,11 @@ class Introspection(xmlrpc.XMLRPCIntrospection):
     xmlrpc_multicall.signature = [["array", "array"]]  # type: ignore[attr-defined]
     xmlrpc_multicall.runs_calls = True  # type: ignore[attr-defined]
 
+    @signature("array")
+    def xmlrpc_describeMethods(self) -> list[dict]:
+        """Every method once, as data: name, names (with the camelCase alias), service, help, params (name, type, optional, default) and returns (type, envelope, fields: name, type, optional). A WorkNet extension; the Node client's TypeScript declarations are generated from it."""
+        return describe_methods(self._root)
+
 
 class RPCRoot(xmlrpc.XMLRPC):
     """The root handler: ``ping`` plus one sub-handler per service."""
@@ -213,6 +227,8 @@ class RPCRoot(xmlrpc.XMLRPC):
                 pending.append((handler.getSubHandler(sub), prefix + sub + handler.separator))
         return sorted(names)
 
+    @signature("struct", returns={"status": "string", "message": "string", "mongodb": "string", "version": "string",
+                                  "uptime_seconds": "int"})
     async def xmlrpc_ping(self) -> dict:
         """Health of the server: status, message, mongodb (connected/disconnected), version, uptime_seconds. Never raises."""
         connected = await self.store.ping()
@@ -223,8 +239,6 @@ class RPCRoot(xmlrpc.XMLRPC):
             "version": VERSION,
             "uptime_seconds": int(time.monotonic() - self.started),
         }
-
-    xmlrpc_ping.signature = [["struct"]]  # type: ignore[attr-defined]
 
     # -- HTTP -------------------------------------------------------------------
 
@@ -280,26 +294,4 @@ class RPCRoot(xmlrpc.XMLRPC):
         return self.method_page().encode("utf-8")
 
     def method_page(self) -> str:
-        rows = []
-        for name, canonical in self.dispatcher.canonical.items():
-            if name != canonical:
-                continue  # camelCase alias: listed with its snake_case name
-            function = self.dispatcher.procedures[name].function
-            sigs = getattr(function, "signature", None) or []
-            params = ", ".join(html.escape(t) for t in (sigs[0][1:] if sigs else []))
-            returns = html.escape(sigs[0][0]) if sigs else ""
-            doc = html.escape(" ".join((function.__doc__ or "").split()))
-            alias = name.rsplit(".", 1)
-            alias_name = ".".join(alias[:-1] + [camel_case(alias[-1])])
-            also = f' <span class="alias">(also {html.escape(alias_name)})</span>' if alias_name != name else ""
-            rows.append(
-                f"<dt><code>{html.escape(name)}({params})</code>"
-                f"{' &rarr; ' + returns if returns else ''}{also}</dt><dd>{doc}</dd>"
-            )
-        return (
-            "<!DOCTYPE html><html><head><meta charset='utf-8'><title>WorkNet RPC methods</title>"
-            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}dt{margin-top:1em}"
-            "dd{margin-left:2em;color:#333}.alias{color:#777;font-size:90%}</style></head><body>"
-            f"<h1>WorkNet RPC {VERSION}</h1><p>XML-RPC over HTTP POST at <code>/RPC2</code>. "
-            "Every method also answers to its camelCase name.</p><dl>" + "".join(rows) + "</dl></body></html>"
-        )
+        return render_method_page(self, VERSION)

@@ -58,7 +58,7 @@ class CategoriesService(ServiceResource):
     def categories(self) -> Any:
         return self.store["categories"]
 
-    @signature("struct", "string", "string", "string")
+    @signature("struct", "string", "string", "string", returns={"category_id": "string", "category": "struct"})
     async def xmlrpc_create(self, name: Any, slug: Any, description: Any = "") -> dict:
         """Create a category. name 2-60 characters, unique; slug lower-case words joined by hyphens, unique, at most 60; description at most 1000. Returns category_id, category."""
         moment = now()
@@ -81,7 +81,7 @@ class CategoriesService(ServiceResource):
             raise _conflict(e) from None
         return ok(category_id=str(doc["_id"]), category=doc)
 
-    @signature("struct", "string", "struct")
+    @signature("struct", "string", "struct", returns={"category": "struct"})
     async def xmlrpc_update(self, category_id: Any, updates: Any) -> dict:
         """Update name, description, icon, image or isActive of a category (the slug never changes). Returns category."""
         _id = v.object_id(category_id, "category_id")
@@ -91,7 +91,7 @@ class CategoriesService(ServiceResource):
         changes["updatedAt"] = now()
         return ok(category=await set_on_live(self.categories, _id, changes, "category", _conflict))
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"deleted": "boolean"})
     async def xmlrpc_delete(self, category_id: Any) -> dict:
         """Soft-delete a category; refused (INVALID_STATE) while active gigs use it. Returns deleted: true."""
         _id = v.object_id(category_id, "category_id")
@@ -106,19 +106,19 @@ class CategoriesService(ServiceResource):
             raise NotFound("category not found")
         return ok(deleted=True)
 
-    @signature("struct", "int", "int")
+    @signature("struct", "int", "int", returns={"categories": "array", "total": "int", "page": "int", "limit": "int", "pages": "int"})
     async def xmlrpc_get_all(self, page: Any = None, limit: Any = None) -> dict:
         """Active categories by name, paged (page >= 1, limit 1-100, default 20). Returns categories, total, page, limit, pages."""
         page, limit = v.paging(page, limit)
         return await paged(self.categories, {"isActive": True, **NOT_DELETED}, [("name", 1)], page, limit, "categories")
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"category": "struct"})
     async def xmlrpc_get_by_id(self, category_id: Any) -> dict:
         """One category by id. Returns category."""
         _id = v.object_id(category_id, "category_id")
         return ok(category=await get_or_404(self.categories, _id, "category"))
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"category": "struct"})
     async def xmlrpc_get_by_slug(self, slug: Any) -> dict:
         """One category by slug. Returns category."""
         doc = await self.categories.find_one({"slug": v.slug(slug), **NOT_DELETED})
@@ -126,7 +126,7 @@ class CategoriesService(ServiceResource):
             raise NotFound("category not found")
         return ok(category=doc)
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"stats": "struct"})
     async def xmlrpc_get_stats(self, category_id: Any) -> dict:
         """Figures of a category: totalGigs, activeGigs, totalOrders, completedOrders, averageRating (over all reviews of its gigs), totalRevenue (completed orders). Returns stats."""
         _id = v.object_id(category_id, "category_id")

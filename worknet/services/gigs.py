@@ -221,7 +221,7 @@ class GigsService(ServiceResource):
             raise ValidationError("category", "the category is not active")
         return category
 
-    @signature("struct", "string", "struct")
+    @signature("struct", "string", "struct", returns={"gig_id": "string", "gig": "struct"})
     async def xmlrpc_create(self, user_id: Any, gig_data: Any) -> dict:
         """Create a gig for a seller. user_id: a live user whose role is freelancer or whose isSeller is true (else FORBIDDEN). gig_data: title 5-120, description 20-5000, category (slug or id of an active category), price (money), deliveryTime 1-365 days, optional revisionNumber 0-20 (default 0), images (at most 10 http(s) URLs), features (at most 20 strings), tags (at most 10 strings). Returns gig_id, gig."""
         owner = v.object_id(user_id, "user_id")
@@ -256,7 +256,7 @@ class GigsService(ServiceResource):
         await self.gigs.insert_one(doc)
         return ok(gig_id=str(doc["_id"]), gig=doc)
 
-    @signature("struct", "string", "struct")
+    @signature("struct", "string", "struct", returns={"gig": "struct"})
     async def xmlrpc_update(self, gig_id: Any, updates: Any) -> dict:
         """Update a gig: title, description, category (slug or id of an active category), price, deliveryTime, revisionNumber, images, features, tags (same rules as create) and isActive. The owner and the rating counters cannot be changed. Returns gig."""
         _id = v.object_id(gig_id, "gig_id")
@@ -287,7 +287,7 @@ class GigsService(ServiceResource):
         await get_or_404(self.gigs, _id, "gig", projection={"_id": 1})
         raise InvalidState("the gig was changed at the same time; try again")
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"deleted": "boolean"})
     async def xmlrpc_delete(self, gig_id: Any) -> dict:
         """Soft-delete a gig; refused (INVALID_STATE) while orders of it are pending or in progress. Returns deleted: true."""
         _id = v.object_id(gig_id, "gig_id")
@@ -312,7 +312,7 @@ class GigsService(ServiceResource):
             raise InvalidState("the gig has pending or in-progress orders")
         return ok(deleted=True)
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"gig": "struct"})
     async def xmlrpc_get_by_id(self, gig_id: Any) -> dict:
         """One live gig by id, with seller: {id, username, rating} (nil if the seller account is gone). Returns gig."""
         _id = v.object_id(gig_id, "gig_id")
@@ -325,7 +325,7 @@ class GigsService(ServiceResource):
         }
         return ok(gig=gig)
 
-    @signature("struct", "string", "int", "int")
+    @signature("struct", "string", "int", "int", returns={"gigs": "array", "total": "int", "page": "int", "limit": "int", "pages": "int"})
     async def xmlrpc_get_by_user(self, user_id: Any, page: Any = None, limit: Any = None) -> dict:
         """The live gigs (active or paused) of a user, newest first, paged (page >= 1, limit 1-100, default 20). Returns gigs, total, page, limit, pages."""
         owner = v.object_id(user_id, "user_id")
@@ -336,7 +336,7 @@ class GigsService(ServiceResource):
             projection=LIST_PROJECTION,
         )
 
-    @signature("struct", "string", "struct", "int", "int")
+    @signature("struct", "string", "struct", "int", "int", returns={"gigs": "array", "total": "int", "page": "int", "limit": "int", "pages": "int"})
     async def xmlrpc_search(self, query: Any = None, filters: Any = None, page: Any = None, limit: Any = None) -> dict:
         """Search active gigs. query: words (at most 200 characters) that must all appear in the title, description or tags, case- and accent-insensitively (empty or blank lists everything; a query with no letters or digits, such as ".*", finds nothing). filters: category (slug or id), min_price, max_price (money), min_rating (0-5), max_delivery_days (1-365), seller_id, sort: relevance (default: rating, then review count, then newest), price_asc, price_desc, rating, newest. Returns gigs, total, page, limit, pages."""
         text = "" if query is None else v.text(query, "query", 0, QUERY_MAX)
@@ -366,7 +366,7 @@ class GigsService(ServiceResource):
         return ok(gigs=found[0]["gigs"] if found else [], total=total, page=page, limit=limit,
                   pages=math.ceil(total / limit))
 
-    @signature("struct", "string", "double")
+    @signature("struct", "string", "double", returns={"rating": "double", "reviewCount": "int"})
     async def xmlrpc_update_rating(self, gig_id: Any, new_rating: Any = None) -> dict:
         """Fold one rating (a number 1-5) into the gig's average atomically: rating = (rating * reviewCount + new_rating) / (reviewCount + 1), reviewCount + 1, in one update. With new_rating nil, recompute rating and reviewCount from the reviews collection. Returns rating, reviewCount."""
         _id = v.object_id(gig_id, "gig_id")

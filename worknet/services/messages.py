@@ -72,7 +72,7 @@ class MessagesService(ServiceResource):
         )
         return {doc["_id"]: doc for doc in found}
 
-    @signature("struct", "string", "string")
+    @signature("struct", "string", "string", returns={"conversation_id": "string", "created": "boolean"})
     async def xmlrpc_start_conversation(self, user_a: Any, user_b: Any) -> dict:
         """Start (or find) the conversation between two distinct, existing users. The same pair in either order always gives the same conversation, also under concurrent calls. Returns conversation_id and created (true only for the call that made it)."""
         a = v.object_id(user_a, "user_a")
@@ -105,7 +105,7 @@ class MessagesService(ServiceResource):
             return ok(conversation_id=str(existing["_id"]), created=False)
         return ok(conversation_id=str(doc["_id"]), created=True)
 
-    @signature("struct", "string", "string", "string", "struct")
+    @signature("struct", "string", "string", "string", "struct", returns={"message_id": "string", "message": "struct", "created": "boolean"})
     async def xmlrpc_create(self, message_id: Any, conversation_id: Any, sender_id: Any, extra: Any = None) -> dict:
         """Send a message. message_id is client-chosen ("" lets the server choose; a retry with the same id and content returns the first result with created false, different content is a CONFLICT); the sender must be a live participant of the conversation (FORBIDDEN otherwise); extra: text 1-5000 characters, attachments up to 10 http(s) URLs; at least one of them. Moves the conversation's lastMessageAt forward and notifies the other participant. Returns message_id, message, created."""
         _id = v.client_id(message_id, "message_id") or ObjectId()
@@ -151,7 +151,7 @@ class MessagesService(ServiceResource):
         )
         return ok(message_id=str(stored["_id"]), message=stored, created=created)
 
-    @signature("struct", "string", "string")
+    @signature("struct", "string", "string", returns={"updated": "boolean"})
     async def xmlrpc_mark_as_read(self, message_id: Any, reader_id: Any = None) -> dict:
         """Mark a message read. reader_id must be the message's recipient (FORBIDDEN for anyone else, the sender included); it is required even though the signature lets it be omitted, so that no caller marks someone else's message without the check. Idempotent. Returns updated: true when this call changed it, false when it was already read."""
         _id = v.object_id(message_id, "message_id")
@@ -171,7 +171,7 @@ class MessagesService(ServiceResource):
             raise Forbidden("only the recipient may mark a message read", "reader_id")
         return ok(updated=False)
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"count": "int", "by_conversation": "struct"})
     async def xmlrpc_get_unread_count(self, user_id: Any) -> dict:
         """Unread messages sent to a live user: count, and by_conversation (conversation id -> count, only conversations with unread messages). One indexed query."""
         user = v.object_id(user_id, "user_id")
@@ -183,7 +183,7 @@ class MessagesService(ServiceResource):
         by_conversation = {str(g["_id"]): g["n"] for g in groups}
         return ok(count=sum(by_conversation.values()), by_conversation=by_conversation)
 
-    @signature("struct", "string", "int", "int")
+    @signature("struct", "string", "int", "int", returns={"messages": "array", "total": "int", "page": "int", "limit": "int", "pages": "int"})
     async def xmlrpc_get_conversation(self, conversation_id: Any, page: Any = None, limit: Any = None) -> dict:
         """The messages of a conversation, newest first, paged (page >= 1, limit 1-100, default 20). Returns messages, total, page, limit, pages."""
         conv_id = v.object_id(conversation_id, "conversation_id")

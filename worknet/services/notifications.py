@@ -75,7 +75,7 @@ class NotificationsService(ServiceResource):
             live.update(doc["_id"] for doc in found if doc.get("deletedAt") is None)
         return live
 
-    @signature("struct", "string", "string", "string", "struct")
+    @signature("struct", "string", "string", "string", "struct", returns={"notification_id": "string", "notification": "struct", "created": "boolean"})
     async def xmlrpc_create(self, notification_id: Any, user_id: Any, notification_type: Any, extra: Any = None) -> dict:
         """Create a notification for a live user. notification_id is client-chosen ("" lets the server choose; a retry with the same id and content returns the first result with created false, different content is a CONFLICT); type one of order, message, review, payment, system; extra: message 1-500 characters (required), link an http(s) URL or a path starting with / (optional). Returns notification_id, notification, created."""
         _id = v.client_id(notification_id, "notification_id") or ObjectId()
@@ -91,7 +91,7 @@ class NotificationsService(ServiceResource):
         stored, created = await create_once(self.notifications, doc, request, "notification")
         return ok(notification_id=str(stored["_id"]), notification=stored, created=created)
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"updated": "boolean"})
     async def xmlrpc_mark_as_read(self, notification_id: Any) -> dict:
         """Mark a notification read. Idempotent. Returns updated: true when this call changed it, false when it was already read."""
         _id = v.object_id(notification_id, "notification_id")
@@ -104,7 +104,7 @@ class NotificationsService(ServiceResource):
             raise NotFound("notification not found", "notification_id")
         return ok(updated=False)
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"count": "int", "by_type": "struct"})
     async def xmlrpc_get_unread_count(self, user_id: Any) -> dict:
         """Unread notifications of a live user: count, and by_type (every type, 0 when none). One indexed query."""
         user = v.object_id(user_id, "user_id")
@@ -118,7 +118,7 @@ class NotificationsService(ServiceResource):
             by_type[str(g["_id"])] = g["n"]
         return ok(count=sum(by_type.values()), by_type=by_type)
 
-    @signature("struct", "array", "string", "string", "string")
+    @signature("struct", "array", "string", "string", "string", returns={"notifications_sent": "int", "users_targeted": "int", "invalid_ids": "array"})
     async def xmlrpc_send_bulk(self, user_ids: Any, notification_type: Any, message: Any, link_: Any = None) -> dict:
         """Send the same notification to up to 1000 users (more is a VALIDATION_ERROR and nothing is written). user_ids: array of id strings; duplicates are collapsed; malformed, unknown and deleted ids are returned in invalid_ids (each once, as sent) and skipped. type one of order, message, review, payment, system; message 1-500 characters; link "" or an http(s) URL or a path starting with /. One batched insert. Returns notifications_sent (documents written), users_targeted (distinct valid users), invalid_ids."""
         if not isinstance(user_ids, list):

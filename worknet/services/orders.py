@@ -242,7 +242,7 @@ class OrdersService(ServiceResource):
 
     # -- create ---------------------------------------------------------------
 
-    @signature("struct", "string", "string", "int", "double", "struct")
+    @signature("struct", "string", "string", "int", "double", "struct", returns={"order_id": "string", "order": "struct", "created": "boolean"})
     async def xmlrpc_create(
         self, gig_id: Any, buyer_id: Any, quantity: Any, total_price: Any, options: Any = None,
     ) -> dict:
@@ -364,7 +364,7 @@ class OrdersService(ServiceResource):
 
     # -- status ---------------------------------------------------------------
 
-    @signature("struct", "string", "string", "string")
+    @signature("struct", "string", "string", "string", returns={"order": "struct", "previous_status": "string", "new_status": "string", "refund?": "struct|nil"})
     async def xmlrpc_update_status(self, order_id: Any, status: Any, reason: Any = None) -> dict:
         """Move an order to status (pending -> in_progress|cancelled; in_progress -> completed|disputed|cancelled; disputed -> completed|cancelled; completed and cancelled are final) with an optional reason (at most 500 characters). Illegal changes are INVALID_STATE naming the current status; of two concurrent changes exactly one wins. completed credits the seller once with the seller share (total minus platform fee); cancelled refunds a paid payment in full. Returns order, previous_status, new_status (and refund for a cancellation)."""
         _id = v.object_id(order_id, "order_id")
@@ -396,7 +396,7 @@ class OrdersService(ServiceResource):
             result["refund"] = refund.get("refund")
         return result
 
-    @signature("struct", "string", "string")
+    @signature("struct", "string", "string", returns={"order": "struct", "refund": "struct|nil"})
     async def xmlrpc_cancel(self, order_id: Any, reason: Any = None) -> dict:
         """Cancel an order that is not completed or cancelled yet, with a reason (at most 500 characters); a completed payment of the order is refunded in full in the same transaction. Returns order and refund (payment_id, amount, refunded_total, status) or nil when nothing was paid."""
         _id = v.object_id(order_id, "order_id")
@@ -415,13 +415,13 @@ class OrdersService(ServiceResource):
 
     # -- reads ------------------------------------------------------------------
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"order": "struct"})
     async def xmlrpc_get_by_id(self, order_id: Any) -> dict:
         """One order by id. Returns order."""
         _id = v.object_id(order_id, "order_id")
         return ok(order=await get_or_404(self.orders, _id, "order"))
 
-    @signature("struct", "struct", "int", "int")
+    @signature("struct", "struct", "int", "int", returns={"orders": "array", "total": "int", "page": "int", "limit": "int", "pages": "int"})
     async def xmlrpc_get_all(self, filters: Any = None, page: Any = None, limit: Any = None) -> dict:
         """Orders, newest first, paged (page >= 1, limit 1-100, default 20). filters: buyer_id, seller_id, gig_id, status, from and to (ISO dates, on the creation time, both inclusive). Returns orders, total, page, limit, pages."""
         clean = v.struct(filters, "filters", FILTERS)
@@ -440,7 +440,7 @@ class OrdersService(ServiceResource):
             query["createdAt"] = created
         return await paged(self.orders, query, [("createdAt", -1), ("_id", -1)], page, limit, "orders")
 
-    @signature("struct", "string", "string")
+    @signature("struct", "string", "string", returns={"analytics": "struct"})
     async def xmlrpc_get_analytics(self, user_id: Any, period: Any = None) -> dict:
         """Order figures of a user over period week (7 days), month (30), year (365) or all (default month), as buyer and as seller: orders (count), byStatus (count per status), spent (buyer, completed orders' totals), earned (seller, completed orders' seller amounts) and revenueByDay ([{date: YYYY-MM-DD, revenue}] of the seller's completed orders by completion day). Orders count by creation time in the period, money by completion time. Returns analytics."""
         uid = v.object_id(user_id, "user_id")

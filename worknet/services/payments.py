@@ -57,7 +57,7 @@ class PaymentsService(ServiceResource):
 
         await run_guarded(self.store, steps, "payment")
 
-    @signature("struct", "string", "string", "double", "string")
+    @signature("struct", "string", "string", "double", "string", returns={"payment_id": "string", "payment": "struct", "created": "boolean"})
     async def xmlrpc_create(self, payment_id: Any, order_id: Any, amount: Any, payment_method: Any) -> dict:
         """Create a pending payment for an order: payment_id (client-chosen id, or "" to let the server choose), order_id (a pending, in-progress or disputed order; a cancelled or completed one is INVALID_STATE), amount (must equal the order total), payment_method stripe, paypal, bank_transfer or other. An order is paid at most once: a second payment is a CONFLICT unless the earlier one failed. Re-sending the same create returns the original with created false; the same id with different content is a CONFLICT. Returns payment_id, payment, created."""
         pid = v.client_id(payment_id, "payment_id") or ObjectId()
@@ -108,7 +108,7 @@ class PaymentsService(ServiceResource):
             raise Conflict("a different payment already exists with this id", "payment_id")
         return ok(payment_id=str(existing["_id"]), payment=existing, created=False)
 
-    @signature("struct", "string", "string")
+    @signature("struct", "string", "string", returns={"payment": "struct", "order_status": "string"})
     async def xmlrpc_process(self, payment_id: Any, status: Any) -> dict:
         """Settle a pending payment as completed or failed. completed moves a pending order to in_progress in the same transaction and notifies buyer and seller; a cancelled (or completed) order cannot be paid (INVALID_STATE). Returns payment, order_status."""
         pid = v.object_id(payment_id, "payment_id")
@@ -160,7 +160,7 @@ class PaymentsService(ServiceResource):
             raise
         return ok(payment=doc, order_status=order_status)
 
-    @signature("struct", "string", "double")
+    @signature("struct", "string", "double", returns={"payment": "struct", "refunded_total": "double"})
     async def xmlrpc_refund(self, payment_id: Any, amount: Any) -> dict:
         """Refund part or all of a completed or partially refunded payment: amount > 0; the refunds together never exceed the amount paid (VALIDATION_ERROR). The payment becomes partially_refunded or refunded; if the order is completed (the seller was credited) the seller's share of the refund is debited from their earnings. Returns payment, refunded_total."""
         pid = v.object_id(payment_id, "payment_id")
@@ -182,7 +182,7 @@ class PaymentsService(ServiceResource):
             raise
         return ok(payment=doc, refunded_total=doc["refundedTotal"])
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"status": "string", "amount": "double", "refunded_total": "double", "order_id": "string"})
     async def xmlrpc_get_status(self, payment_id: Any) -> dict:
         """The state of a payment. Returns status, amount, refunded_total, order_id."""
         pid = v.object_id(payment_id, "payment_id")
@@ -192,7 +192,7 @@ class PaymentsService(ServiceResource):
         return ok(status=payment["status"], amount=payment["amount"],
                   refunded_total=payment.get("refundedTotal", money.ZERO), order_id=payment["orderId"])
 
-    @signature("struct", "double")
+    @signature("struct", "double", returns={"total_amount": "double", "platform_fee": "double", "platform_fee_percentage": "double", "seller_amount": "double"})
     async def xmlrpc_calculate_fees(self, amount: Any) -> dict:
         """The split of an amount: platform_fee = amount x PLATFORM_FEE_PERCENT / 100 rounded half up to the cent, seller_amount = amount - platform_fee (they always add up to the amount). Returns total_amount, platform_fee, platform_fee_percentage, seller_amount."""
         total = v.money(amount, "amount")

@@ -94,7 +94,7 @@ class ReviewsService(ServiceResource):
             f"/gigs/{review['gigId']}", about=review,
         )
 
-    @signature("struct", "string", "string", "int", "struct")
+    @signature("struct", "string", "string", "int", "struct", returns={"review_id": "string", "review": "struct", "created": "boolean", "gig_rating": "double", "review_count": "int"})
     async def xmlrpc_create(self, review_id: Any, gig_id: Any, rating: Any, extra: Any = None) -> dict:
         """Review a live gig. review_id: client-chosen id or "" (a retry with the same id and content returns the first result with created: false; different content is a CONFLICT). rating: integer 1-5. extra (optional): user_id (the author: a live user, not the gig's seller; one review per user and gig, else CONFLICT; without it the review is anonymous), order_id (a completed order of this gig bought by user_id, which it requires), comment (at most 1000 characters). The seller is notified and the gig's rating recomputed from its reviews. Returns review_id, review, created, gig_rating (the gig's new average, 2 decimals), review_count."""
         _id = v.client_id(review_id, "review_id") or ObjectId()
@@ -144,7 +144,7 @@ class ReviewsService(ServiceResource):
         await self._notify_seller(review, str(gig_doc.get("title", "")))
         return ok(review_id=str(review["_id"]), review=review, created=created, **await self._gig_rating(gig))
 
-    @signature("struct", "string", "struct")
+    @signature("struct", "string", "struct", returns={"review": "struct", "gig_rating": "double", "review_count": "int"})
     async def xmlrpc_update(self, review_id: Any, updates: Any) -> dict:
         """Change the rating (integer 1-5) and/or the comment (at most 1000 characters) of a review; the gig's rating is recomputed. Returns review, gig_rating (the gig's new average), review_count."""
         _id = v.object_id(review_id, "review_id")
@@ -157,7 +157,7 @@ class ReviewsService(ServiceResource):
             raise NotFound("review not found")
         return ok(review=review, **await self._gig_rating(review["gigId"]))
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"deleted": "boolean", "gig_rating": "double", "review_count": "int"})
     async def xmlrpc_delete(self, review_id: Any) -> dict:
         """Delete a review for good; the gig's rating is recomputed. Returns deleted: true, gig_rating (the gig's new average), review_count."""
         _id = v.object_id(review_id, "review_id")
@@ -166,7 +166,7 @@ class ReviewsService(ServiceResource):
             raise NotFound("review not found")
         return ok(deleted=True, **await self._gig_rating(review["gigId"]))
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"rating": "double", "count": "int", "distribution": "struct"})
     async def xmlrpc_calculate_rating(self, gig_id: Any) -> dict:
         """The rating of a live gig computed from its reviews: rating (average, 2 decimals, 0 when there are none), count, distribution {"1": n, ..., "5": n}."""
         gig = v.object_id(gig_id, "gig_id")

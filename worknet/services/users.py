@@ -140,7 +140,7 @@ class UsersService(ServiceResource):
 
     # -- methods ----------------------------------------------------------------
 
-    @signature("struct", "string", "string", "string", "string")
+    @signature("struct", "string", "string", "string", "string", returns={"user_id": "string", "user": "struct", "token": "string", "refresh_token": "string"})
     async def xmlrpc_register(self, username: Any, email: Any, password_: Any, role: Any) -> dict:
         """Create an account. username 3-30 letters, digits or _ (unique, case-insensitively); email valid and unique (stored lower-case); password 8-72 bytes of UTF-8; role client or freelancer (a freelancer is a seller; admin cannot be registered). Returns user_id, user, token (access JWT), refresh_token. A taken username or email is CONFLICT (field username or email)."""
         clean_username = _username(username)
@@ -187,7 +187,7 @@ class UsersService(ServiceResource):
             raise _conflict(e) from None
         return ok(user_id=str(doc["_id"]), user=doc, **self._token_pair(doc, moment, jti))
 
-    @signature("struct", "string", "string")
+    @signature("struct", "string", "string", returns={"user": "struct", "token": "string", "refresh_token": "string"})
     async def xmlrpc_login(self, email: Any, password_: Any) -> dict:
         """Log in with email and password. An unknown email and a wrong password give the same UNAUTHORIZED answer (and cost the same bcrypt check); 5 failures within 15 minutes lock the account for 15 minutes (RATE_LIMITED). Deleted accounts cannot log in. Returns token (access JWT), refresh_token (replaces the previous one), user."""
         clean_email = v.email(email)
@@ -212,13 +212,13 @@ class UsersService(ServiceResource):
             raise Unauthorized(BAD_CREDENTIALS)
         return ok(user=fresh, **self._token_pair(fresh, moment, jti))
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"user": "struct"})
     async def xmlrpc_get_by_id(self, user_id: Any) -> dict:
         """One user by id (deleted users are NOT_FOUND). Returns user."""
         _id = v.object_id(user_id, "user_id")
         return ok(user=await get_or_404(self.users, _id, "user"))
 
-    @signature("struct", "int", "int", "struct")
+    @signature("struct", "int", "int", "struct", returns={"users": "array", "total": "int", "page": "int", "limit": "int", "pages": "int"})
     async def xmlrpc_get_all(self, page: Any = None, limit: Any = None, filters: Any = None) -> dict:
         """Users, newest first, paged (page >= 1, limit 1-100, default 20). filters (all optional): role (client, freelancer, admin), country (exact), is_seller (boolean), search (prefix of the username or the email, case-insensitive, taken literally). Deleted users are left out. Returns users, total, page, limit, pages."""
         page, limit = v.paging(page, limit)
@@ -235,7 +235,7 @@ class UsersService(ServiceResource):
             query["$or"] = [{"usernameLower": {"$regex": prefix}}, {"email": {"$regex": prefix}}]
         return await paged(self.users, query, [("createdAt", -1), ("_id", -1)], page, limit, "users")
 
-    @signature("struct", "string", "struct")
+    @signature("struct", "string", "struct", returns={"user": "struct"})
     async def xmlrpc_update_profile(self, user_id: Any, updates: Any) -> dict:
         """Update a profile. updates may hold only username, email (both stay unique: CONFLICT), phone, country, bio (<= 2000), profilePicture (http(s) URL or ""), skills (<= 30 strings), isSeller (a freelancer is always a seller); password, role, rating, earnings and any other key are refused (VALIDATION_ERROR). Returns user."""
         _id = v.object_id(user_id, "user_id")
@@ -248,7 +248,7 @@ class UsersService(ServiceResource):
         changes["updatedAt"] = await self.clock.now()
         return ok(user=await set_on_live(self.users, _id, changes, "user", _conflict))
 
-    @signature("struct", "string", "string", "string")
+    @signature("struct", "string", "string", "string", returns={"token": "string", "refresh_token": "string"})
     async def xmlrpc_change_password(self, user_id: Any, old_password: Any, new_password: Any) -> dict:
         """Change a password: old_password must match (UNAUTHORIZED otherwise, counted like a failed login; RATE_LIMITED while locked); new_password 8-72 bytes of UTF-8 and different from the old one. Every token issued before stops verifying. Returns token, refresh_token (new ones)."""
         _id = v.object_id(user_id, "user_id")
@@ -274,7 +274,7 @@ class UsersService(ServiceResource):
             raise Conflict("the password was changed at the same time; try again")
         return ok(**self._token_pair(fresh, moment, jti))
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"deleted": "boolean"})
     async def xmlrpc_delete_user(self, user_id: Any) -> dict:
         """Soft-delete a user (deletedAt): refused (INVALID_STATE) while the user has pending or in-progress orders as buyer or seller. Afterwards the user is NOT_FOUND everywhere, cannot log in and its tokens fail; the username and email stay reserved. Returns deleted: true."""
         _id = v.object_id(user_id, "user_id")
@@ -297,7 +297,7 @@ class UsersService(ServiceResource):
         )
         return ok(deleted=True)
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"stats": "struct"})
     async def xmlrpc_get_stats(self, user_id: Any) -> dict:
         """Figures of a user. stats: totalOrders, completedOrders, activeOrders (ints, buyer and seller sides added; active = pending, in_progress or disputed), asBuyer and asSeller (structs with totalOrders, completedOrders, activeOrders for each side), totalGigs and activeGigs (live gigs, active ones), totalReviews and averageRating (reviews received as seller, 2 decimals, 0 when none), totalEarnings (the user's credited earnings), totalSpent (completed orders as buyer). Returns stats."""
         _id = v.object_id(user_id, "user_id")
@@ -349,13 +349,13 @@ class UsersService(ServiceResource):
             "totalSpent": as_decimal(sides.get("buyer", {}).get("spent", 0)),
         })
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"user_id": "string", "role": "string", "expires_at": "string"})
     async def xmlrpc_verify_token(self, token: Any) -> dict:
         """Check an access token (HS256 signature, type access, not expired, user not deleted, issued after the last password change). Returns user_id, role, expires_at; UNAUTHORIZED otherwise (refresh tokens are refused)."""
         user, claims = await self._user_for_token(_token_string(token, "token"), ACCESS)
         return ok(user_id=str(user["_id"]), role=user["role"], expires_at=claims.expires_at)
 
-    @signature("struct", "string")
+    @signature("struct", "string", returns={"token": "string", "refresh_token": "string"})
     async def xmlrpc_refresh_token(self, refresh_token: Any) -> dict:
         """Exchange a refresh token for a new access token and a new refresh token (rotation: each refresh token works once, and only the newest one issued to the user). Access tokens are refused. Returns token, refresh_token; UNAUTHORIZED otherwise."""
         user, claims = await self._user_for_token(_token_string(refresh_token, "refresh_token"), REFRESH)

@@ -2,14 +2,26 @@
 
 Used when ``MONGODB_URI`` is unset (a laptop, ``make run``).  SecantusDB is
 GPL-2.0, so it is only ever run as a separate program, never imported.  The
-service picks a free loopback port, spawns ``secantusd-py``, and on stop sends
-SIGTERM and waits for the process to exit (it must release its data directory
-before anything may open it again).  If the process exits on its own, the
-daemon stops with a message saying why: it cannot serve without its database.
+service picks a free loopback port, spawns ``secantusd-py`` through
+``worknet.store.lifeline`` (the database dies with the daemon, and a data
+directory another process holds is refused with that process's PID), and on
+stop sends SIGTERM and waits for the process to exit (it must release its data
+directory before anything may open it again).
+
+If the database exits on its own, it is started again in place (same port,
+so the pool reconnects by itself) after a growing pause -- calls answer
+UNAVAILABLE meanwhile -- and each restart is logged.  After
+``MAX_RESTARTS`` failures in a row (a run of ``STABLE_SECONDS`` resets the
+count), or when another process holds the data directory, the daemon stops
+with a message saying why: it cannot serve without its database.
+
+The child gets only the environment it needs (``CHILD_ENVIRONMENT``): never
+the daemon's secrets.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -22,10 +34,16 @@ from twisted.application import service
 from twisted.internet import defer, error, protocol
 
 from worknet.logs import logger
+from worknet.store import lifeline
+from worknet.store.lifeline import HELD
 
 log = logger(__name__)
 
 STOP_GRACE_SECONDS = 30.0
+MAX_RESTARTS = 5
+RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+STABLE_SECONDS = 60.0
+CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 
 def find_secantusd() -> str | None:
@@ -34,6 +52,11 @@ def find_secantusd() -> str | None:
     if beside.exists():
         return str(beside)
     return shutil.which("secantusd-py")
+
+
+def child_environment() -> dict[str, str]:
+    """The few variables the database process needs; the daemon's secrets stay with the daemon."""
+    return {name: os.environ[name] for name in CHILD_ENVIRONMENT if name in os.environ}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -80,6 +103,9 @@ class EmbeddedDatabase(service.Service):
         self._process: _DatabaseProcess | None = None
         self._transport: Any = None
         self._stopping = False
+        self._failures = 0  # unexpected exits in a row
+        self._started_at = 0.0
+        self._restart: Any = None
 
     @property
     def uri(self) -> str:
@@ -96,13 +122,19 @@ class EmbeddedDatabase(service.Service):
             self._fail(f"cannot create the data directory {self.data_dir}: {e.strerror}")
             return
         self.port = free_port()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._restart = None
         argv = [
+            sys.executable, lifeline.__file__, self.data_dir, "--",  # run as a file: no package imports
             self.executable, "--host", "127.0.0.1", "--port", str(self.port),
             "--storage-path", self.data_dir, "--sync-on-commit", "--log-level", "WARNING",
         ]
         self._process = _DatabaseProcess(self)
+        self._started_at = self._reactor.seconds()
         self._transport = self._reactor.spawnProcess(
-            self._process, self.executable, argv, env=dict(os.environ),
+            self._process, sys.executable, argv, env=child_environment(),
             childFDs={0: "w", 1: "r", 2: "r"},
         )
         log.info("embedded database (SecantusDB) starting on 127.0.0.1:{port}, data in {path}",
@@ -114,19 +146,36 @@ class EmbeddedDatabase(service.Service):
             log.info("embedded database stopped")
             return
         reason = next((line for line in reversed(tail) if "Error" in line), tail[-1] if tail else "no output")
-        self._fail(f"the embedded database exited unexpectedly (exit code {code}): {reason}")
+        if code == HELD and self._failures == 0:
+            self._fail(reason.partition(": ")[2] or reason)  # another daemon's directory: restarting cannot help
+            return
+        if self._reactor.seconds() - self._started_at >= STABLE_SECONDS:
+            self._failures = 0
+        self._failures += 1
+        if self._failures > MAX_RESTARTS or not self.running:
+            self._fail(f"the embedded database exited unexpectedly (exit code {code}) and was restarted "
+                       f"{self._failures - 1} times: {reason}")
+            return
+        delay = RESTART_DELAYS[min(self._failures, len(RESTART_DELAYS)) - 1]
+        log.warn("the embedded database exited unexpectedly (exit code {code}): {reason}; restarting it in "
+                  "{delay} s (restart {n} of {most})", code=code, reason=reason, delay=delay,
+                  n=self._failures, most=MAX_RESTARTS)
+        self._restart = self._reactor.callLater(delay, self._spawn)
 
     def _fail(self, message: str) -> None:
         log.critical("cannot run without the database: {message}", message=message)
         if self._reactor.running:
-            # twistd would otherwise exit 0: make the failure visible to supervisors.
-            self._reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+            # twistd would otherwise exit 0: make the failure visible to supervisors. atexit
+            # runs once twistd is done, its pidfile removed (every log line is already flushed).
+            atexit.register(os._exit, 1)
             self._reactor.stop()
         else:
             self._reactor.callWhenRunning(self._fail, message)
 
     async def stopService(self) -> None:
         super().stopService()
+        if self._restart is not None and self._restart.active():
+            self._restart.cancel()
         if self._transport is None or self._process is None:
             return
         self._stopping = True

@@ -1,0 +1,84 @@
+"""Checks run once before the daemon starts, so that a setting it cannot run with is one line, exit 2.
+
+Each returns None when all is well, or a sentence naming the setting and the
+cause.  They run while the options are parsed, before twistd daemonises and
+before the reactor runs (a little disk and socket work is fine there).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from typing import Any
+
+from twisted.internet import endpoints
+
+from worknet.config import Settings
+
+PLACEHOLDER_TOKEN = "change-me-to-a-long-random-token"  # noqa: S105 - deploy/env.example's placeholder, refused
+MIN_AUTH_TOKEN = 32
+
+
+def _listen_setting(settings: Settings) -> str:
+    return "RPC_LISTEN (--listen)" if settings.rpc_listen else "RPC_HOST/RPC_PORT"
+
+
+def _is_loopback(interface: str) -> bool:
+    if interface in ("", "0.0.0.0", "::"):  # noqa: S104 - the point: every interface is not loopback
+        return False
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:  # a host name: loopback only if every address it resolves to is
+        try:
+            infos = socket.getaddrinfo(interface, None)
+        except OSError:
+            return False
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def check_listen(settings: Settings) -> str | None:
+    """The listen address parses, its files exist, its host resolves, its port is free, and it is
+    either loopback or protected by a token (outside development and test)."""
+    where = _listen_setting(settings)
+    try:
+        endpoint: Any = endpoints.serverFromString(None, settings.listen)
+    except OSError as e:  # an ssl: endpoint's key or certificate file
+        return f"{where}: cannot read {e.filename or 'a TLS file'}: {e.strerror or e}"
+    except Exception as e:  # ValueError, TypeError, KeyError...: the string itself
+        return f"{where}: {settings.listen!r} is not a valid endpoint ({e})"
+    port, interface = getattr(endpoint, "_port", None), getattr(endpoint, "_interface", None)
+    if port is None or interface is None:  # unix: sockets and other local endpoints
+        return None
+    if interface:
+        try:
+            socket.getaddrinfo(interface, port, type=socket.SOCK_STREAM)
+        except OSError:
+            return f"{where}: cannot resolve the host {interface!r}"
+    if port:
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((interface, port))
+            except OSError as e:
+                return f"{where}: cannot listen on port {port} of {interface or 'every interface'}: {e.strerror}"
+    if settings.node_env not in ("development", "test") and not _is_loopback(interface):
+        token = settings.rpc_auth_token
+        if len(token) < MIN_AUTH_TOKEN or token == PLACEHOLDER_TOKEN:
+            return (f"{where}: listening on {interface or 'every interface'} (not loopback) needs RPC_AUTH_TOKEN, "
+                    f"a random token of at least {MIN_AUTH_TOKEN} characters that is not the example placeholder")
+    return None
+
+
+def check_data_dir(path: str) -> str | None:
+    """The embedded database's directory exists (or can be made) and is writable."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        return f"DATA_DIR: cannot create {path}: {e.strerror}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"DATA_DIR: {path} is not writable"
+    return None
