@@ -3,12 +3,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: run test lint install node-deps node-client bench soak fuzz clean
+# Lock files (requirements/*.txt, package-lock.json): `make lock` after changing a dependency.
+LOCK_VENV ?= .venv-lock
+UPGRADE ?=
+PIP_COMPILE = $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --no-emit-index-url \
+	--no-emit-find-links --allow-unsafe --strip-extras
+UPGRADE_FLAGS = $(if $(filter all,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
+NODE_PACKAGES := $(dir $(wildcard tests/node/package.json clients/node/package.json))
 
-$(BIN)/twistd: setup.py setup.cfg
+.PHONY: run test lint install node-deps node-client lock demo bench soak fuzz clean
+
+# Exactly the locked set (every file checked against its hash), then the project itself
+# without touching dependencies and built by the locked setuptools.
+$(BIN)/twistd: setup.py setup.cfg requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]' --config-settings editable_mode=compat
+	$(BIN)/pip install $(PIP_FLAGS) --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install $(PIP_FLAGS) --no-deps --no-build-isolation --use-pep517 -e . --config-settings editable_mode=compat
 	@touch $@
 
 install: $(BIN)/twistd
@@ -26,8 +38,9 @@ lint: install
 	$(BIN)/mypy worknet
 	$(BIN)/hadolint Dockerfile
 
+# package-lock.json as committed, nothing else (npm ci fails if it disagrees with package.json).
 node-deps:
-	cd tests/node && npm install --no-package-lock --no-audit --no-fund --loglevel=error
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 
 # the client package's own dependencies, exactly as locked (clients/node/package-lock.json)
 node-client: clients/node/node_modules/.installed
@@ -42,6 +55,28 @@ test: install lint node-deps node-client
 FUZZ_CASES ?= 100000
 fuzz: install
 	FUZZ_CASES=$(FUZZ_CASES) $(BIN)/pytest -q -s -p no:cacheprovider tests/fuzz
+# Rewrites every lock file from setup.cfg / requirements/*.in / package.json.
+# Existing pins are kept (new dependencies are added at their newest version);
+# `make lock UPGRADE=all` moves everything to the newest releases, `make lock UPGRADE=twisted` one package.
+# dev.txt (every extra) is resolved first; embedded.txt and base.txt start from its pins, so the three agree.
+$(LOCK_VENV)/bin/pip-compile: requirements/tools.txt
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install $(PIP_FLAGS) --require-hashes -r requirements/tools.txt
+	@touch $@
+
+lock: $(LOCK_VENV)/bin/pip-compile
+	$(PIP_COMPILE) $(UPGRADE_FLAGS) --all-extras -o requirements/dev.txt setup.cfg requirements/build.in
+	cp requirements/dev.txt requirements/embedded.txt
+	$(PIP_COMPILE) --extra embedded -o requirements/embedded.txt setup.cfg requirements/build.in
+	cp requirements/dev.txt requirements/base.txt
+	$(PIP_COMPILE) -o requirements/base.txt setup.cfg requirements/build.in
+	$(PIP_COMPILE) $(UPGRADE_FLAGS) -o requirements/tools.txt requirements/tools.in
+	@for d in $(NODE_PACKAGES); do (cd $$d && npm install --package-lock-only --no-audit --no-fund --loglevel=error) || exit 1; done
+
+# Loads the demo marketplace into the daemon started by `make run` (DEMO_URL to aim elsewhere).
+DEMO_URL ?= http://127.0.0.1:8000/RPC2
+demo: install
+	$(BIN)/python -m worknet.demo --url $(DEMO_URL)
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
@@ -51,4 +86,5 @@ soak: install
 	$(BIN)/python -m bench.soak --minutes 10 $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) var rpc_server.log* tests/node/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) var rpc_server.log* tests/node/node_modules clients/node/node_modules \
+		.pytest_cache .mypy_cache .ruff_cache

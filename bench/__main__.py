@@ -1,5 +1,5 @@
-"""`python -m bench` runs the transport benchmark (see bench/README.md for the others)."""
+"""`python -m bench` (= `make bench`): every server under wrk, written to bench/results.md and results.png."""
 
-from bench.transport import main
+from bench.run import main
 
 main()

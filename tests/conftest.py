@@ -74,6 +74,11 @@ class Database:
     def uri(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}/"
 
+    @property
+    def probe_uri(self) -> str:
+        """What ``start`` pings to know the server is up (a TLS server needs its CA)."""
+        return self.uri
+
     def start(self) -> None:
         executable = BIN / "secantusd-py"
         argv = [str(executable if executable.exists() else shutil.which("secantusd-py")),
@@ -82,7 +87,7 @@ class Database:
         self.log = open(self.storage.parent / f"secantusd-{self.port}.log", "ab")
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         preexec_fn=_die_with_the_tests)
-        client = pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=500, directConnection=True)
+        client = pymongo.MongoClient(self.probe_uri, serverSelectionTimeoutMS=500, directConnection=True)
 
         def answers() -> bool:
             assert self.process is not None and self.process.poll() is None, "secantusd-py exited"
@@ -106,6 +111,10 @@ class Database:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+def _has_credentials(uri: str) -> bool:
+    return "@" in uri.split("://", 1)[-1].split("/", 1)[0]
 
 
 class Daemon:
@@ -137,14 +146,17 @@ class Daemon:
     def argv(self) -> list[str]:
         argv = [str(BIN / "twistd"), "-n", "--pidfile=", "worknet-rpc",
                 "--listen", self.listen, "--db-name", self.db_name]
-        if self.mongodb_uri:
+        if self.mongodb_uri and not _has_credentials(self.mongodb_uri):
             argv += ["--mongodb-uri", self.mongodb_uri]
         return argv
 
     def start(self, wait: bool = True) -> None:
         self.log_file = open(self.log_path, "ab")
+        env = dict(self.env)
+        if self.mongodb_uri and _has_credentials(self.mongodb_uri):
+            env["MONGODB_URI"] = self.mongodb_uri  # a password never goes on a command line (ps shows it)
         self.process = subprocess.Popen(
-            self.argv(), cwd=self.workdir, env=self.env, stdout=self.log_file,
+            self.argv(), cwd=self.workdir, env=env, stdout=self.log_file,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_the_tests,
         )
         if wait:

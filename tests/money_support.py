@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from bson import Decimal128, ObjectId
 
@@ -103,3 +103,42 @@ def check_invariants(db, seller_ids, only_these_sellers: bool = False) -> None:
             # the seller keeps the seller share of what was not refunded
             debits = sum(dec(e["amount"]) for e in db.ledger.find({"orderId": order["_id"], "kind": "debit"}))
             assert Decimal(0) <= debits <= dec(order["sellerAmount"])
+
+
+def half_up(value: Decimal) -> Decimal:
+    return value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def seller_share(refunded: Decimal, total: Decimal, fee: Decimal) -> Decimal:
+    """The seller's part of a cumulative refund: the order's own fee ratio, rounded half up (docs/DATA_MODEL.md)."""
+    return refunded - half_up(refunded * fee / total)
+
+
+def book_problems(db, seller_id: str) -> list[str]:
+    """What is wrong with one seller's money, as sentences (empty when the books are right).
+
+    ``totalEarnings`` == the sum of the seller's ledger == the seller share of
+    (paid - refunded) over the seller's completed orders; a cancelled order
+    holds no paid (or pending) payment; refunds never exceed the payment.
+    """
+    problems = []
+    expected = Decimal("0.00")
+    for order in db.orders.find({"sellerId": ObjectId(seller_id)}):
+        payments = list(db.payments.find({"orderId": order["_id"]}))
+        for payment in payments:
+            refunded, amount = dec(payment["refundedTotal"]), dec(payment["amount"])
+            listed = sum((dec(r["amount"]) for r in payment.get("refunds", [])), Decimal("0.00"))
+            if not Decimal(0) <= refunded <= amount or listed != refunded:
+                problems.append(f"payment {payment['_id']}: refunded {refunded} (listed {listed}) of {amount}")
+        if order["status"] == "completed":
+            refunded = sum((dec(p["refundedTotal"]) for p in payments), Decimal("0.00"))
+            total, fee = dec(order["totalPrice"]), dec(order["platformFee"])
+            expected += dec(order["sellerAmount"]) - seller_share(refunded, total, fee)
+        if order["status"] == "cancelled":
+            held = [p["status"] for p in payments if p["status"] in ("pending", "completed", "partially_refunded")]
+            if held:
+                problems.append(f"cancelled order {order['_id']} still has a payment {held}")
+    have, ledger = earnings(db, seller_id), ledger_sum(db, seller_id)
+    if not have == ledger == expected:
+        problems.append(f"seller {seller_id}: totalEarnings {have}, ledger {ledger}, expected {expected}")
+    return problems

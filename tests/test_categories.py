@@ -134,3 +134,19 @@ def test_get_stats_reads_gigs_and_orders(rpc, db):
     assert stats == {"totalGigs": 3, "activeGigs": 2, "totalOrders": 3, "completedOrders": 2,
                      "averageRating": 4.25, "totalRevenue": 10.3}
     assert rpc.categoriesService.get_stats(MISSING)["code"] == "NOT_FOUND"
+
+
+def test_category_stats_read_the_orders_through_an_index(rpc, db):
+    """categoriesService.get_stats' orders aggregation is an index scan on categoryId, never a collection scan."""
+    import json
+
+    created = rpc.categoriesService.create("Plan Check", "plan-check", "")
+    cid = ObjectId(created["category_id"])
+    db.orders.insert_one({"categoryId": cid, "status": "completed", "totalPrice": Decimal128("10.00")})
+    plan = db.command("explain", {"aggregate": "orders", "cursor": {}, "pipeline": [
+        {"$match": {"categoryId": cid}},
+        {"$group": {"_id": None, "total": {"$sum": 1}}},
+    ]}, verbosity="queryPlanner")
+    text = json.dumps(plan, default=str)
+    assert "IXSCAN" in text and "category_status" in text and "COLLSCAN" not in text, text
+    assert rpc.categoriesService.get_stats(created["category_id"])["stats"]["totalOrders"] == 1

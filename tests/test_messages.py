@@ -299,3 +299,37 @@ def test_node_client_sends_and_counts(daemon, db, pair):
     assert result["marked"] == {"success": True, "updated": True}
     assert result["after"]["count"] == 0
     assert db.messages.count_documents({"recipientId": ObjectId(b), "isRead": True}) == 1
+
+
+def test_a_replay_answers_the_first_message_before_checking_the_conversation_again(rpc, db, pair):
+    a, b = pair
+    conv = conversation(rpc, a, b)
+    chosen = str(ObjectId())
+    first = send(rpc, conv, a, "before the account went", message_id=chosen)
+    # the recipient's account is deleted: a new message is refused, the retried one is still the first
+    db.users.update_one({"_id": ObjectId(b)}, {"$set": {"deletedAt": datetime.now(UTC)}})
+    assert rpc.messagesService.create("", conv, a, {"text": "new"})["code"] == "INVALID_STATE"
+    retry = rpc.messagesService.create(chosen, conv, a, {"text": "before the account went"})
+    assert retry["success"] is True and retry["created"] is False, retry
+    assert retry["message"] == first["message"]
+    # and the sender's too
+    db.users.update_one({"_id": ObjectId(a)}, {"$set": {"deletedAt": datetime.now(UTC)}})
+    retry = rpc.messagesService.create(chosen, conv, a, {"text": "before the account went"})
+    assert retry["success"] is True and retry["created"] is False, retry
+    assert rpc.messagesService.create(chosen, conv, a, {"text": "other"})["code"] == "CONFLICT"
+    assert db.messages.count_documents({}) == 1 and db.notifications.count_documents({}) == 1
+
+
+def test_a_replay_completes_a_send_a_crash_stopped_half_way(rpc, db, pair):
+    a, b = pair
+    conv = conversation(rpc, a, b)
+    chosen = str(ObjectId())
+    send(rpc, conv, a, "half done", message_id=chosen)
+    # as if the daemon had died after inserting the message: no notification, lastMessageAt unset
+    db.notifications.delete_many({})
+    db.conversations.update_one({"_id": ObjectId(conv)}, {"$set": {"lastMessageAt": None}})
+    retry = send(rpc, conv, a, "half done", message_id=chosen)
+    assert retry["created"] is False
+    note = db.notifications.find_one({"_id": ObjectId(chosen)})
+    assert note["userId"] == ObjectId(b) and note["message"].startswith("New message from alice")
+    assert db.conversations.find_one({"_id": ObjectId(conv)})["lastMessageAt"] is not None

@@ -319,3 +319,23 @@ def test_a_user_deleted_while_ordering_never_keeps_an_open_order(daemon, rpc, db
             assert deleted["code"] == "INVALID_STATE", deleted
         else:
             assert ordered["code"] in ("NOT_FOUND", "INVALID_STATE"), ordered
+
+
+def test_a_keyed_repeat_answers_the_first_order_even_after_the_gig_or_buyer_changed(rpc, db):
+    seller, gig, buyer = market(db, "25.00")
+    key = {"idempotency_key": "checkout-paused"}
+    first = place(rpc, gig, buyer, 2, 50, key)
+    # the seller pauses the gig, then reprices it, then the buyer's account goes: the order exists all along
+    for change in ({"isActive": False}, {"isActive": True, "price": Decimal128("30.00")}):
+        db.gigs.update_one({"_id": ObjectId(gig)}, {"$set": change})
+        again = rpc.ordersService.create(gig, buyer, 2, 50, key)
+        assert again["success"] is True and again["created"] is False, (change, again)
+        assert again["order_id"] == first["order_id"]
+    db.users.update_one({"_id": ObjectId(buyer)}, {"$set": {"deletedAt": datetime.now(UTC)}})
+    db.gigs.update_one({"_id": ObjectId(gig)}, {"$set": {"deletedAt": datetime.now(UTC)}})
+    again = rpc.ordersService.create(gig, buyer, 2, 50, key)
+    assert again["success"] is True and again["order_id"] == first["order_id"], again
+    # another content under the same key is still a CONFLICT, and an unkeyed call is checked as usual
+    assert rpc.ordersService.create(gig, buyer, 1, 25, key)["code"] == "CONFLICT"
+    assert rpc.ordersService.create(gig, buyer, 2, 60)["code"] == "NOT_FOUND"
+    assert db.orders.count_documents({}) == 1

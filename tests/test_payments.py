@@ -384,7 +384,61 @@ def test_node_client_places_and_pays_an_order(daemon, db):
     assert out["order"]["order"]["status"] == "in_progress"
     assert out["fees"]["platform_fee"] == 8.0 and out["fees"]["seller_amount"] == 31.98
     assert out["bad"]["success"] is False and out["bad"]["code"] == "INVALID_STATE"
+    refund, again = out["refund"], out["refundAgain"]
+    assert refund["success"] is True and refund["created"] is True and refund["refunded_total"] == 10.0
+    assert again["created"] is False and again["refund_id"] == refund["refund_id"]
     stored = db.payments.find_one({"_id": ObjectId(out["paymentId"])})
-    assert stored["status"] == "completed" and str(stored["orderId"]) == order_id
+    assert stored["status"] == "partially_refunded" and str(stored["orderId"]) == order_id
+    assert dec(stored["refundedTotal"]) == Decimal("10.00") and len(stored["refunds"]) == 1
     assert db.orders.count_documents({}) == 1 and db.payments.count_documents({}) == 1
     assert earnings(db, seller) == 0
+
+
+def test_a_refund_with_an_idempotency_key_is_made_once(rpc, db):
+    seller, oid, pid = paid_order(rpc, db, "40.00")
+    assert rpc.ordersService.update_status(oid, "completed")["success"]
+    key = {"idempotency_key": "refund-1"}
+    first = rpc.paymentsService.refund(pid, "10.00", key)
+    assert first["success"] and first["created"] is True and first["refunded_total"] == 10.0
+    assert ObjectId.is_valid(first["refund_id"])
+    again = rpc.paymentsService.refund(pid, 10, key)
+    assert again["success"] and again["created"] is False and again["refund_id"] == first["refund_id"]
+    assert again["refunded_total"] == 10.0
+    other = rpc.paymentsService.refund(pid, "10.01", key)
+    assert other["code"] == "CONFLICT" and other["field"] == "options.idempotency_key"
+    # the rest refunded without a key: the payment is final, yet the keyed repeat still answers its refund
+    rest = rpc.paymentsService.refund(pid, 30)
+    assert rest["success"] and rest["created"] is True and rest["refund_id"] != first["refund_id"]
+    late = rpc.paymentsService.refund(pid, 10, key)
+    assert late["success"] and late["refund_id"] == first["refund_id"] and late["refunded_total"] == 10.0
+    assert late["payment"]["status"] == "refunded" and late["payment"]["refundedTotal"] == 40.0
+    assert rpc.paymentsService.refund(pid, 1)["code"] == "INVALID_STATE"
+    stored = db.payments.find_one({"_id": ObjectId(pid)})
+    assert [r["key"] for r in stored["refunds"]] == ["refund-1", None]
+    assert earnings(db, seller) == 0 == ledger_sum(db, seller)
+    for bad in ({"idempotency_key": ""}, {"idempotency_key": "k" * 101}, {"key": "x"}, {"idempotency_key": 5}):
+        assert rpc.paymentsService.refund(pid, 1, bad)["code"] == "VALIDATION_ERROR", bad
+    check_invariants(db, [seller])
+
+
+def test_concurrent_refunds_with_one_idempotency_key_refund_once(daemon, db):
+    rpc = daemon.proxy()
+    seller, oid, pid = paid_order(rpc, db, "40.00")
+
+    def refund(_):
+        return daemon.proxy().paymentsService.refund(pid, "7.00", {"idempotency_key": "same"})
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(refund, range(6)))
+    assert all(r["success"] for r in results), results
+    assert len({r["refund_id"] for r in results}) == 1 and sum(r["created"] for r in results) == 1
+    assert dec(db.payments.find_one({"_id": ObjectId(pid)})["refundedTotal"]) == Decimal("7.00")
+    check_invariants(db, [seller])
+
+
+def test_a_cancel_names_the_refund_it_made(rpc, db):
+    _, oid, pid = paid_order(rpc, db, "12.00")
+    cancelled = rpc.ordersService.cancel(oid, "changed my mind")
+    refund = cancelled["refund"]
+    stored = db.payments.find_one({"_id": ObjectId(pid)})
+    assert refund["refund_id"] == str(stored["refunds"][0]["id"]) and refund["amount"] == 12.0

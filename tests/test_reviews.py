@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 from bson import ObjectId
@@ -266,3 +268,104 @@ def test_methods_answer_under_their_camel_case_names(rpc, market):
     assert {"reviewsService.calculateRating", "reviewsService.calculate_rating",
             "gigsService.updateRating", "gigsService.getByUser"} <= methods
     assert "average" in rpc.system.methodHelp("reviewsService.calculateRating")
+
+
+# -- the seller's rating (users.rating / reviewCount) ------------------------------------
+
+
+def stored_user(db, user):
+    return db.users.find_one({"_id": ObjectId(user)})
+
+
+def test_the_seller_rating_follows_the_reviews_of_all_the_sellers_gigs(rpc, db, market):
+    seller, gig, (a, b, c) = market
+    other_gig = make_gig(rpc, seller, title="Second gig of the seller")
+    assert rpc.gigsService.get_by_id(gig)["gig"]["seller"]["rating"] == 0
+    ra = rpc.reviewsService.create("", gig, 5, {"user_id": a})["review_id"]
+    rpc.reviewsService.create("", gig, 4, {"user_id": b})
+    rc = rpc.reviewsService.create("", other_gig, 2, {"user_id": c})["review_id"]
+    rpc.reviewsService.create("", other_gig, 4)  # anonymous: counts too (15 / 4 = 3.75)
+    assert (stored_user(db, seller)["rating"], stored_user(db, seller)["reviewCount"]) == (3.75, 4)
+    for g in (gig, other_gig):
+        assert rpc.gigsService.get_by_id(g)["gig"]["seller"] == {"id": seller, "username": "seller_one", "rating": 3.75}
+    user = rpc.usersService.get_by_id(seller)["user"]
+    assert (user["rating"], user["reviewCount"]) == (3.75, 4) and "ratingSeq" not in user
+    assert rpc.reviewsService.update(rc, {"rating": 5})["success"]  # 18 / 4 = 4.5
+    assert (stored_user(db, seller)["rating"], stored_user(db, seller)["reviewCount"]) == (4.5, 4)
+    assert rpc.reviewsService.update(rc, {"comment": "only the comment"})["success"]
+    assert stored_user(db, seller)["rating"] == 4.5
+    assert rpc.reviewsService.delete(ra)["success"]  # 13 / 3 = 4.333...
+    assert (stored_user(db, seller)["rating"], stored_user(db, seller)["reviewCount"]) == (4.33, 3)
+    assert rpc.usersService.get_stats(seller)["stats"]["averageRating"] == 4.33
+    # the buyers' own ratings are not touched by reviews they write
+    assert stored_user(db, a)["rating"] == 0.0 and stored_user(db, a)["reviewCount"] == 0
+
+
+SELLER_ROUNDS = 20
+BURST = 10  # concurrent creates per round, plus one update and one delete
+
+
+def test_concurrent_reviews_of_one_seller_leave_the_exact_seller_rating(daemon, make_daemon, db):
+    """Reviews, updates and deletes of two gigs of one seller, all at once through two daemons, 20 fresh sellers.
+
+    Each recomputation reads the reviews at some moment; without an order between
+    them, one that read early can write last and leave a stale rating.
+    """
+    other = make_daemon(db_name=daemon.db_name)
+    rpc = daemon.proxy()
+    make_category(rpc)
+    rng = random.Random(7)
+    stale = []
+    for round_no in range(SELLER_ROUNDS):
+        seller = seed_user(db, f"race_seller_{round_no}")
+        gigs = [make_gig(rpc, seller, title=f"Race gig {round_no} {k}") for k in range(2)]
+        buyers = [seed_user(db, f"race_buyer_{round_no}_{i}", role="client") for i in range(BURST + 2)]
+        # two reviews exist already: one is re-rated and one deleted during the burst
+        keep = rpc.reviewsService.create("", gigs[0], 1, {"user_id": buyers[0]})["review_id"]
+        drop = rpc.reviewsService.create("", gigs[1], 1, {"user_id": buyers[1]})["review_id"]
+        calls = [("create", gigs[i % 2], rng.randint(1, 5), buyers[i]) for i in range(2, BURST + 2)]
+        calls += [("update", keep, rng.randint(1, 5), None), ("delete", drop, None, None)]
+        rng.shuffle(calls)
+
+        def run(indexed):
+            i, (kind, target, stars, buyer) = indexed
+            proxy = (daemon if i % 2 else other).proxy()
+            if kind == "create":
+                return proxy.reviewsService.create("", target, stars, {"user_id": buyer})
+            if kind == "update":
+                return proxy.reviewsService.update(target, {"rating": stars})
+            return proxy.reviewsService.delete(target)
+
+        with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+            results = list(pool.map(run, enumerate(calls)))
+        assert all(r["success"] for r in results), results
+        ratings = [r["rating"] for r in db.reviews.find({"sellerId": ObjectId(seller)})]
+        expected = (float((Decimal(sum(ratings)) / len(ratings)).quantize(Decimal("0.01"), ROUND_HALF_UP)), len(ratings))
+        doc = stored_user(db, seller)
+        if (doc.get("rating"), doc.get("reviewCount")) != expected:
+            stale.append((round_no, doc.get("rating"), doc.get("reviewCount"), expected))
+            continue
+        assert rpc.gigsService.get_by_id(gigs[0])["gig"]["seller"]["rating"] == expected[0]
+        assert rpc.usersService.get_stats(seller)["stats"]["averageRating"] == expected[0]
+    assert not stale, f"{len(stale)} of {SELLER_ROUNDS} rounds left a stale seller rating: {stale}"
+
+
+def test_a_replay_answers_the_first_review_before_checking_the_gig_user_or_order_again(rpc, db, market):
+    _, gig, (a, _, _) = market
+    order = completed_order(rpc, gig, a)
+    rid = str(ObjectId())
+    args = (rid, gig, 5, {"user_id": a, "order_id": order, "comment": "Fine"})
+    first = rpc.reviewsService.create(*args)
+    assert first["success"] is True, first
+    # the gig and the author are deleted since: a new review is refused, the retried one is the first
+    now = datetime.now(UTC)
+    db.gigs.update_one({"_id": ObjectId(gig)}, {"$set": {"deletedAt": now, "isActive": False}})
+    db.users.update_one({"_id": ObjectId(a)}, {"$set": {"deletedAt": now}})
+    assert rpc.reviewsService.create("", gig, 5, {"user_id": a})["code"] == "NOT_FOUND"
+    again = rpc.reviewsService.create(*args)
+    assert again["success"] is True and again["created"] is False, again
+    assert again["review"] == first["review"]
+    assert rpc.reviewsService.create(rid, gig, 4, {"user_id": a, "order_id": order, "comment": "Fine"})["code"] \
+        == "CONFLICT"
+    assert db.reviews.count_documents({}) == 1
+    assert db.notifications.count_documents({"type": "review"}) == 1

@@ -156,8 +156,11 @@ def test_bcrypt_cost_12_runs_off_the_reactor_and_unknown_emails_cost_the_same(ma
         assert bcrypt_jobs_run(real) == before + 1, email
     rpc.usersService.login("alice@example.com", PASSWORD)  # reset the failure count
 
-    # six concurrent logins (most of a second of bcrypt on two cores) while another client pings:
-    # ping keeps answering during them (how fast is for bench/login_storm.py to say)
+    # six concurrent logins of three accounts (most of a second of bcrypt on two cores; one e-mail from one
+    # address gets at most five checks at a time) while another client pings: ping keeps answering during
+    # them (how fast is for bench/login_storm.py to say)
+    emails = ["alice@example.com", register(rpc, "bob", "bob@example.com")["user"]["email"],
+              register(rpc, "carol", "carol@example.com")["user"]["email"]]
     stop = threading.Event()
     pings: list[dict] = []
 
@@ -170,8 +173,7 @@ def test_bcrypt_cost_12_runs_off_the_reactor_and_unknown_emails_cost_the_same(ma
     pinger.start()
     try:
         with ThreadPoolExecutor(max_workers=6) as pool:
-            results = list(pool.map(lambda _: real.proxy().usersService.login("alice@example.com", PASSWORD),
-                                    range(6)))
+            results = list(pool.map(lambda i: real.proxy().usersService.login(emails[i % 3], PASSWORD), range(6)))
     finally:
         stop.set()
         pinger.join()
@@ -184,6 +186,81 @@ def test_bcrypt_cost_12_runs_off_the_reactor_and_unknown_emails_cost_the_same(ma
         fields = stat.read_text().rsplit(")", 1)[1].split()
         policy[int(stat.parent.name)] = int(fields[38])  # field 41 of proc(5), after pid and comm
     assert policy[pid] == 0 and SCHED_IDLE in policy.values(), policy
+
+
+def test_a_lockout_answers_alike_for_real_and_unknown_emails_without_bcrypt(daemon, rpc):
+    """The sixth wrong password answers RATE_LIMITED without a bcrypt check, whether the e-mail exists or not."""
+    register(rpc)
+    for email in ("alice@example.com", "nobody@example.com"):
+        answers, jobs = [], []
+        for i in range(7):
+            before = bcrypt_jobs_run(daemon)
+            answers.append(rpc.usersService.login(email, f"wrong password {i}"))
+            jobs.append(bcrypt_jobs_run(daemon) - before)
+        assert [a["code"] for a in answers] == ["UNAUTHORIZED"] * 5 + ["RATE_LIMITED"] * 2, (email, answers)
+        assert jobs == [1] * 5 + [0] * 2, (email, jobs)
+        assert answers[5]["error"].startswith("Too many failed logins; try again in "), answers[5]
+
+
+GUESS_ROUNDS = 20
+GUESSES = 20
+
+
+def test_concurrent_guesses_get_five_password_checks_and_no_more(daemon, make_daemon):
+    """20 wrong passwords at once for one e-mail from one address, through two daemons, on 20 fresh e-mails
+    (real accounts and unknown ones alternately): exactly five are checked (five bcrypt jobs), the rest are
+    RATE_LIMITED without one."""
+    other = make_daemon(db_name=daemon.db_name, BCRYPT_ROUNDS="4")
+    rpc = daemon.proxy()
+    wrong = []
+    for round_no in range(GUESS_ROUNDS):
+        email = f"guessed{round_no}@example.com"
+        if round_no % 2 == 0:
+            register(rpc, f"guessed{round_no}", email)
+        before = bcrypt_jobs_run(daemon) + bcrypt_jobs_run(other)
+
+        def guess(i, email=email):
+            return (daemon if i % 2 else other).proxy().usersService.login(email, f"guess {i}")["code"]
+
+        with ThreadPoolExecutor(max_workers=GUESSES) as pool:
+            codes = sorted(pool.map(guess, range(GUESSES)))
+        jobs = bcrypt_jobs_run(daemon) + bcrypt_jobs_run(other) - before
+        if codes != ["RATE_LIMITED"] * (GUESSES - 5) + ["UNAUTHORIZED"] * 5 or jobs != 5:
+            wrong.append((round_no, codes.count("UNAUTHORIZED"), jobs))
+    assert not wrong, f"{len(wrong)} of {GUESS_ROUNDS} rounds checked more or fewer than 5 guesses: {wrong}"
+
+
+def test_a_bcryptjs_cost_10_hash_is_rehashed_to_the_configured_cost_at_login(make_daemon, mongo):
+    """A hash made by the Node backend (bcryptjs: $2a$, cost 10) becomes $2b$12$ after a successful login."""
+    import bcrypt
+
+    from tests.support import user_doc
+
+    real = make_daemon(DB_TIMEOUT_SECONDS="20")  # the default cost, 12
+    rpc = real.proxy()
+    legacy = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10, prefix=b"2a")).decode()
+    assert legacy.startswith("$2a$10$")
+    doc = user_doc("legacy_user", email="legacy@example.com", passwordHash=legacy)
+    users = mongo[real.db_name].users
+    users.insert_one(doc)
+
+    before = bcrypt_jobs_run(real)
+    assert rpc.usersService.login("legacy@example.com", "wrong password")["code"] == "UNAUTHORIZED"
+    assert bcrypt_jobs_run(real) == before + 1  # one job (padded to the cost of 12), no rehash
+    assert users.find_one({"_id": doc["_id"]})["passwordHash"] == legacy
+
+    before = bcrypt_jobs_run(real)
+    first = rpc.usersService.login("legacy@example.com", PASSWORD)
+    assert first["success"] is True, first
+    assert bcrypt_jobs_run(real) == before + 2  # the check and the new hash
+    rehashed = users.find_one({"_id": doc["_id"]})["passwordHash"]
+    assert rehashed.startswith("$2b$12$") and bcrypt.checkpw(PASSWORD.encode(), rehashed.encode())
+
+    before = bcrypt_jobs_run(real)
+    assert rpc.usersService.login("legacy@example.com", PASSWORD)["success"] is True
+    assert bcrypt_jobs_run(real) == before + 1  # already at the configured cost: checked only
+    assert users.find_one({"_id": doc["_id"]})["passwordHash"] == rehashed
+    assert rpc.usersService.verify_token(first["token"])["success"] is True  # a rehash revokes nothing
 
 
 def test_no_password_hash_or_token_reaches_the_log(daemon, rpc):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import xmlrpc.client
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -31,6 +33,27 @@ def register(rpc, username="alice", email="alice@example.com", password=PASSWORD
 
 def assert_no_internal_fields(user):
     assert not HIDDEN & set(user), user
+
+
+class FromAddress(xmlrpc.client.Transport):
+    """An xmlrpc.client transport whose connections leave from another loopback address (127.0.0.0/8)."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def make_connection(self, host):
+        connection = super().make_connection(host)
+        connection.source_address = (self.source, 0)
+        return connection
+
+
+def proxy_from(daemon, source: str) -> xmlrpc.client.ServerProxy:
+    return xmlrpc.client.ServerProxy(daemon.url, allow_none=True, transport=FromAddress(source))
+
+
+def throttle(db, email, address="127.0.0.1"):
+    return db.loginThrottle.find_one({"_id": f"{address} {email}"})
 
 
 # -- register -------------------------------------------------------------------
@@ -137,13 +160,73 @@ def test_five_failures_lock_the_account_for_fifteen_minutes_on_every_daemon(daem
     for proxy in (rpc, other.proxy()):
         locked = proxy.usersService.login("alice@example.com", "correct horse")
         assert locked["code"] == "RATE_LIMITED", locked
-    stored = db.users.find_one({"email": "alice@example.com"})
-    assert stored["lockedUntil"] is not None
+    stored = throttle(db, "alice@example.com")
+    assert stored["lockedUntil"] is not None and stored["attempts"] == [] and stored["expiresAt"] is not None
     clock_file.write_text(str(14 * 60))
     assert rpc.usersService.login("alice@example.com", "correct horse")["code"] == "RATE_LIMITED"
     clock_file.write_text(str(15 * 60 + 5))
     assert rpc.usersService.login("alice@example.com", "correct horse")["success"] is True
-    assert db.users.find_one({"email": "alice@example.com"})["loginFailures"] == []
+    assert throttle(db, "alice@example.com") is None  # a success clears the failures
+    assert "loginFailures" not in db.users.find_one({"email": "alice@example.com"})
+
+
+def test_unknown_emails_are_counted_and_locked_like_accounts(rpc, db, clock_file):
+    """Nothing tells a real e-mail from an unknown one: both lock at the fifth failure, both unlock after 15 min."""
+    register(rpc)
+    answers = {}
+    for email in ("alice@example.com", "Nobody@Example.com"):
+        answers[email] = [rpc.usersService.login(email, f"wrong {i}") for i in range(7)]
+    assert answers["alice@example.com"] == answers["Nobody@Example.com"]
+    codes = [a["code"] for a in answers["alice@example.com"]]
+    assert codes == ["UNAUTHORIZED"] * 5 + ["RATE_LIMITED"] * 2, codes
+    assert throttle(db, "nobody@example.com")["lockedUntil"] is not None  # keyed by the lower-cased e-mail
+    assert rpc.usersService.login("nobody@example.com", "whatever")["code"] == "RATE_LIMITED"
+    clock_file.write_text(str(15 * 60 + 5))
+    assert rpc.usersService.login("nobody@example.com", "whatever")["code"] == "UNAUTHORIZED"
+    assert rpc.usersService.login("alice@example.com", PASSWORD)["success"] is True
+
+
+def test_a_lock_holds_for_one_client_address_only(daemon, rpc, db):
+    """An attacker who locks the account from its address does not lock the owner out from hers."""
+    register(rpc)
+    attacker = proxy_from(daemon, "127.0.0.2")
+    for i in range(5):
+        assert attacker.usersService.login("alice@example.com", f"guess {i}")["code"] == "UNAUTHORIZED"
+    assert attacker.usersService.login("alice@example.com", PASSWORD)["code"] == "RATE_LIMITED"
+    assert throttle(db, "alice@example.com", "127.0.0.2")["lockedUntil"] is not None
+    assert throttle(db, "alice@example.com") is None
+    assert rpc.usersService.login("alice@example.com", PASSWORD)["success"] is True  # from 127.0.0.1
+    # the owner's success does not unlock the attacker, and her own count is her own
+    assert attacker.usersService.login("alice@example.com", PASSWORD)["code"] == "RATE_LIMITED"
+    for _ in range(4):
+        assert rpc.usersService.login("alice@example.com", "typo typo")["code"] == "UNAUTHORIZED"
+    assert rpc.usersService.login("alice@example.com", PASSWORD)["success"] is True
+    # change_password counts against the same (e-mail, address) pair
+    user_id = db.users.find_one({"email": "alice@example.com"})["_id"]
+    third = proxy_from(daemon, "127.0.0.3")
+    for _ in range(5):
+        answer = third.usersService.change_password(str(user_id), "not my password", "a new password")
+        assert answer["code"] == "UNAUTHORIZED", answer
+    assert third.usersService.login("alice@example.com", PASSWORD)["code"] == "RATE_LIMITED"
+    assert rpc.usersService.login("alice@example.com", PASSWORD)["success"] is True
+
+
+def test_sub_calls_of_a_multicall_count_against_the_callers_address(daemon, rpc, db):
+    register(rpc)
+    batch = xmlrpc.client.MultiCall(proxy_from(daemon, "127.0.0.4"))
+    for i in range(6):
+        batch.usersService.login("alice@example.com", f"batched guess {i}")
+    codes = [answer["code"] for answer in batch()]
+    assert codes == ["UNAUTHORIZED"] * 5 + ["RATE_LIMITED"], codes
+    assert throttle(db, "alice@example.com", "127.0.0.4")["lockedUntil"] is not None
+    assert rpc.usersService.login("alice@example.com", PASSWORD)["success"] is True
+
+
+def test_the_throttle_collection_expires_by_itself(rpc, db):
+    """A TTL index on expiresAt: documents of forgotten failures need no clean-up job."""
+    indexes = {ix["name"]: ix for ix in db.loginThrottle.list_indexes()}
+    assert indexes["login_throttle_ttl"]["key"] == {"expiresAt": 1}
+    assert indexes["login_throttle_ttl"]["expireAfterSeconds"] == 0
 
 
 def test_failures_older_than_fifteen_minutes_do_not_count(rpc, clock_file):
@@ -207,6 +290,24 @@ def test_get_all_filters_and_pages(rpc, db):
         assert rpc.usersService.get_all(1, 20, bad)["code"] == "VALIDATION_ERROR", bad
     for page, limit in ((0, 10), (1, 0), (1, 101)):
         assert rpc.usersService.get_all(page, limit, None)["code"] == "VALIDATION_ERROR"
+
+
+def plan_of(db, collection, pipeline):
+    plan = db.command("explain", {"aggregate": collection, "cursor": {}, "pipeline": pipeline},
+                      verbosity="queryPlanner")
+    return json.dumps(plan, default=str)
+
+
+def test_get_all_role_and_country_filters_use_an_index(rpc, db):
+    register(rpc)
+    for field, value, index in (("role", "client", "users_role_newest"), ("country", "FR", "users_country_newest")):
+        text = plan_of(db, "users", [{"$match": {"deletedAt": None, field: value}},
+                                     {"$sort": {"createdAt": -1, "_id": -1}}, {"$limit": 20}])
+        assert "IXSCAN" in text and index in text and "COLLSCAN" not in text, (field, text)
+        plan = db.command("explain", {"find": "users", "filter": {"deletedAt": None, field: value},
+                                      "sort": {"createdAt": -1, "_id": -1}, "limit": 20}, verbosity="queryPlanner")
+        text = json.dumps(plan, default=str)
+        assert "IXSCAN" in text and index in text and "COLLSCAN" not in text, (field, text)
 
 
 # -- update_profile -------------------------------------------------------------------
@@ -386,6 +487,25 @@ def test_get_stats_aggregates_orders_gigs_and_reviews(rpc, db):
         "totalEarnings": 40.0, "totalSpent": 10.3,
     }
     assert rpc.usersService.get_stats(MISSING)["code"] == "NOT_FOUND"
+
+
+def test_get_stats_rounds_the_average_half_up_like_the_reviews(rpc, db):
+    """8 reviews summing 33: 4.125 is 4.13 in the stats, in calculate_rating and in the seller's rating."""
+    from tests.test_gigs import make_category, make_gig, seed_user
+
+    seller = seed_user(db, "half_up_seller")
+    make_category(rpc)
+    gig = make_gig(rpc, seller)
+    for i, stars in enumerate((5, 5, 5, 4, 4, 4, 3, 3)):
+        buyer = seed_user(db, f"rounding_buyer_{i}", role="client")
+        created = rpc.reviewsService.create("", gig, stars, {"user_id": buyer})
+        assert created["success"], created
+    assert created["gig_rating"] == 4.13
+    stats = rpc.usersService.get_stats(seller)["stats"]
+    assert (stats["totalReviews"], stats["averageRating"]) == (8, 4.13)
+    assert rpc.reviewsService.calculate_rating(gig)["rating"] == 4.13
+    assert rpc.usersService.get_by_id(seller)["user"]["rating"] == 4.13
+    assert rpc.gigsService.get_by_id(gig)["gig"]["seller"]["rating"] == 4.13
 
 
 # -- the Node client -----------------------------------------------------------------------

@@ -7,23 +7,29 @@ import json
 import signal
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.application import service
 from twisted.internet import defer
 from twisted.web import http, resource, server
 
 from worknet.config import Settings
+from worknet.logs import logger
 from worknet.rpc.channel import GuardedSite, connection_cap, raise_file_limit
-from worknet.rpc.metrics import Metrics
+from worknet.rpc.metrics import Metrics, render
 from worknet.rpc.resource import RPCRoot, authorized, refuse_unauthorized, request_factory
 from worknet.services import build_services
+
+log = logger("worknet.app")
 
 
 class Health(resource.Resource):
     """``GET /health``: 200 when the database answers a ping and the startup indexes exist.
 
-    503 otherwise: ``"starting"`` while the indexes are being created,
-    ``"degraded"`` while the database does not answer.  Open to all.
+    503 otherwise, with ``status``: ``"starting"`` while the indexes are being
+    created, ``"degraded"`` while the database cannot be used; then ``cause``
+    says why when the daemon knows (wrong credentials, a TLS failure, a
+    plaintext connection to a TLS server, a startup index that cannot be
+    created), in the same words as the log line.  Open to all.
     """
 
     isLeaf = True
@@ -33,7 +39,11 @@ class Health(resource.Resource):
         self.store = store
 
     def render_GET(self, request: server.Request) -> Any:
-        d = defer.ensureDeferred(self.store.ping())
+        if not self.store.is_ready and getattr(self.store, "refused", None):
+            # refused, and known why: answer at once (an index conflict means the database itself answers)
+            d: defer.Deferred[bool] = defer.succeed(bool(getattr(self.store, "index_problem", None)))
+        else:
+            d = defer.ensureDeferred(self.store.ping())
         finished: list = []
         request.notifyFinish().addBoth(finished.append)  # a probe may hang up before the answer
 
@@ -41,10 +51,20 @@ class Health(resource.Resource):
             if finished:
                 return
             serving = connected and self.store.is_ready
+            cause = getattr(self.store, "cause", None)
             request.setResponseCode(200 if serving else 503)
             request.setHeader(b"content-type", b"application/json")
-            status = "ok" if serving else ("starting" if connected else "degraded")
-            body = {"status": status, "mongodb": "connected" if connected else "disconnected"}
+            if serving:
+                status = "ok"
+            elif connected and cause is None:
+                status = "starting"
+            else:
+                status = "degraded"
+            body: dict[str, Any] = {"status": status, "mongodb": "connected" if connected else "disconnected"}
+            if not serving and cause:
+                body["cause"] = cause
+            elif status == "degraded":
+                body["cause"] = "the database does not answer"
             request.write(json.dumps(body).encode())
             request.finish()
 
@@ -66,11 +86,16 @@ class MetricsPage(resource.Resource):
     def render_GET(self, request: server.Request) -> bytes:
         if not authorized(request, self.settings.rpc_auth_token):
             return refuse_unauthorized(request, self.metrics)
-        self.metrics.db_connected.set(1 if self.store.connected else 0)
-        self.metrics.db_pool_size.set(self.settings.mongodb_pool_size)
-        self.metrics.db_pool_connected.set(self.store.open_connections())
+        refresh_gauges(self.metrics, self.store, self.settings)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.metrics.registry)
+        return render(self.metrics)
+
+
+def refresh_gauges(metrics: Metrics, store: Any, settings: Settings) -> None:
+    """The database gauges, read from the store (at each scrape; every second in a worker)."""
+    metrics.db_connected.set(1 if store.connected else 0)
+    metrics.db_pool_size.set(settings.mongodb_pool_size)
+    metrics.db_pool_connected.set(store.open_connections())
 
 
 class Root(resource.Resource):
@@ -126,6 +151,7 @@ class GracefulTermination(service.Service):
 
     def _stop(self) -> None:
         if self.reactor.running:
+            log.info("Received SIGTERM, shutting down.")  # as Twisted logs SIGINT
             self.reactor.stop()
 
 

@@ -50,6 +50,7 @@ class Settings:
     log_level: str = "INFO"
     log_file: str = "rpc_server.log"
     bcrypt_rounds: int = 12
+    rpc_workers: int = 1
 
     @property
     def listen(self) -> str:
@@ -87,6 +88,13 @@ def _float(name: str, raw: str, low: float, high: float) -> float:
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def workers(name: str, raw: str) -> int:
+    """``auto`` (the CPU count) or a whole number of reactor processes, 1-64."""
+    if raw.strip().lower() == "auto":
+        return max(1, min(64, os.cpu_count() or 1))
+    return _int(name, raw, 1, 64)
 
 
 def _choice(name: str, raw: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
@@ -129,9 +137,13 @@ _PARSERS = {
     "LOG_LEVEL": ("log_level", lambda n, v: _choice(n, v, LOG_LEVELS, upper=True)),
     "LOG_FILE": ("log_file", lambda n, v: v.strip()),
     "BCRYPT_ROUNDS": ("bcrypt_rounds", lambda n, v: _int(n, v, 4, 16)),
+    "RPC_WORKERS": ("rpc_workers", workers),
 }
 
 ENV_VARIABLES = tuple(_PARSERS)
+# Variables whose empty value is a choice, not "unset": LOG_FILE= turns the foreground log file off
+# (systemd and Docker leave the log to the journal / the container runtime).
+EMPTY_MEANS_NONE = ("LOG_FILE",)
 
 
 def load_settings(
@@ -155,7 +167,7 @@ def load_settings(
 
     kwargs: dict[str, object] = {}
     for name, raw in values.items():
-        if name in _PARSERS and raw != "":
+        if name in _PARSERS and (raw != "" or name in EMPTY_MEANS_NONE):
             attr, parse = _PARSERS[name]
             kwargs[attr] = parse(name, raw)
     known = {f.name for f in fields(Settings)}
@@ -171,6 +183,10 @@ def load_settings(
 
 def check(settings: Settings) -> None:
     """Refuse settings that are unsafe outside development."""
+    if settings.mongodb_uri:
+        from worknet.store.connect import parse  # parsed once (cached): the store reuses the result
+
+        parse(settings.mongodb_uri, settings.node_env)
     if not settings.db_name or any(c in settings.db_name for c in '/\\. "$'):
         raise ConfigError(f"DB_NAME must be a plain database name, got {settings.db_name!r}")
     if not settings.development:

@@ -1,44 +1,281 @@
-"""Logging: every worknet logger goes through one level filter (``LOG_LEVEL``).
+"""Logging: one observer for the whole process, filtered by ``LOG_LEVEL``.
 
-In the foreground the daemon also writes ``rpc_server.log`` (``LOG_FILE``,
-rotated at 10 MB, 5 files kept); daemonised, twistd's ``--logfile`` is the log.
+:func:`observer` builds what twistd logs to (the daemon sets it as the
+application's log observer, so it replaces twistd's own): every event --
+WorkNet's, Twisted's, txmongo's -- goes through one level filter, then to
+
+* the foreground: standard output, plus ``LOG_FILE`` when set;
+* a daemon: twistd's ``--logfile`` (default ``twistd.log``);
+* with twistd's ``--syslog``: syslog (``--prefix``).
+
+Log files rotate at :data:`ROTATE_BYTES` (``--log-rotate-bytes``), keep
+:data:`KEEP_FILES` old files (``--log-keep``),
+rotate on ``SIGUSR1`` too (for logrotate), and every new file gets the mode of
+the first one (twistd's daemon umask would make it 0600 otherwise).
+
+``text`` lines are twistd's classic format with the request id after the
+namespace; ``json`` is one object per line: ``time``, ``level``,
+``namespace``, ``message``, and -- on a call's line -- ``request_id``,
+``method``, ``duration_ms``, ``outcome``.
+
+Request ids: the XML-RPC resource sets :data:`request_id` (a context
+variable) for the duration of a call; every event a WorkNet logger emits
+while it is set carries it.
+
+Every destination is written in batches (every 0.2 s, at 64 KiB, at shutdown
+and at exit) and a text line's timestamp is formatted once per second: one
+line per call must not cost a write system call and a ``strftime`` per call.
 """
 
 from __future__ import annotations
 
+import atexit
+import itertools
+import json
 import os
+import re
+import secrets
+import signal
+import sys
+import threading
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, Any
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
+    ILogObserver,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    globalLogPublisher,
-    textFileLogObserver,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
 )
+from twisted.python import threadable
 from twisted.python.logfile import LogFile
 
-_level = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-_filtered = FilteringLogObserver(globalLogPublisher, [_level])
-
-_LEVELS = {
+ROTATE_BYTES = 10_000_000
+KEEP_FILES = 5
+FORMATS = ("text", "json")
+LEVELS = {
     "DEBUG": LogLevel.debug,
     "INFO": LogLevel.info,
     "WARNING": LogLevel.warn,
     "ERROR": LogLevel.error,
     "CRITICAL": LogLevel.critical,
 }
+# Chatty at INFO (a "Starting factory <... at 0x...>" line per pooled connection): shown with DEBUG only.
+QUIET_NAMESPACES = ("txmongo",)
+
+request_id: ContextVar[str | None] = ContextVar("worknet_request_id", default=None)
+
+
+class _RequestIds:
+    """``<8 random hex>-<counter>``: unique across processes, one counter step per call."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = secrets.token_hex(4)
+        self.counter = itertools.count(1)
+
+
+_ids = _RequestIds()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.reset)  # a forked worker gets a prefix of its own
+
+_CALLER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def new_request_id(offered: str | None = None) -> str:
+    """The caller's own ``X-Request-Id`` when it is a short plain token, else a fresh id."""
+    if offered and _CALLER_ID.fullmatch(offered):
+        return offered
+    return f"{_ids.prefix}-{next(_ids.counter)}"
+
+
+class _Logger(Logger):
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
+        rid = request_id.get()
+        if rid is not None:
+            kwargs.setdefault("request_id", rid)
+        super().emit(level, format, **kwargs)
 
 
 def logger(namespace: str) -> Logger:
-    """A Logger whose events below ``LOG_LEVEL`` are dropped."""
-    return Logger(namespace=namespace, observer=_filtered)
+    """A Logger whose events carry the current request id (filtered by the process observer)."""
+    return _Logger(namespace=namespace)
 
 
-def configure(level: str, log_file: str, foreground: bool) -> None:
-    _level.setLogLevelForNamespace("", _LEVELS[level])
-    if foreground and log_file:
-        directory, name = os.path.split(os.path.abspath(log_file))
-        os.makedirs(directory, exist_ok=True)
-        stream = LogFile(name, directory, rotateLength=10_000_000, maxRotatedFiles=5)
-        globalLogPublisher.addObserver(textFileLogObserver(stream))  # type: ignore[arg-type]  # LogFile is file-like
+class _SecondClock:
+    """RFC 3339 timestamps, formatted once per second."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = "-"
+
+    def __call__(self, when: float | None) -> str:
+        if when is None:
+            return "-"
+        second = int(when)
+        if second != self.second:
+            self.second, self.text = second, formatTime(when)
+        return self.text
+
+
+class BufferedStream:
+    """A file-like front for a stream: ``write`` collects, the batch goes out every
+    ``interval`` seconds (a reactor timer), at ``limit`` characters, and at exit."""
+
+    def __init__(self, stream: Any, interval: float = 0.2, limit: int = 65536) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.limit = limit
+        self.pending: list[str] = []
+        self.size = 0
+        self.timer: Any = None
+        self.lock = threading.Lock()
+        atexit.register(self.flush)
+
+    def write(self, text: str) -> None:
+        with self.lock:
+            self.pending.append(text)
+            self.size += len(text)
+            full = self.size >= self.limit
+            idle = self.timer is None
+            if idle and not full:
+                self.timer = True  # a flush is on its way
+        if full:
+            self.flush()
+        elif idle:
+            from twisted.internet import reactor
+
+            if threadable.isInIOThread():
+                self.timer = reactor.callLater(self.interval, self.flush)
+            else:
+                reactor.callFromThread(reactor.callLater, self.interval, self.flush)  # type: ignore[attr-defined]
+
+    def flush(self) -> None:
+        with self.lock:
+            data, self.pending, self.size = "".join(self.pending), [], 0
+            timer, self.timer = self.timer, None
+        if timer not in (None, True) and timer.active():
+            timer.cancel()
+        if data:
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+            except (OSError, ValueError):  # closed at exit, disk full: logging must not take the daemon down
+                pass
+
+
+_clock = _SecondClock()
+
+
+def text_line(event: dict) -> str | None:
+    text = formatEventAsClassicLogText(event, formatTime=_clock)
+    rid = event.get("request_id")
+    if text and rid:
+        head, sep, tail = text.partition("] ")
+        text = f"{head}] [{rid}] {tail}" if sep else text
+    return text
+
+
+def json_line(event: dict) -> str | None:
+    level = event.get("log_level")
+    when = datetime.fromtimestamp(event.get("log_time") or 0, tz=UTC)
+    record: dict[str, Any] = {
+        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": getattr(level, "name", "info"),
+        "namespace": event.get("log_namespace", "-"),
+        "message": formatEvent(event),
+    }
+    for key in ("request_id", "method", "outcome"):
+        value = event.get(key)
+        if isinstance(value, str | int):
+            record[key] = value
+    if isinstance(event.get("ms"), float | int):
+        record["duration_ms"] = round(event["ms"], 3)
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            record["traceback"] = failure.getTraceback()
+        except Exception:  # noqa: BLE001 - a log line must never fail
+            record["traceback"] = repr(failure)
+    return json.dumps(record, ensure_ascii=False, default=str) + "\n"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def rotating_file(path: str, rotate_bytes: int = ROTATE_BYTES, keep: int = KEEP_FILES) -> LogFile:
+    """A size-rotated log file whose later files keep the first one's mode."""
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    return LogFile(name, directory, rotateLength=rotate_bytes, maxRotatedFiles=keep, defaultMode=mode)
+
+
+def level_filter(level: str) -> LogLevelFilterPredicate:
+    """``LOG_LEVEL`` for every namespace; the chatty ones at WARNING at least, unless DEBUG."""
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
+    order = list(LEVELS.values())
+    quiet = LEVELS[level] if level == "DEBUG" else max(LEVELS[level], LogLevel.warn, key=order.index)
+    for namespace in QUIET_NAMESPACES:
+        predicate.setLogLevelForNamespace(namespace, quiet)
+    return predicate
+
+
+def observer(level: str, log_format: str, *, foreground: bool, log_file: str, twistd_logfile: str | None,
+             reactor: Any = None, rotate_bytes: int = ROTATE_BYTES, keep: int = KEEP_FILES,
+             syslog_prefix: str | None = None) -> ILogObserver:
+    """The process's one log observer (see the module docstring)."""
+
+    def rotating(path: str) -> LogFile:
+        return rotating_file(path, rotate_bytes, keep)
+
+    formatter = json_line if log_format == "json" else text_line
+    streams: list[IO[str] | LogFile] = []
+    files: list[LogFile] = []
+    if syslog_prefix is not None:  # twistd --syslog: its syslog observer, behind the same level filter
+        from twisted.logger import LegacyLogObserverWrapper
+        from twisted.python.syslog import SyslogObserver
+
+        legacy = SyslogObserver(syslog_prefix).emit  # a legacy (dict) observer, as the wrapper expects
+        return FilteringLogObserver(LegacyLogObserverWrapper(legacy),  # type: ignore[arg-type]
+                                    [level_filter(level)])
+    if foreground:
+        if twistd_logfile and twistd_logfile != "-":
+            files.append(rotating(twistd_logfile))
+        else:
+            streams.append(sys.stdout)
+        if log_file:
+            files.append(rotating(log_file))
+    else:
+        files.append(rotating(twistd_logfile or "twistd.log"))
+    buffers = [BufferedStream(s) for s in [*streams, *files]]
+    destinations = [FileLogObserver(b, formatter) for b in buffers]  # type: ignore[arg-type]  # file-like
+    if reactor is not None:
+        for b in buffers:
+            reactor.addSystemEventTrigger("after", "shutdown", b.flush)
+    if files and reactor is not None:
+        def rotate(signum: int, frame: Any) -> None:
+            for f in files:
+                reactor.callFromThread(f.rotate)
+
+        signal.signal(signal.SIGUSR1, rotate)
+
+    def fan_out(event: dict) -> None:
+        for destination in destinations:
+            destination(event)
+
+    return FilteringLogObserver(fan_out, [level_filter(level)])  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ by the seller's next :func:`post`, before the window can slide past it.
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from bson import Decimal128, ObjectId
@@ -39,6 +39,21 @@ from worknet.validators import cents
 
 ZERO = Decimal("0.00")
 APPLIED_WINDOW = 200
+RATING_STEP = Decimal("0.01")
+
+
+def average_rating(total: Any, count: int) -> float:
+    """The mean of ``count`` ratings summing to ``total``, rounded half up to 2 decimals (0.0 when none).
+
+    The one rounding of every average rating the daemon returns or stores
+    (reviews, gigs' sellers, users' stats): exact decimal division, then
+    ROUND_HALF_UP, so 33 / 8 is 4.13 everywhere (never 4.12, Python's
+    ``round`` half-even on a binary float).
+    """
+    if not count:
+        return 0.0
+    mean = Decimal(total) / Decimal(count)
+    return float(mean.quantize(RATING_STEP, rounding=ROUND_HALF_UP))
 
 
 def dec128(amount: Decimal) -> Decimal128:

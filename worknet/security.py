@@ -4,7 +4,11 @@
   thread pool of one thread per core (:class:`CpuPool`) -- the reactor thread
   never hashes.
   A password is 8 to 72 bytes of UTF-8; longer is a validation error, never a
-  silent truncation.
+  silent truncation.  A stored hash of a lower cost (bcryptjs's default is 10)
+  is checked in as long as one of the configured cost (padded with checks of
+  its own cost in the same job), so the time of a wrong answer does not tell
+  such accounts apart; :meth:`Passwords.needs_rehash` tells the caller to
+  replace it after a successful check.
 * Tokens: JWT HS256 signed with ``JWT_SECRET`` (PyJWT), claims ``sub`` (user
   id), ``role``, ``type`` (``access``/``refresh``), ``iat``, ``exp`` and
   ``ver`` (the user's ``tokenVersion``: bumping it revokes every older token);
@@ -125,11 +129,34 @@ def _hash(secret: str, rounds: int) -> str:
     return bcrypt.hashpw(secret.encode("utf-8"), bcrypt.gensalt(rounds)).decode("ascii")
 
 
-def _check(secret: str, hashed: str) -> bool:
+def hash_cost(hashed: str | None) -> int | None:
+    """The cost (log2 rounds) of a bcrypt hash (``$2a$``/``$2b$``/``$2y$``), None when it is not one."""
+    if not isinstance(hashed, str) or len(hashed) != 60 or hashed[:4] not in ("$2a$", "$2b$", "$2y$"):
+        return None
+    digits = hashed[4:6]
+    return int(digits) if digits.isdigit() and hashed[6] == "$" else None
+
+
+def _check(secret: str, hashed: str, rounds: int) -> bool:
+    """``secret`` against ``hashed``, taking as long as a check at cost ``rounds`` when ``hashed`` is cheaper.
+
+    The work of bcrypt at cost c is 2**c: a hash of cost c < rounds is padded
+    with 2**(rounds - c) - 1 checks of cost c against a dummy hash.  A
+    malformed hash never matches and costs one check at ``rounds``.
+    """
+    raw = secret.encode("utf-8")
+    cost = hash_cost(hashed)
     try:
-        return bcrypt.checkpw(secret.encode("utf-8"), hashed.encode("ascii"))
-    except ValueError:  # a malformed stored hash never matches
-        return False
+        matched = bcrypt.checkpw(raw, hashed.encode("ascii"))
+    except ValueError:
+        matched, cost = False, None
+    if cost is None:
+        bcrypt.checkpw(raw, f"$2b${rounds:02d}${_DUMMY_SALT_AND_HASH}".encode("ascii"))
+    elif cost < rounds:
+        padding = f"$2b${cost:02d}${_DUMMY_SALT_AND_HASH}".encode("ascii")
+        for _ in range(2 ** (rounds - cost) - 1):
+            bcrypt.checkpw(raw, padding)
+    return matched
 
 
 class CpuPool:
@@ -236,11 +263,19 @@ class Passwords:
         return await self.pool.run(_hash, secret, self.rounds)
 
     async def check(self, secret: str, hashed: str | None) -> bool:
-        """True when ``secret`` matches ``hashed``; with ``None`` checks against the dummy hash and is False."""
+        """True when ``secret`` matches ``hashed``; with ``None`` checks against the dummy hash and is False.
+
+        One job in the pool, as long as a check at the configured cost
+        whatever the cost of ``hashed`` (when it is not higher).
+        """
         if hashed is None:
-            await self.pool.run(_check, secret, self.dummy_hash)
+            await self.pool.run(_check, secret, self.dummy_hash, self.rounds)
             return False
-        return await self.pool.run(_check, secret, hashed)
+        return await self.pool.run(_check, secret, hashed, self.rounds)
+
+    def needs_rehash(self, hashed: str | None) -> bool:
+        """True when ``hashed`` (which just matched) is not a hash of the configured cost."""
+        return hash_cost(hashed) != self.rounds
 
 
 # -- tokens -----------------------------------------------------------------

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from typing import Any
 
 from twisted.application import service
 from twisted.python import usage
 
+from worknet import __version__
 from worknet.config import Settings, load_settings
 
 
@@ -28,9 +31,23 @@ class Options(usage.Options):
         ["log-level", None, None, "DEBUG, INFO, WARNING, ERROR or CRITICAL (default $LOG_LEVEL or INFO)"],
         ["data-dir", None, None, "data directory of the embedded database (default $DATA_DIR or ./var/db)"],
         ["pool-size", None, None, "database connections in the pool (default $MONGODB_POOL_SIZE or 10)"],
+        ["workers", None, None,
+         "reactor processes sharing the listening socket: a number or auto (one per CPU); "
+         "default $RPC_WORKERS or 1. More than one needs a tcp: or tcp6: --listen endpoint"],
+        ["log-format", None, "text", "text (twistd's classic lines) or json (one JSON object per line)"],
+        ["log-rotate-bytes", None, "10000000", "rotate a log file when it reaches this size"],
+        ["log-keep", None, "5", "rotated log files kept (older ones are deleted)"],
+    ]
+    optFlags = [
+        ["check-config", None, "check the settings and the database connection, print one line, exit (0 ok, 2 not)"],
     ]
 
     settings: Settings
+
+    def opt_version(self) -> None:
+        """Print WorkNet RPC's version and exit."""
+        print(f"worknet-rpc {__version__}")
+        raise SystemExit(0)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """As usage.Options does, but a bad option is one line and exit 2 (like a bad setting), not a usage dump."""
@@ -50,6 +67,10 @@ class Options(usage.Options):
         try:
             if self["pool-size"] is not None:
                 overrides["mongodb_pool_size"] = _option_int("--pool-size", self["pool-size"])
+            if self["workers"] is not None:
+                from worknet.config import workers
+
+                overrides["rpc_workers"] = workers("--workers", self["workers"])
             self.settings = load_settings(env_file=self["env-file"], overrides=overrides)
         except ValueError as e:  # ConfigError included: one line naming the setting, no usage text
             _stop(f"worknet-rpc: configuration error: {e}")
@@ -57,17 +78,36 @@ class Options(usage.Options):
             _stop("worknet-rpc: configuration error: --log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 1 <= self.settings.mongodb_pool_size <= 200:
             _stop("worknet-rpc: configuration error: --pool-size must be between 1 and 200")
+        if self["log-format"] not in ("text", "json"):
+            _stop("worknet-rpc: configuration error: --log-format must be text or json")
+        try:
+            self["log-rotate-bytes"] = _option_int("--log-rotate-bytes", self["log-rotate-bytes"])
+            self["log-keep"] = _option_int("--log-keep", self["log-keep"])
+        except ValueError as e:
+            _stop(f"worknet-rpc: configuration error: {e}")
+        if self["log-rotate-bytes"] < 1000 or not 1 <= self["log-keep"] <= 1000:
+            _stop("worknet-rpc: configuration error: --log-rotate-bytes must be at least 1000, "
+                  "--log-keep between 1 and 1000")
+        if self.settings.rpc_workers > 1:
+            from worknet.workers import listen_address
+
+            try:
+                listen_address(self.settings.listen)
+            except ValueError as e:
+                _stop(f"worknet-rpc: configuration error: {e}")
         from worknet.startup import check_data_dir, check_listen
 
         problem = check_listen(self.settings)
         if self.settings.embedded_database:
-            from worknet.store.embedded import find_secantusd
+            from worknet.store.embedded import MISSING_EXTRA, find_secantusd
 
             if find_secantusd() is None:
-                problem = problem or "MONGODB_URI is unset and secantusd-py (the embedded database) is not installed"
+                problem = problem or MISSING_EXTRA
             problem = problem or check_data_dir(self.settings.data_dir)
         if problem:
             _stop(f"worknet-rpc: configuration error: {problem}")
+        if self["check-config"]:
+            check_config(self.settings)
 
 
 def _stop(line: str) -> None:
@@ -82,13 +122,114 @@ def _option_int(option: str, raw: str) -> int:
         raise ValueError(f"{option} must be a whole number, got {raw!r}") from None
 
 
+def check_config(settings: Settings) -> None:
+    """``--check-config``: after the startup checks (settings, listen endpoint, data directory), the database; exit.
+
+    Runs before the reactor, so a blocking pymongo ping is fine here.  Never
+    prints the database URI (it may hold a password): only its hosts.
+    """
+    if settings.embedded_database:
+        where = f"embedded database under {os.path.abspath(settings.data_dir)}"
+    else:
+        import pymongo
+        from pymongo.uri_parser import parse_uri
+
+        try:
+            hosts = ",".join(f"{h}:{p}" for h, p in parse_uri(settings.mongodb_uri)["nodelist"])
+        except Exception as e:  # noqa: BLE001 - pymongo's InvalidURI / ConfigurationError
+            _stop(f"worknet-rpc: configuration error: MONGODB_URI is not a valid MongoDB URI ({type(e).__name__})")
+        timeout_ms = int(settings.db_timeout_seconds * 1000)
+        client: Any = pymongo.MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=timeout_ms,
+                                          connectTimeoutMS=timeout_ms)
+        try:
+            client[settings.db_name].command("ping")
+        except pymongo.errors.OperationFailure as e:
+            _stop(f"worknet-rpc: database {hosts}: refused ({e.code}): check the credentials in MONGODB_URI")
+        except pymongo.errors.PyMongoError:
+            _stop(f"worknet-rpc: database {hosts}: not reachable within {settings.db_timeout_seconds:g} s")
+        finally:
+            client.close()
+        where = f"database {hosts} answers"
+    print(f"worknet-rpc {__version__}: configuration ok ({where}; listen {settings.listen})")
+    raise SystemExit(0)
+
+
+class _Notify(service.Service):
+    """``Type=notify`` readiness: READY=1 to ``$NOTIFY_SOCKET`` once the port listens and the indexes exist.
+
+    One non-blocking datagram (the systemd protocol; nothing to wait for);
+    STOPPING=1 on stop.  Without ``NOTIFY_SOCKET`` it does nothing.
+    """
+
+    def __init__(self, store: Any, listener: Any) -> None:
+        self.store = store
+        self.listener = listener
+        self.address = os.environ.get("NOTIFY_SOCKET", "")
+
+    def _send(self, message: bytes) -> None:
+        if not self.address or self.address[0] not in "/@":
+            return
+        target = "\0" + self.address[1:] if self.address[0] == "@" else self.address
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.setblocking(False)
+            try:
+                s.sendto(message, target)
+            except OSError:
+                pass  # no supervisor listening: nothing to tell
+
+    def startService(self) -> None:
+        super().startService()
+        if self.address:
+            from twisted.internet import defer
+
+            # Nothing to report if it never serves (the daemon stops anyway): no unhandled-error noise.
+            defer.ensureDeferred(self._when_serving()).addErrback(lambda _: None)
+
+    async def _when_serving(self) -> None:
+        from twisted.internet import defer
+
+        waiting = getattr(self.listener, "_waitingForPort", None)  # documented ivar of StreamServerEndpointService
+        if waiting is not None:
+            listening: defer.Deferred[None] = defer.Deferred()
+
+            def pass_on(port: Any) -> Any:
+                listening.callback(None)
+                return port
+
+            waiting.addCallback(pass_on)
+            await listening
+        await self.store.wait_ready()
+        self._send(b"READY=1\nSTATUS=serving")
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._send(b"STOPPING=1")
+
+
+def _top_service(observer: Any) -> service.MultiService:
+    """The service tree's root; it hands the log observer to twistd's application."""
+    from twisted.logger import ILogObserver
+
+    from worknet.app import SequentialMultiService
+
+    class Top(SequentialMultiService):
+        def setServiceParent(self, parent: Any) -> Any:
+            # twistd makes the application, parents this service to it, then starts logging
+            # to the application's ILogObserver when it has one: ours, filtered by LOG_LEVEL.
+            if hasattr(parent, "setComponent"):
+                parent.setComponent(ILogObserver, observer)
+            return super().setServiceParent(parent)
+
+    return Top()
+
+
 def makeService(options: Options) -> service.MultiService:
     # Heavy imports here, so that `twistd --help` stays fast.
     from twisted.application.strports import service as endpoint_service
     from twisted.internet import reactor
 
     from worknet import logs
-    from worknet.app import DrainService, GracefulTermination, SequentialMultiService, build_site
+    from worknet.app import DrainService, GracefulTermination, build_site
     from worknet.config import weak_secret
     from worknet.store import MongoStore
     from worknet.store.embedded import EmbeddedDatabase
@@ -96,10 +237,15 @@ def makeService(options: Options) -> service.MultiService:
     settings = options.settings
     parent = getattr(options, "parent", None)
     foreground = bool(parent is not None and parent.get("nodaemon"))
-    logs.configure(settings.log_level, settings.log_file, foreground)
+    observer = logs.observer(
+        settings.log_level, options["log-format"], foreground=foreground, log_file=settings.log_file,
+        twistd_logfile=parent.get("logfile") if parent is not None else None, reactor=reactor,
+        rotate_bytes=options["log-rotate-bytes"], keep=options["log-keep"],
+        syslog_prefix=parent.get("prefix", "twisted") if parent is not None and parent.get("syslog") else None,
+    )
     log = logs.logger("worknet.tap")
 
-    top = SequentialMultiService()
+    top = _top_service(observer)
     GracefulTermination(reactor).setServiceParent(top)
     if settings.embedded_database:
         embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor)
@@ -107,17 +253,24 @@ def makeService(options: Options) -> service.MultiService:
         uri = lambda: embedded.uri  # noqa: E731 - the port is chosen when the service starts
     else:
         uri = lambda: settings.mongodb_uri  # noqa: E731
-    store = MongoStore(settings, uri, reactor=reactor)
-    store.setServiceParent(top)
-    site = build_site(store, settings, reactor=reactor)
-    DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
-    listener = endpoint_service(settings.listen, site, reactor=reactor)
-    listener.setName("xmlrpc")
-    listener.setServiceParent(top)
+    if settings.rpc_workers > 1:  # N processes on one socket, one database for all (worknet/workers.py)
+        from worknet.workers import WorkerPool
+
+        WorkerPool(settings, uri, reactor=reactor).setServiceParent(top)
+    else:
+        store = MongoStore(settings, uri, reactor=reactor)
+        store.setServiceParent(top)
+        site = build_site(store, settings, reactor=reactor)
+        DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
+        listener = endpoint_service(settings.listen, site, reactor=reactor)
+        listener.setName("xmlrpc")
+        listener.setServiceParent(top)
+        _Notify(store, listener).setServiceParent(top)
 
     mode = "development" if settings.development else settings.node_env
-    log.info("WorkNet RPC starting ({mode} mode) on {listen}, database {db} ({where})",
-             mode=mode, listen=settings.listen, db=settings.db_name,
+    log.info("WorkNet RPC starting ({mode} mode, {n} worker{s}) on {listen}, database {db} ({where})",
+             mode=mode, n=settings.rpc_workers, s="" if settings.rpc_workers == 1 else "s",
+             listen=settings.listen, db=settings.db_name,
              where="embedded SecantusDB" if settings.embedded_database else "MONGODB_URI")
     if settings.development and weak_secret(settings):
         log.warn("!!! DEVELOPMENT MODE with a weak JWT_SECRET: tokens are forgeable. "

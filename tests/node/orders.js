@@ -1,7 +1,8 @@
 // Node client check for ordersService and paymentsService, as the Node backend calls them:
 // place an order (price as a double, an idempotency key), retry the same call, pay it with a
 // client-chosen payment id (sent twice, as a retry would), process the payment, read it back
-// through the camelCase aliases, and ask for the fee split.
+// through the camelCase aliases, ask for the fee split, and refund part of it with an idempotency
+// key, sent twice (the Node client retries a call that timed out).
 // Usage: node orders.js <port> <gig id> <buyer id> <price>
 'use strict';
 
@@ -24,5 +25,8 @@ run(async () => {
   const order = await call('ordersService.getById', [placed.order_id]);
   const fees = await call('paymentsService.calculateFees', [total]);
   const bad = await call('paymentsService.process', [paymentId, 'completed']);
-  return { placed, replayed, paymentId, paid, paidAgain, processed, status, order, fees, bad };
+  const refundOptions = { idempotency_key: 'node-refund-1' };
+  const refund = await call('paymentsService.refund', [paymentId, 10, refundOptions]);
+  const refundAgain = await call('paymentsService.refund', [paymentId, 10, refundOptions]);
+  return { placed, replayed, paymentId, paid, paidAgain, processed, status, order, fees, bad, refund, refundAgain };
 });

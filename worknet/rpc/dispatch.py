@@ -8,6 +8,7 @@ with a short reference id that is also in the log (with the traceback).
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import re
 import secrets
@@ -38,6 +39,14 @@ INTERNAL_ERROR = -32603
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 UNAVAILABLE_MESSAGE = "The database is not available right now; try again shortly."
+
+# The network address (host) of the client whose call is running; "" when unknown.
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("worknet_caller", default="")
+
+
+def caller_address() -> str:
+    """The address of the client of the current call (for per-client rules such as login lockouts)."""
+    return _CALLER.get()
 
 DATABASE_DOWN = (
     AutoReconnect, ConnectionFailure, NetworkTimeout, ExecutionTimeout, TimeExceeded,
@@ -156,6 +165,10 @@ class Dispatcher:
         self.canonical: dict[str, str] = {}
         self.active = 0
         self._idle: list[defer.Deferred[None]] = []
+        # prometheus children bound once per label set (``labels()`` per call costs a lock and a dict)
+        self._counted: dict[tuple[str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
+        self._faulted: dict[int, Any] = {}
 
     def register(self, names: dict[str, str]) -> None:
         """``names``: every callable name -> its canonical name."""
@@ -181,12 +194,15 @@ class Dispatcher:
         return d
 
     async def call(self, method: str, args: tuple, caller_gone: Callable[[], bool] | None = None,
-                   timeout: float | None = None) -> Any:
+                   timeout: float | None = None, caller: str | None = None) -> Any:
         """Result value (already converted for the wire) or an ``xmlrpc.Fault``.
 
         ``caller_gone`` tells whether the caller hung up (a batch stops then);
-        ``timeout`` overrides the call's deadline (a batch's sub-calls share one).
+        ``timeout`` overrides the call's deadline (a batch's sub-calls share one);
+        ``caller`` is the client's address (sub-calls of a multicall inherit it).
         """
+        if caller is not None:
+            _CALLER.set(caller)  # this call's own context: Deferred.fromCoroutine runs it in a copy
         started = time.perf_counter()
         label = self.canonical.get(method, "unknown")
         self.metrics.in_flight.inc()
@@ -203,15 +219,29 @@ class Dispatcher:
         elapsed = time.perf_counter() - started
         if isinstance(result, xmlrpc.Fault):
             outcome = f"fault {result.faultCode}"
-            self.metrics.faults.labels(str(result.faultCode)).inc()
+            faulted = self._faulted.get(result.faultCode)
+            if faulted is None:
+                faulted = self._faulted[result.faultCode] = self.metrics.faults.labels(str(result.faultCode))
+            faulted.inc()
         elif isinstance(result, dict) and result.get("success") is False:
             outcome = str(result.get("code"))
         else:
             outcome = "ok"
-        self.metrics.requests.labels(label, outcome.split(" ")[0]).inc()
-        self.metrics.latency.labels(label).observe(elapsed)
-        log.info("{method} {ms:.1f} ms {outcome}", method=label if label != "unknown" else "(unknown method)",
-                 ms=elapsed * 1000, outcome=outcome)
+        key = (label, outcome.split(" ")[0])
+        counted = self._counted.get(key)
+        if counted is None:
+            counted = self._counted[key] = self.metrics.requests.labels(*key)
+        counted.inc()
+        timed = self._timed.get(label)
+        if timed is None:
+            timed = self._timed[label] = self.metrics.latency.labels(label)
+        timed.observe(elapsed)
+        name = label if label != "unknown" else "(unknown method)"
+        ms = elapsed * 1000
+        # The line is rendered here, once, braces escaped: every observer then formats a literal
+        # instead of running string.Formatter over three fields. The fields stay in the event.
+        line = f"{name} {ms:.1f} ms {outcome}".replace("{", "{{").replace("}", "}}")
+        log.info(line, method=name, ms=ms, outcome=outcome)
         return result
 
     async def _run(self, method: str, args: tuple, caller_gone: Callable[[], bool] | None, timeout: float) -> Any:
@@ -232,7 +262,8 @@ class Dispatcher:
                 d.addTimeout(timeout, self.reactor)
             else:
                 d = defer.maybeDeferred(procedure.function, *args)
-                d.addTimeout(timeout, self.reactor)
+                if not d.called:  # a deadline only for a call still running (most no-database calls are done)
+                    d.addTimeout(timeout, self.reactor)
             result = await d
             return result if procedure.runs_calls else to_wire(result)
         except DomainError as e:

@@ -20,7 +20,7 @@ from twisted.internet import defer, task
 from twisted.web import http, server, xmlrpc
 
 from worknet.errors import Unavailable
-from worknet.logs import logger
+from worknet.logs import logger, new_request_id, request_id
 from worknet.rpc.describe import describe_methods, render_method_page
 from worknet.rpc.dispatch import (
     INTERNAL_ERROR,
@@ -243,6 +243,17 @@ class RPCRoot(xmlrpc.XMLRPC):
     # -- HTTP -------------------------------------------------------------------
 
     def render_POST(self, request: server.Request) -> Any:
+        # The call's id: in the X-Request-Id response header and on its log lines (a context
+        # variable, copied into the call's coroutine when it starts, reset here when it returns).
+        rid = new_request_id(request.getHeader("x-request-id"))
+        request.setHeader(b"x-request-id", rid.encode())
+        token = request_id.set(rid)
+        try:
+            return self._render_call(request)
+        finally:
+            request_id.reset(token)
+
+    def _render_call(self, request: server.Request) -> Any:
         if not authorized(request, self.settings.rpc_auth_token):
             return refuse_unauthorized(request, self.metrics)
         if getattr(request, "body_too_large", False):
@@ -263,7 +274,8 @@ class RPCRoot(xmlrpc.XMLRPC):
             return self._respond(request, xmlrpc.Fault(INVALID_PARAMS, str(e)))
         finished: list = []
         request.notifyFinish().addBoth(finished.append)
-        d = defer.ensureDeferred(self.dispatcher.call(method, args, lambda: bool(finished)))
+        d = defer.ensureDeferred(self.dispatcher.call(method, args, lambda: bool(finished),
+                                                      caller=getattr(request.getClientAddress(), "host", "")))
         d.addCallback(lambda result: None if finished else self._write(request, result))
         d.addErrback(lambda f: log.failure("could not answer {method}", f, method=method))
         return server.NOT_DONE_YET

@@ -74,8 +74,11 @@ def encode_response(result: Any) -> bytes:
     return document.encode("utf-8")
 
 
+_AS_IS = frozenset({str, bool, type(None)})  # floats: checked below (NaN, infinity)
+
+
 def to_wire(value: Any) -> Any:
-    if isinstance(value, str):
+    if type(value) in _AS_IS:  # the most common leaves first, one set lookup
         return value
     if isinstance(value, dict):
         return {

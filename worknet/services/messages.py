@@ -26,7 +26,7 @@ from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from worknet import validators as v
-from worknet.errors import Forbidden, InvalidState, NotFound, ValidationError
+from worknet.errors import Conflict, Forbidden, InvalidState, NotFound, ValidationError
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.services.common import (
     NOT_DELETED,
@@ -37,6 +37,7 @@ from worknet.services.common import (
     now,
     ok,
     paged,
+    request_hash,
 )
 
 TEXT_MAX = 5000
@@ -108,7 +109,8 @@ class MessagesService(ServiceResource):
     @signature("struct", "string", "string", "string", "struct", returns={"message_id": "string", "message": "struct", "created": "boolean"})
     async def xmlrpc_create(self, message_id: Any, conversation_id: Any, sender_id: Any, extra: Any = None) -> dict:
         """Send a message. message_id is client-chosen ("" lets the server choose; a retry with the same id and content returns the first result with created false, different content is a CONFLICT); the sender must be a live participant of the conversation (FORBIDDEN otherwise); extra: text 1-5000 characters, attachments up to 10 http(s) URLs; at least one of them. Moves the conversation's lastMessageAt forward and notifies the other participant. Returns message_id, message, created."""
-        _id = v.client_id(message_id, "message_id") or ObjectId()
+        chosen = v.client_id(message_id, "message_id")
+        _id = chosen or ObjectId()
         conv_id = v.object_id(conversation_id, "conversation_id")
         sender = v.object_id(sender_id, "sender_id")
         content = v.struct(extra, "extra", EXTRA)
@@ -118,6 +120,15 @@ class MessagesService(ServiceResource):
             raise ValidationError("extra.text", "extra.text must not be blank")
         if not text and not attachments:
             raise ValidationError("extra.text", "a message needs a text or at least one attachment")
+        request = {"conversationId": conv_id, "senderId": sender, "text": text, "attachments": attachments}
+        if chosen is not None:  # a repeat answers the first result before anything is checked again
+            first = await self.messages.find_one({"_id": chosen})
+            if first is not None:
+                if first.get("requestHash") != request_hash(request):
+                    raise Conflict("a different message already exists with this id", "id")
+                sender_doc = await self.store["users"].find_one({"_id": sender}, projection={"username": 1})
+                await self._delivered(first, (sender_doc or {}).get("username"))
+                return ok(message_id=str(first["_id"]), message=first, created=False)
         conversation = await get_or_404(self.conversations, conv_id, "conversation")
         participants = conversation["participants"]
         if sender not in participants:
@@ -139,17 +150,24 @@ class MessagesService(ServiceResource):
             "readAt": None,
             "createdAt": now(),
         }
-        request = {"conversationId": conv_id, "senderId": sender, "text": text, "attachments": attachments}
         stored, created = await create_once(self.messages, doc, request, "message")
-        # Both steps are idempotent, so a retry completes a half-done send.
-        await self.conversations.update_one({"_id": conv_id}, {"$max": {"lastMessageAt": stored["createdAt"]}})
+        await self._delivered(stored, live[sender].get("username"))
+        return ok(message_id=str(stored["_id"]), message=stored, created=created)
+
+    async def _delivered(self, message: dict, sender_name: str | None) -> None:
+        """The conversation's ``lastMessageAt`` and the recipient's notification of ``message``.
+
+        Both steps are idempotent, so a retry (or a replay) completes a half-done send.
+        """
+        conv_id = message["conversationId"]
+        await self.conversations.update_one({"_id": conv_id}, {"$max": {"lastMessageAt": message["createdAt"]}})
+        text = message.get("text", "")
         preview = text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"
         await notify_once(
-            self.store, recipient, "message",
-            f"New message from {live[sender].get('username', 'a user')}: {preview or '(attachment)'}",
-            f"/conversations/{conv_id}", about=stored,
+            self.store, message["recipientId"], "message",
+            f"New message from {sender_name or 'a user'}: {preview or '(attachment)'}",
+            f"/conversations/{conv_id}", about=message,
         )
-        return ok(message_id=str(stored["_id"]), message=stored, created=created)
 
     @signature("struct", "string", "string", returns={"updated": "boolean"})
     async def xmlrpc_mark_as_read(self, message_id: Any, reader_id: Any = None) -> dict:

@@ -10,7 +10,10 @@ paymentsService: completing an order credits the seller once through the
 ledger (:func:`worknet.money.post`); a cancelled order keeps no un-refunded
 payment; refunds of a completed order debit the seller's share.  Each flow
 runs its steps in an order that a retry can finish when the database has no
-transactions (see :func:`settle_order`).
+transactions (see :func:`settle_order`).  Every transaction that changes an
+order's money writes the order document (:func:`transition`,
+:func:`touch_order`), so two of them on one order conflict and one is retried
+after the other instead of both committing from stale snapshots.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
-from txmongo.collection import ReturnDocument
 
 from worknet import money
 from worknet import validators as v
@@ -87,13 +89,14 @@ async def transition(
     current = order["status"]
     if to not in NEXT[current]:
         raise InvalidState(f"the order is {current} and cannot become {to}")
-    doc = await store["orders"].find_one_and_update(
+    doc = await store.update_and_fetch(
+        "orders",
         {"_id": order["_id"], "status": current},
         {
             "$set": {"status": to, "updatedAt": at, **(extra or {})},
+            "$inc": {"moneySeq": 1},
             "$push": {"statusHistory": {"from": current, "to": to, "at": at, "reason": reason}},
         },
-        return_document=ReturnDocument.AFTER,
         session=session,
     )
     if doc is None:
@@ -101,12 +104,38 @@ async def transition(
     return doc
 
 
-async def refund_step(store: Any, payment: dict, amount: Decimal, reason: str, at: datetime, session: Any) -> dict:
+async def touch_order(store: Any, order_id: ObjectId, session: Any, statuses: tuple[str, ...] | None = None) -> dict | None:
+    """The per-order guard of the money path: bump the order's ``moneySeq`` and return the order as it is now.
+
+    Every transaction that changes an order's money (a status change, paying,
+    a refund) writes the order document, so two of them on one order always
+    have overlapping write sets: MongoDB (and SecantusDB) abort one with a
+    write conflict, and its retry reads what the other committed -- no write
+    skew between, say, a refund that writes only the payment and a completion
+    that reads the refunds from its snapshot.  ``$inc`` always changes the
+    document (an update that changes nothing writes nothing and would not
+    conflict).  Without transactions the caller writes its own document
+    first and then calls this, so of two racing flows at least one reads
+    the other's write (see docs/DECISIONS.md).  With ``statuses``, a
+    compare-and-set on the order's status: None when the order is not in one
+    of them (or does not exist).
+    """
+    query: dict[str, Any] = {"_id": order_id}
+    if statuses is not None:
+        query["status"] = {"$in": list(statuses)}
+    return await store.update_and_fetch("orders", query, {"$inc": {"moneySeq": 1}}, session=session)
+
+
+async def refund_step(
+    store: Any, payment: dict, amount: Decimal, reason: str, at: datetime, session: Any, key: str | None = None,
+) -> tuple[dict, dict]:
     """Refund ``amount`` of a completed or partially refunded payment (compare-and-set on ``refundCount``).
 
-    The refund is recorded in the payment's ``refunds`` (``seq``, ``amount``,
-    ``before``, ``after``), from which :func:`settle_order` derives the
-    seller's debits.  :class:`Lost` when the payment changed since it was read.
+    The refund is recorded in the payment's ``refunds`` (``id``, ``seq``,
+    ``amount``, ``before``, ``after``, ``key``: the caller's idempotency key or
+    null), from which :func:`settle_order` derives the seller's debits.
+    Returns ``(payment after, refund entry)``.  :class:`Lost` when the payment
+    changed since it was read.
     """
     status = payment["status"]
     if status not in PAID:
@@ -118,23 +147,23 @@ async def refund_step(store: Any, payment: dict, amount: Decimal, reason: str, a
         raise ValidationError("amount", f"the refund exceeds what is left to refund ({paid - before:.2f})")
     seq = payment.get("refundCount", 0)
     to = "refunded" if after == paid else "partially_refunded"
+    entry = {"id": ObjectId(), "seq": seq, "amount": money.dec128(amount), "before": money.dec128(before),
+             "after": money.dec128(after), "at": at, "reason": reason, "key": key}
     update: dict[str, Any] = {
         "$set": {"status": to, "refundedTotal": money.dec128(after), "refundCount": seq + 1, "updatedAt": at},
         "$push": {
-            "refunds": {"seq": seq, "amount": money.dec128(amount), "before": money.dec128(before),
-                        "after": money.dec128(after), "at": at, "reason": reason},
+            "refunds": entry,
             "statusHistory": {"from": status, "to": to, "at": at, "reason": reason},
         },
     }
     # ``liveOrderId`` stays set even when fully refunded: an order is paid at most
     # once, so the seller's debits can never add up to more than the credit.
-    doc = await store["payments"].find_one_and_update(
-        {"_id": payment["_id"], "status": status, "refundCount": seq}, update,
-        return_document=ReturnDocument.AFTER, session=session,
+    doc = await store.update_and_fetch(
+        "payments", {"_id": payment["_id"], "status": status, "refundCount": seq}, update, session=session,
     )
     if doc is None:
         raise Lost()
-    return doc
+    return doc, entry
 
 
 async def refund_rest(store: Any, payment: dict, reason: str, at: datetime, session: Any) -> dict | None:
@@ -146,12 +175,12 @@ async def refund_rest(store: Any, payment: dict, reason: str, at: datetime, sess
         if rest <= 0:
             return None
         try:
-            after = await refund_step(store, payment, rest, reason, at, session)
+            after, entry = await refund_step(store, payment, rest, reason, at, session)
         except Lost:
             payment = await store["payments"].find_one({"_id": payment["_id"]}, session=session)
             continue
-        return {"payment_id": after["_id"], "amount": rest, "refunded_total": after["refundedTotal"],
-                "status": after["status"]}
+        return {"payment_id": after["_id"], "refund_id": entry["id"], "amount": rest,
+                "refunded_total": entry["after"], "status": after["status"]}
     raise Lost()
 
 
@@ -246,13 +275,20 @@ class OrdersService(ServiceResource):
     async def xmlrpc_create(
         self, gig_id: Any, buyer_id: Any, quantity: Any, total_price: Any, options: Any = None,
     ) -> dict:
-        """Place an order: gig_id (an active gig), buyer_id (an existing user who is not the gig's seller; the seller is FORBIDDEN), quantity 1-100, total_price (must equal the gig price times quantity to the cent), options {idempotency_key: 1-100 characters}. A second pending order of the same buyer for the same gig is a CONFLICT, unless the idempotency_key repeats an earlier call (kept 24 h): then that call's order comes back with created false. The seller is notified. Returns order_id, order, created."""
+        """Place an order: gig_id (an active gig), buyer_id (an existing user who is not the gig's seller; the seller is FORBIDDEN), quantity 1-100, total_price (must equal the gig price times quantity to the cent), options {idempotency_key: 1-100 characters}. A second pending order of the same buyer for the same gig is a CONFLICT, unless the idempotency_key repeats an earlier call (kept 24 h): then that call's order comes back as it is now with created false, before anything else is checked again (even if the gig was paused or repriced since). The seller is notified. Returns order_id, order, created."""
         gid = v.object_id(gig_id, "gig_id")
         bid = v.object_id(buyer_id, "buyer_id")
         qty = v.integer(quantity, "quantity", 1, 100)
         total = v.money(total_price, "total_price")
         opts = v.struct(options, "options", OPTIONS)
         key = opts.get("idempotency_key")
+        fingerprint = request_hash({"gig": str(gid), "quantity": qty, "total": str(total)})
+        if key is not None:  # a repeat answers the first result before anything is checked again
+            memo = await self._remembered(bid, key, fingerprint)
+            if memo is not None:
+                first = await self.orders.find_one({"_id": memo["orderId"]})
+                if first is not None:
+                    return ok(order_id=str(first["_id"]), order=first, created=False)
 
         gig = await get_or_404(self.store["gigs"], gid, "gig")
         if gig.get("isActive") is not True:
@@ -266,7 +302,6 @@ class OrdersService(ServiceResource):
         expected = v.cents(unit * qty)
         if total != expected:
             raise ValidationError("total_price", f"total_price must be {expected:.2f} (price {unit:.2f} x {qty})")
-        fingerprint = request_hash({"gig": str(gid), "quantity": qty, "total": str(total)})
 
         for _ in range(ATTEMPTS):
             try:

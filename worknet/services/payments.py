@@ -8,7 +8,11 @@ every payment that has not failed (pending, completed, partially refunded and
 refunded), carries a unique partial index, so a second payment is accepted
 only after the first one failed.  (A fully refunded payment keeps it: paying
 again after a refund would let the seller's debits exceed the credit.)  Paying never credits the seller: only
-completing the order does (see :mod:`worknet.services.orders`).
+completing the order does (see :mod:`worknet.services.orders`).  Creating,
+processing and refunding a payment each write the order's guard
+(:func:`~worknet.services.orders.touch_order`) after the payment, so they
+conflict with a completion or cancellation of the same order.  Refunds may
+carry an idempotency key (``refunds[].key``, per payment) and each has an id.
 """
 
 from __future__ import annotations
@@ -17,17 +21,17 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
-from txmongo.collection import ReturnDocument
 
 from worknet import money
 from worknet import validators as v
 from worknet.errors import Conflict, InvalidState, NotFound, ValidationError
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.services.common import get_or_404, notify, now, ok, request_hash
-from worknet.services.orders import Lost, refund_step, run_guarded, settle_order, transition
+from worknet.services.orders import Lost, refund_step, run_guarded, settle_order, touch_order, transition
 
 METHODS = ("stripe", "paypal", "bank_transfer", "other")
 PAYABLE = ("pending", "in_progress", "disputed")  # order statuses a payment is accepted for (not final)
+OPTIONS = {"idempotency_key": lambda value, field: v.text(value, field, 1, 100)}
 
 
 class PaymentsService(ServiceResource):
@@ -93,14 +97,36 @@ class PaymentsService(ServiceResource):
             "createdAt": at,
             "updatedAt": at,
         }
+
+        async def steps(session: Any) -> None:
+            # The payment first, then the order's guard (a compare-and-set on a payable
+            # status): with transactions a cancel or completion racing this conflicts on
+            # the order; without, either the cancel sees this payment or this sees the cancel.
+            await self.payments.insert_one(dict(doc), session=session)
+            if await touch_order(self.store, oid, session, PAYABLE) is not None:
+                return
+            if session is None:  # no transactions: take the payment back
+                await self._fail(pid, "order no longer payable", now())
+            current = await self.store["orders"].find_one({"_id": oid}, projection={"status": 1}, session=session)
+            raise InvalidState(f"the order is {(current or {}).get('status', 'gone')} and cannot be paid")
+
         try:
-            await self.payments.insert_one(doc)
+            await self.store.transaction(steps)
         except DuplicateKeyError:
             existing = await self.payments.find_one({"_id": pid})
             if existing is not None:
                 return self._repeat(existing, fingerprint)
             raise Conflict("the order already has a payment", "order_id") from None
         return ok(payment_id=str(pid), payment=doc, created=True)
+
+    async def _fail(self, pid: ObjectId, reason: str, at: Any, session: Any = None) -> None:
+        """A pending payment becomes failed (compare-and-set) and frees the order's payment slot."""
+        await self.payments.update_one(
+            {"_id": pid, "status": "pending"},
+            {"$set": {"status": "failed", "updatedAt": at}, "$unset": {"liveOrderId": ""},
+             "$push": {"statusHistory": {"from": "pending", "to": "failed", "at": at, "reason": reason}}},
+            session=session,
+        )
 
     @staticmethod
     def _repeat(existing: dict, fingerprint: str) -> dict:
@@ -130,13 +156,18 @@ class PaymentsService(ServiceResource):
                 update["$unset"] = {"liveOrderId": ""}
             elif order["status"] in ("cancelled", "completed"):
                 raise InvalidState(f"the order is {order['status']} and cannot be paid")
-            doc = await self.payments.find_one_and_update(
-                {"_id": pid, "status": "pending"}, update, return_document=ReturnDocument.AFTER, session=session,
-            )
+            doc = await self.store.update_and_fetch("payments", {"_id": pid, "status": "pending"}, update,
+                                                    session=session)
             if doc is None:
                 raise Lost()
             if to == "failed":
                 return doc, order["status"]
+            # The order's guard, after the payment's write: with transactions a cancel racing
+            # this conflicts on the order; without, one of the two reads the other's write.
+            order = await touch_order(self.store, order["_id"], session) or order
+            if order["status"] == "cancelled":  # cancelled meanwhile (no transactions): give it back
+                await settle_order(self.store, order, at, session)
+                raise InvalidState("the order was cancelled meanwhile; the payment has been refunded")
             if order["status"] == "pending":
                 try:
                     order = await transition(self.store, order, "in_progress", "payment completed", at, session)
@@ -160,27 +191,50 @@ class PaymentsService(ServiceResource):
             raise
         return ok(payment=doc, order_status=order_status)
 
-    @signature("struct", "string", "double", returns={"payment": "struct", "refunded_total": "double"})
-    async def xmlrpc_refund(self, payment_id: Any, amount: Any) -> dict:
-        """Refund part or all of a completed or partially refunded payment: amount > 0; the refunds together never exceed the amount paid (VALIDATION_ERROR). The payment becomes partially_refunded or refunded; if the order is completed (the seller was credited) the seller's share of the refund is debited from their earnings. Returns payment, refunded_total."""
+    @signature("struct", "string", "double", "struct", returns={"payment": "struct", "refunded_total": "double", "refund_id": "string", "created": "boolean"})
+    async def xmlrpc_refund(self, payment_id: Any, amount: Any, options: Any = None) -> dict:
+        """Refund part or all of a completed or partially refunded payment: amount > 0; the refunds together never exceed the amount paid (VALIDATION_ERROR). The payment becomes partially_refunded or refunded; if the order is completed (the seller was credited) the seller's share of the refund is debited from their earnings, also when the refund and the completion race. options {idempotency_key: 1-100 characters, per payment}: a repeat with the same key and amount returns the first refund (refund_id, its refunded_total, the payment as it is now) with created false and refunds nothing more, before anything else is checked again; the same key with another amount is a CONFLICT. Returns payment, refunded_total, refund_id, created."""
         pid = v.object_id(payment_id, "payment_id")
         value = v.money(amount, "amount")
+        key = v.struct(options, "options", OPTIONS).get("idempotency_key")
+        replayed: list[dict] = []
 
-        async def steps(session: Any) -> dict:
+        async def steps(session: Any) -> tuple[dict, dict]:
+            replayed.clear()
             payment = await get_or_404(self.payments, pid, "payment", session=session)
+            if key is not None:
+                first = self._keyed_refund(payment, key, value)
+                if first is not None:
+                    replayed.append(first)
+                    return payment, first
             at = now()
-            doc = await refund_step(self.store, payment, value, "refund", at, session)
-            order = await self.store["orders"].find_one({"_id": doc["orderId"]}, session=session)
+            doc, entry = await refund_step(self.store, payment, value, "refund", at, session, key)
+            # The order's guard, after the payment's write: a completion racing this refund
+            # conflicts on the order (with transactions) or is read here (without).
+            order = await touch_order(self.store, doc["orderId"], session)
             if order is not None:
                 await settle_order(self.store, order, at, session)
-            return doc
+            return doc, entry
 
         try:
-            doc = await run_guarded(self.store, steps, "payment")
+            doc, entry = await run_guarded(self.store, steps, "payment")
         except InvalidState:
             await self._repair(pid)
             raise
-        return ok(payment=doc, refunded_total=doc["refundedTotal"])
+        if replayed:
+            await self._repair(pid)  # no transactions: finish the first call's debit if a crash stopped it
+        return ok(payment=doc, refunded_total=entry["after"], refund_id=str(entry["id"]), created=not replayed)
+
+    @staticmethod
+    def _keyed_refund(payment: dict, key: str, amount: Any) -> dict | None:
+        """The refund of ``payment`` made with idempotency ``key`` (None if none); CONFLICT for another amount."""
+        for entry in payment.get("refunds", []):
+            if entry.get("key") == key:
+                if money.as_decimal(entry["amount"]) != amount:
+                    raise Conflict("this idempotency key was used for a refund of another amount",
+                                   "options.idempotency_key")
+                return dict(entry)
+        return None
 
     @signature("struct", "string", returns={"status": "string", "amount": "double", "refunded_total": "double", "order_id": "string"})
     async def xmlrpc_get_status(self, payment_id: Any) -> dict:

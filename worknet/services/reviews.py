@@ -13,7 +13,10 @@ user.  The gig's seller gets a ``review`` notification whose id is the
 review's id, so a retried create completes a half-done one and never
 notifies twice.  After every change the gig's ``rating``/``reviewCount`` are
 recomputed from the reviews collection with one aggregation
-(:func:`worknet.services.gigs.recompute_rating`).
+(:func:`worknet.services.gigs.recompute_rating`), and so are the seller's
+``rating``/``reviewCount`` over the reviews of all the seller's gigs
+(:func:`recompute_seller_rating`, what ``gigsService.get_by_id`` shows as
+``seller.rating``).
 
 ``gig_rating`` in results is the gig's new average (2 decimals, 0 when it has
 no review) and ``review_count`` its number of reviews.
@@ -21,15 +24,14 @@ no review) and ``review_count`` its number of reviews.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
-from txmongo.collection import ReturnDocument
 
 from worknet import validators as v
 from worknet.errors import Conflict, Forbidden, InvalidState, NotFound, ValidationError
+from worknet.money import average_rating
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.services.common import (
     NOT_DELETED,
@@ -57,6 +59,35 @@ EXTRA = {"user_id": v.object_id, "order_id": v.object_id, "comment": _comment}
 UPDATES = {"rating": _rating, "comment": _comment}
 
 
+async def recompute_seller_rating(store: Any, seller_id: ObjectId) -> dict | None:
+    """Set the seller's ``rating`` and ``reviewCount`` from the reviews of all the seller's gigs.
+
+    ``rating`` is stored as shown: the average rounded half up to 2 decimals
+    (:func:`worknet.money.average_rating`), 0 when there is no review.
+    Concurrent recomputations for one seller are ordered like the gigs' ones:
+    each takes a ticket (``ratingSeq`` on the user, incremented atomically)
+    before reading the reviews and writes only while no later ticket was taken,
+    so a view read before a concurrent review never overwrites one read after
+    it.  Returns ``{"rating", "reviewCount"}`` as computed (None when the user
+    document is gone).
+    """
+    ticket = await store.update_and_fetch("users", {"_id": seller_id}, {"$inc": {"ratingSeq": 1}},
+                                          projection={"ratingSeq": 1})
+    if ticket is None:
+        return None
+    figures = await store["reviews"].aggregate([
+        {"$match": {"sellerId": seller_id}},
+        {"$group": {"_id": None, "sum": {"$sum": "$rating"}, "count": {"$sum": 1}}},
+    ])
+    count = int(figures[0]["count"]) if figures else 0
+    rating = average_rating(figures[0]["sum"], count) if count else 0.0
+    await store["users"].update_one(
+        {"_id": seller_id, "ratingSeq": ticket["ratingSeq"]},
+        {"$set": {"rating": rating, "reviewCount": count}},
+    )
+    return {"rating": rating, "reviewCount": count}
+
+
 class ReviewsService(ServiceResource):
     """reviewsService.*"""
 
@@ -65,8 +96,11 @@ class ReviewsService(ServiceResource):
         return self.store["reviews"]
 
     async def _gig_rating(self, gig_id: ObjectId) -> dict:
-        """``gig_rating`` and ``review_count`` for a result, after recomputing them on the gig."""
+        """``gig_rating`` and ``review_count`` for a result, after recomputing them on the gig and its seller."""
         figures = await recompute_rating(self.store, gig_id)
+        gig = await self.store["gigs"].find_one({"_id": gig_id}, projection={"userId": 1})
+        if gig is not None and gig.get("userId") is not None:
+            await recompute_seller_rating(self.store, gig["userId"])
         if figures is None:  # the gig document is gone (never happens with soft deletes)
             figures = {"rating": 0.0, "reviewCount": 0}
         return {"gig_rating": rounded(figures["rating"]), "review_count": figures["reviewCount"]}
@@ -96,8 +130,9 @@ class ReviewsService(ServiceResource):
 
     @signature("struct", "string", "string", "int", "struct", returns={"review_id": "string", "review": "struct", "created": "boolean", "gig_rating": "double", "review_count": "int"})
     async def xmlrpc_create(self, review_id: Any, gig_id: Any, rating: Any, extra: Any = None) -> dict:
-        """Review a live gig. review_id: client-chosen id or "" (a retry with the same id and content returns the first result with created: false; different content is a CONFLICT). rating: integer 1-5. extra (optional): user_id (the author: a live user, not the gig's seller; one review per user and gig, else CONFLICT; without it the review is anonymous), order_id (a completed order of this gig bought by user_id, which it requires), comment (at most 1000 characters). The seller is notified and the gig's rating recomputed from its reviews. Returns review_id, review, created, gig_rating (the gig's new average, 2 decimals), review_count."""
-        _id = v.client_id(review_id, "review_id") or ObjectId()
+        """Review a live gig. review_id: client-chosen id or "" (a retry with the same id and content returns the first result with created: false before anything else is checked again, even if the gig, the author or the order changed since; different content is a CONFLICT). rating: integer 1-5. extra (optional): user_id (the author: a live user, not the gig's seller; one review per user and gig, else CONFLICT; without it the review is anonymous), order_id (a completed order of this gig bought by user_id, which it requires), comment (at most 1000 characters). The seller is notified and the gig's rating recomputed from its reviews. Returns review_id, review, created, gig_rating (the gig's new average, 2 decimals), review_count."""
+        chosen = v.client_id(review_id, "review_id")
+        _id = chosen or ObjectId()
         gig = v.object_id(gig_id, "gig_id")
         stars = _rating(rating, "rating")
         options = v.struct(extra, "extra", EXTRA)
@@ -106,6 +141,11 @@ class ReviewsService(ServiceResource):
         comment = options.get("comment", "")
         if order is not None and author is None:
             raise ValidationError("user_id", "user_id is required with order_id")
+        request = {"gig_id": gig, "rating": stars, "user_id": author, "order_id": order, "comment": comment}
+        if chosen is not None:  # a repeat answers the first result before anything is checked again
+            first = await self.reviews.find_one({"_id": chosen})
+            if first is not None:
+                return await self._replay(first, request)
         gig_doc = await get_or_404(self.store["gigs"], gig, "gig", projection={"userId": 1, "title": 1})
         if author is not None:
             user = await self.store["users"].find_one({"_id": author, **NOT_DELETED}, projection={"_id": 1})
@@ -128,7 +168,6 @@ class ReviewsService(ServiceResource):
         }
         if author is not None:
             doc["userId"] = author
-        request = {"gig_id": gig, "rating": stars, "user_id": author, "order_id": order, "comment": comment}
         try:
             review, created = await create_once(self.reviews, doc, request, "review")
         except DuplicateKeyError:
@@ -144,15 +183,22 @@ class ReviewsService(ServiceResource):
         await self._notify_seller(review, str(gig_doc.get("title", "")))
         return ok(review_id=str(review["_id"]), review=review, created=created, **await self._gig_rating(gig))
 
+    async def _replay(self, first: dict, request: dict) -> dict:
+        """The answer to a repeated create: the first review (CONFLICT if the content differs), its
+        notification completed if a crash stopped the first call, and the gig's rating now."""
+        if first.get("requestHash") != request_hash(request):
+            raise Conflict("a different review already exists with this id", "id")
+        gig = await self.store["gigs"].find_one({"_id": first["gigId"]}, projection={"title": 1})
+        await self._notify_seller(first, str((gig or {}).get("title", "")))
+        return ok(review_id=str(first["_id"]), review=first, created=False, **await self._gig_rating(first["gigId"]))
+
     @signature("struct", "string", "struct", returns={"review": "struct", "gig_rating": "double", "review_count": "int"})
     async def xmlrpc_update(self, review_id: Any, updates: Any) -> dict:
         """Change the rating (integer 1-5) and/or the comment (at most 1000 characters) of a review; the gig's rating is recomputed. Returns review, gig_rating (the gig's new average), review_count."""
         _id = v.object_id(review_id, "review_id")
         changes = v.struct(updates, "updates", UPDATES, allow_empty=False)
         changes["updatedAt"] = now()
-        review = await self.reviews.find_one_and_update(
-            {"_id": _id}, {"$set": changes}, return_document=ReturnDocument.AFTER,
-        )
+        review = await self.store.update_and_fetch("reviews", {"_id": _id}, {"$set": changes})
         if review is None:
             raise NotFound("review not found")
         return ok(review=review, **await self._gig_rating(review["gigId"]))
@@ -161,8 +207,10 @@ class ReviewsService(ServiceResource):
     async def xmlrpc_delete(self, review_id: Any) -> dict:
         """Delete a review for good; the gig's rating is recomputed. Returns deleted: true, gig_rating (the gig's new average), review_count."""
         _id = v.object_id(review_id, "review_id")
-        review = await self.reviews.find_one_and_delete({"_id": _id}, projection={"gigId": 1})
-        if review is None:
+        # find + delete rather than find_one_and_delete (a findAndModify: a whole-collection scan on
+        # SecantusDB); of two concurrent deletes only one deletes, the other is NOT_FOUND
+        review = await self.reviews.find_one({"_id": _id}, projection={"gigId": 1})
+        if review is None or (await self.reviews.delete_one({"_id": _id})).deleted_count == 0:
             raise NotFound("review not found")
         return ok(deleted=True, **await self._gig_rating(review["gigId"]))
 
@@ -182,5 +230,4 @@ class ReviewsService(ServiceResource):
             distribution[str(stars)] = distribution.get(str(stars), 0) + n
             total += stars * n
             count += n
-        average = (Decimal(total) / Decimal(count)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP) if count else 0
-        return ok(rating=float(average), count=count, distribution=distribution)
+        return ok(rating=average_rating(total, count), count=count, distribution=distribution)

@@ -6,13 +6,24 @@
   reserved.
 * Passwords are bcrypt hashes computed in the thread pool
   (:mod:`worknet.security`).  Login gives one error for an unknown e-mail and a
-  wrong password and costs one bcrypt check in both cases.
-* Lockout: ``loginFailures`` holds the times of the last five failed logins
-  (``$push`` with ``$slice``, atomic, so several daemons agree); when five
-  fall within 15 minutes, ``lockedUntil`` is set 15 minutes ahead and the
-  failures are cleared.  While locked, ``login`` (and ``change_password``)
-  answer ``RATE_LIMITED`` without checking the password.  The failing attempt
-  that triggers the lock still answers ``UNAUTHORIZED``.
+  wrong password and costs one bcrypt check in both cases; a hash of another
+  cost (bcryptjs makes cost 10) is checked in the same time as one of the
+  configured cost, and replaced by one of the configured cost at the next
+  successful login.
+* Lockout, per (lower-cased e-mail, client address), whether an account has
+  that e-mail or not, so a lockout tells nothing about which e-mails exist:
+  the ``loginThrottle`` collection holds one small document per pair with the
+  times of its attempts that failed or are being checked.  An attempt takes
+  its place there (compare-and-set, so several daemons and concurrent calls
+  agree) before any bcrypt work, and is refused ``RATE_LIMITED`` while five
+  fall within 15 minutes: concurrent guesses get five checks, not one each.
+  When a failure leaves five within 15 minutes, ``lockedUntil`` is set 15
+  minutes ahead and the attempts are cleared; a success deletes the document.
+  While locked, ``login`` (and ``change_password``) answer ``RATE_LIMITED``
+  without checking the password.  The failing attempt that triggers the lock
+  still answers ``UNAUTHORIZED``.  Keyed by the client address too, so that nobody can keep
+  an account locked from elsewhere: the victim's own address keeps its own
+  five attempts.  A TTL index removes documents nobody needs any more.
 * Tokens carry the user's ``tokenVersion``; a password change or a deletion
   bumps it, so older tokens stop verifying.  The user keeps one current
   refresh token (``refreshJti``): login, register, change_password and
@@ -28,18 +39,18 @@ from typing import Any
 
 from bson import Decimal128, ObjectId
 from pymongo.errors import DuplicateKeyError
-from txmongo.collection import ReturnDocument
 
 from worknet import validators as v
 from worknet.errors import Conflict, InvalidState, NotFound, RateLimited, Unauthorized, ValidationError
-from worknet.money import as_decimal
-from worknet.rpc.dispatch import ServiceResource, signature
+from worknet.money import as_decimal, average_rating
+from worknet.rpc.dispatch import ServiceResource, caller_address, signature
 from worknet.security import ACCESS, BAD_TOKEN, REFRESH, Clock, CpuPool, Passwords, Tokens, login_password, password
 from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, ok, paged, set_on_live
 
 ROLES = ("client", "freelancer")
 ALL_ROLES = ("client", "freelancer", "admin")
 MAX_FAILURES = 5
+ATTEMPT_TRIES = 16  # compare-and-set rounds for one attempt's reservation (each round, one contender wins)
 FAILURE_WINDOW = timedelta(minutes=15)
 LOCK_TIME = timedelta(minutes=15)
 BAD_CREDENTIALS = "Invalid email or password."
@@ -109,26 +120,68 @@ class UsersService(ServiceResource):
             "refresh_token": self.tokens.issue(user_id, role, REFRESH, version, moment, jti),
         }
 
-    async def _check_not_locked(self, user: dict, moment: datetime) -> None:
-        locked_until = user.get("lockedUntil")
+    @property
+    def throttle(self) -> Any:
+        return self.store["loginThrottle"]
+
+    @staticmethod
+    def _refuse_if_locked(doc: dict | None, moment: datetime) -> None:
+        locked_until = (doc or {}).get("lockedUntil")
         if locked_until is not None and _aware(locked_until) > moment:
             minutes = max(1, int((_aware(locked_until) - moment).total_seconds() // 60) + 1)
             raise RateLimited(f"Too many failed logins; try again in {minutes} minutes.")
 
-    async def _record_failure(self, user_id: ObjectId, moment: datetime) -> None:
-        """Remember a failed password check; the fifth within 15 minutes locks the account."""
-        after = await self.users.find_one_and_update(
-            {"_id": user_id},
-            {"$push": {"loginFailures": {"$each": [moment], "$slice": -MAX_FAILURES}}},
-            projection={"loginFailures": 1},
-            return_document=ReturnDocument.AFTER,
-        )
-        failures = [_aware(f) for f in (after or {}).get("loginFailures") or []]
-        if len(failures) >= MAX_FAILURES and min(failures) > moment - FAILURE_WINDOW:
-            await self.users.update_one(
-                {"_id": user_id},
-                {"$set": {"lockedUntil": moment + LOCK_TIME, "loginFailures": []}},
+    async def _check_not_locked(self, key: str, moment: datetime) -> None:
+        """RATE_LIMITED while the (e-mail, address) pair ``key`` is locked."""
+        self._refuse_if_locked(await self.throttle.find_one({"_id": key}, projection={"lockedUntil": 1}), moment)
+
+    async def _take_attempt(self, key: str, moment: datetime) -> None:
+        """Reserve one of the pair's five attempts per 15 minutes, before any bcrypt check.
+
+        RATE_LIMITED while the pair is locked, and while five attempts (failed,
+        or still being checked) fall within 15 minutes: concurrent guesses get
+        five checks, not one each.  A compare-and-set on ``seq`` makes the
+        reservation exact on any server; a success deletes the document, a
+        failure leaves its attempt in place (:meth:`_record_failure`).
+        """
+        for _ in range(ATTEMPT_TRIES):
+            doc = await self.throttle.find_one({"_id": key})
+            if doc is None:
+                try:
+                    await self.throttle.insert_one({"_id": key, "attempts": [moment], "lockedUntil": None,
+                                                    "seq": 0, "expiresAt": moment + FAILURE_WINDOW})
+                    return
+                except DuplicateKeyError:  # a concurrent attempt created it: take a place in it
+                    continue
+            self._refuse_if_locked(doc, moment)
+            recent = [a for a in doc.get("attempts") or [] if _aware(a) > moment - FAILURE_WINDOW]
+            if len(recent) >= MAX_FAILURES:
+                raise RateLimited("Too many failed logins; try again in a few minutes.")
+            taken = await self.throttle.update_one(
+                {"_id": key, "seq": doc.get("seq")},
+                {"$set": {"attempts": [*recent, moment], "lockedUntil": None}, "$inc": {"seq": 1},
+                 "$max": {"expiresAt": moment + FAILURE_WINDOW}},  # never before a lock it races ends
             )
+            if taken.modified_count:
+                return
+        raise RateLimited("Too many logins at once; try again in a moment.")
+
+    async def _record_failure(self, key: str, moment: datetime) -> None:
+        """The attempt reserved for ``key`` failed: when five attempts fall within 15 minutes, lock the pair."""
+        doc = await self.throttle.find_one({"_id": key}, projection={"attempts": 1, "lockedUntil": 1})
+        if doc is None or (doc.get("lockedUntil") is not None and _aware(doc["lockedUntil"]) > moment):
+            return
+        recent = [a for a in doc.get("attempts") or [] if _aware(a) > moment - FAILURE_WINDOW]
+        if len(recent) >= MAX_FAILURES:
+            until = moment + LOCK_TIME
+            await self.throttle.update_one(
+                {"_id": key},
+                {"$set": {"lockedUntil": until, "attempts": []}, "$inc": {"seq": 1}, "$max": {"expiresAt": until}},
+            )
+
+    async def _clear_attempts(self, key: str) -> None:
+        """A success forgets the pair's failures (never a lock set meanwhile)."""
+        await self.throttle.delete_one({"_id": key, "lockedUntil": None})
 
     async def _user_for_token(self, token: str, kind: str) -> tuple[dict, Any]:
         claims = self.tokens.verify(token, kind, await self.clock.now())
@@ -147,13 +200,11 @@ class UsersService(ServiceResource):
         clean_email = v.email(email)
         secret = password(password_)
         clean_role = v.choice(role, "role", ROLES)
-        taken = await self.users.find_one(
-            {"$or": [{"usernameLower": clean_username.lower()}, {"email": clean_email}]},
-            projection={"usernameLower": 1},
-        )
-        if taken is not None:  # a cheap early answer; the unique indexes decide races
-            if taken.get("usernameLower") == clean_username.lower():
-                raise Conflict("this username is already taken", "username")
+        # a cheap early answer (two index lookups: a top-level $or would scan on SecantusDB);
+        # the unique indexes decide races
+        if await self.users.find_one({"usernameLower": clean_username.lower()}, projection={"_id": 1}):
+            raise Conflict("this username is already taken", "username")
+        if await self.users.find_one({"email": clean_email}, projection={"_id": 1}):
             raise Conflict("an account with this email already exists", "email")
         hashed = await self.passwords.hash(secret)
         moment = await self.clock.now()
@@ -175,8 +226,6 @@ class UsersService(ServiceResource):
             "reviewCount": 0,
             "totalEarnings": Decimal128("0.00"),
             "tokenVersion": 0,
-            "loginFailures": [],
-            "lockedUntil": None,
             "refreshJti": jti,
             "createdAt": moment,
             "updatedAt": moment,
@@ -189,27 +238,31 @@ class UsersService(ServiceResource):
 
     @signature("struct", "string", "string", returns={"user": "struct", "token": "string", "refresh_token": "string"})
     async def xmlrpc_login(self, email: Any, password_: Any) -> dict:
-        """Log in with email and password. An unknown email and a wrong password give the same UNAUTHORIZED answer (and cost the same bcrypt check); 5 failures within 15 minutes lock the account for 15 minutes (RATE_LIMITED). Deleted accounts cannot log in. Returns token (access JWT), refresh_token (replaces the previous one), user."""
+        """Log in with email and password. An unknown email and a wrong password give the same UNAUTHORIZED answer (and cost the same bcrypt check); 5 failures within 15 minutes from one client address lock that email for that address for 15 minutes (RATE_LIMITED), whether an account has that email or not. Deleted accounts cannot log in. Returns token (access JWT), refresh_token (replaces the previous one), user."""
         clean_email = v.email(email)
         secret = login_password(password_)
         moment = await self.clock.now()
+        key = _throttle_key(clean_email, caller_address())
+        await self._take_attempt(key, moment)
         user = await self.users.find_one({"email": clean_email, **NOT_DELETED})
-        if user is not None:
-            await self._check_not_locked(user, moment)
-        matched = await self.passwords.check(secret, user.get("passwordHash") if user else None)
+        hashed = user.get("passwordHash") if user else None
+        matched = await self.passwords.check(secret, hashed)  # the dummy hash when there is no account
         if user is None or not matched:
-            if user is not None:
-                await self._record_failure(user["_id"], moment)
+            await self._record_failure(key, moment)
             raise Unauthorized(BAD_CREDENTIALS)
+        await self._check_not_locked(key, moment)  # locked by failures that raced this check
+        if self.passwords.needs_rehash(hashed):
+            # the configured cost from now on; compare-and-set, so a concurrent change_password wins
+            await self.users.update_one({"_id": user["_id"], "passwordHash": hashed},
+                                        {"$set": {"passwordHash": await self.passwords.hash(secret)}})
         jti = self.tokens.new_jti()
-        fresh = await self.users.find_one_and_update(
-            {"_id": user["_id"], **NOT_DELETED, "tokenVersion": user.get("tokenVersion", 0),
-             "$or": [{"lockedUntil": None}, {"lockedUntil": {"$lte": moment}}]},
-            {"$set": {"loginFailures": [], "lockedUntil": None, "refreshJti": jti}},
-            return_document=ReturnDocument.AFTER,
+        fresh = await self.store.update_and_fetch(
+            "users", {"_id": user["_id"], **NOT_DELETED, "tokenVersion": user.get("tokenVersion", 0)},
+            {"$set": {"refreshJti": jti}},
         )
-        if fresh is None:  # locked, deleted or password changed meanwhile
+        if fresh is None:  # deleted or password changed meanwhile
             raise Unauthorized(BAD_CREDENTIALS)
+        await self._clear_attempts(key)  # a success clears this address's failures
         return ok(user=fresh, **self._token_pair(fresh, moment, jti))
 
     @signature("struct", "string", returns={"user": "struct"})
@@ -250,7 +303,7 @@ class UsersService(ServiceResource):
 
     @signature("struct", "string", "string", "string", returns={"token": "string", "refresh_token": "string"})
     async def xmlrpc_change_password(self, user_id: Any, old_password: Any, new_password: Any) -> dict:
-        """Change a password: old_password must match (UNAUTHORIZED otherwise, counted like a failed login; RATE_LIMITED while locked); new_password 8-72 bytes of UTF-8 and different from the old one. Every token issued before stops verifying. Returns token, refresh_token (new ones)."""
+        """Change a password: old_password must match (UNAUTHORIZED otherwise, counted like a failed login of the account's email from the caller's address; RATE_LIMITED while that is locked); new_password 8-72 bytes of UTF-8 and different from the old one. Every token issued before stops verifying. Returns token, refresh_token (new ones)."""
         _id = v.object_id(user_id, "user_id")
         old = login_password(old_password, "old_password")
         new = password(new_password, "new_password")
@@ -258,17 +311,18 @@ class UsersService(ServiceResource):
             raise ValidationError("new_password", "the new password must differ from the old one")
         user = await get_or_404(self.users, _id, "user")
         moment = await self.clock.now()
-        await self._check_not_locked(user, moment)
+        key = _throttle_key(str(user.get("email", "")), caller_address())
+        await self._take_attempt(key, moment)
         if not await self.passwords.check(old, user.get("passwordHash")):
-            await self._record_failure(_id, moment)
+            await self._record_failure(key, moment)
             raise Unauthorized("The current password is wrong.", "old_password")
+        await self._clear_attempts(key)
         hashed = await self.passwords.hash(new)
         jti = self.tokens.new_jti()
-        fresh = await self.users.find_one_and_update(
-            {"_id": _id, **NOT_DELETED, "passwordHash": user.get("passwordHash")},
-            {"$set": {"passwordHash": hashed, "refreshJti": jti, "loginFailures": [], "updatedAt": moment},
+        fresh = await self.store.update_and_fetch(
+            "users", {"_id": _id, **NOT_DELETED, "passwordHash": user.get("passwordHash")},
+            {"$set": {"passwordHash": hashed, "refreshJti": jti, "updatedAt": moment},
              "$inc": {"tokenVersion": 1}},
-            return_document=ReturnDocument.AFTER,
         )
         if fresh is None:
             raise Conflict("the password was changed at the same time; try again")
@@ -302,16 +356,18 @@ class UsersService(ServiceResource):
         """Figures of a user. stats: totalOrders, completedOrders, activeOrders (ints, buyer and seller sides added; active = pending, in_progress or disputed), asBuyer and asSeller (structs with totalOrders, completedOrders, activeOrders for each side), totalGigs and activeGigs (live gigs, active ones), totalReviews and averageRating (reviews received as seller, 2 decimals, 0 when none), totalEarnings (the user's credited earnings), totalSpent (completed orders as buyer). Returns stats."""
         _id = v.object_id(user_id, "user_id")
         user = await get_or_404(self.users, _id, "user", projection={"totalEarnings": 1})
-        orders = await self.store["orders"].aggregate([
-            {"$match": {"$or": [{"buyerId": _id}, {"sellerId": _id}]}},
-            {"$group": {
-                "_id": {"$cond": [{"$eq": ["$buyerId", _id]}, "buyer", "seller"]},
-                "total": {"$sum": 1},
-                "completed": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, 1, 0]}},
-                "active": {"$sum": {"$cond": [{"$in": ["$status", OPEN_ORDER_STATUSES]}, 1, 0]}},
-                "spent": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, "$totalPrice", 0]}},
-            }},
-        ])
+        orders: list[dict] = []
+        for name, field in (("buyer", "buyerId"), ("seller", "sellerId")):  # one index each (no $or: it scans)
+            orders += await self.store["orders"].aggregate([
+                {"$match": {field: _id}},
+                {"$group": {
+                    "_id": name,
+                    "total": {"$sum": 1},
+                    "completed": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, 1, 0]}},
+                    "active": {"$sum": {"$cond": [{"$in": ["$status", OPEN_ORDER_STATUSES]}, 1, 0]}},
+                    "spent": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, "$totalPrice", 0]}},
+                }},
+            ])
         gigs = await self.store["gigs"].aggregate([
             {"$match": {"userId": _id, **NOT_DELETED}},
             {"$group": {
@@ -344,7 +400,7 @@ class UsersService(ServiceResource):
             "totalGigs": g.get("total", 0),
             "activeGigs": g.get("active", 0),
             "totalReviews": count,
-            "averageRating": round(r.get("sum", 0) / count, 2) if count else 0,
+            "averageRating": average_rating(r.get("sum", 0), count),
             "totalEarnings": as_decimal(user.get("totalEarnings")),
             "totalSpent": as_decimal(sides.get("buyer", {}).get("spent", 0)),
         })
@@ -360,14 +416,18 @@ class UsersService(ServiceResource):
         """Exchange a refresh token for a new access token and a new refresh token (rotation: each refresh token works once, and only the newest one issued to the user). Access tokens are refused. Returns token, refresh_token; UNAUTHORIZED otherwise."""
         user, claims = await self._user_for_token(_token_string(refresh_token, "refresh_token"), REFRESH)
         jti = self.tokens.new_jti()
-        fresh = await self.users.find_one_and_update(
-            {"_id": user["_id"], **NOT_DELETED, "tokenVersion": claims.version, "refreshJti": claims.jti},
+        fresh = await self.store.update_and_fetch(
+            "users", {"_id": user["_id"], **NOT_DELETED, "tokenVersion": claims.version, "refreshJti": claims.jti},
             {"$set": {"refreshJti": jti}},
-            return_document=ReturnDocument.AFTER,
         )
         if fresh is None:
             raise Unauthorized(BAD_TOKEN)
         return ok(**self._token_pair(fresh, await self.clock.now(), jti))
+
+
+def _throttle_key(email: str, address: str) -> str:
+    """The ``loginThrottle`` id of a lower-cased e-mail tried from a client address."""
+    return f"{address} {email}"
 
 
 def _is_hex24(value: str) -> bool:

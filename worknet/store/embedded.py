@@ -45,6 +45,12 @@ RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 STABLE_SECONDS = 60.0
 CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
+# The startup line when MONGODB_URI is unset and the [embedded] extra is not installed.
+MISSING_EXTRA = (
+    "MONGODB_URI is unset and the embedded database is not installed: set MONGODB_URI to your MongoDB, "
+    "or install the embedded one with pip install 'worknet-rpc[embedded]' (make run does)"
+)
+
 
 def find_secantusd() -> str | None:
     """The ``secantusd-py`` launcher: beside this interpreter first, then on PATH."""
@@ -114,7 +120,7 @@ class EmbeddedDatabase(service.Service):
     def startService(self) -> None:
         super().startService()
         if self.executable is None:
-            self._fail("secantusd-py was not found; install the SecantusDB package or set MONGODB_URI")
+            self._fail(MISSING_EXTRA)
             return
         try:
             os.makedirs(self.data_dir, exist_ok=True)

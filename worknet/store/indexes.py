@@ -22,6 +22,12 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ([("usernameLower", ASC)], {"unique": True, "name": "username_unique"}),
         ([("email", ASC)], {"unique": True, "name": "email_unique"}),
         ([("createdAt", DESC), ("_id", DESC)], {"name": "users_newest"}),
+        # usersService.get_all's role and country filters, always with deletedAt: null (live users),
+        # newest first; SecantusDB uses a compound index for equalities only when its leading
+        # fields are exactly the filter's fields, hence deletedAt second
+        ([("role", ASC), ("deletedAt", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "users_role_newest"}),
+        ([("country", ASC), ("deletedAt", ASC), ("createdAt", DESC), ("_id", DESC)],
+         {"name": "users_country_newest"}),
     ],
     "gigs": [
         ([("category", ASC), ("isActive", ASC)], {"name": "category_active"}),
@@ -50,6 +56,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ([("sellerId", ASC), ("status", ASC), ("completedAt", ASC)], {"name": "seller_completed"}),
         ([("status", ASC), ("createdAt", DESC), ("_id", DESC)], {"name": "status_newest"}),
         ([("createdAt", DESC), ("_id", DESC)], {"name": "orders_newest"}),
+        # categoriesService.get_stats: the orders of one category
+        ([("categoryId", ASC), ("status", ASC)], {"name": "category_status"}),
     ],
     "payments": [
         ([("orderId", ASC)], {"name": "payment_order"}),
@@ -59,6 +67,11 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "ledger": [
         ([("key", ASC)], {"unique": True, "name": "ledger_key_unique"}),
         ([("sellerId", ASC), ("kind", ASC)], {"name": "ledger_seller"}),
+    ],
+    "loginThrottle": [
+        # one document per (lower-cased e-mail, client address), known account or not; it
+        # expires on its own once neither its failures nor its lock matter any more
+        ([("expiresAt", ASC)], {"expireAfterSeconds": 0, "name": "login_throttle_ttl"}),
     ],
     "idempotency": [
         ([("createdAt", ASC)], {"expireAfterSeconds": 24 * 3600, "name": "idempotency_ttl"}),

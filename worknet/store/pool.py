@@ -15,23 +15,70 @@ from typing import Any, TypeVar
 
 from pymongo import ReturnDocument
 from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.write_concern import WriteConcern
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
+from txmongo import collection as txmongo_collection
 from txmongo import filter as qf
 from txmongo.connection import ConnectionPool
 from txmongo.database import Database
 from txmongo.sessions import ClientSession
 
 from worknet.config import Settings
-from worknet.errors import Conflict
+from worknet.errors import Conflict, Unavailable
 from worknet.logs import logger
+from worknet.store import connect
 from worknet.store.indexes import INDEXES
 
 T = TypeVar("T")
 
 log = logger(__name__)
 
+PING_FRESH_SECONDS = 0.5  # a ping result serves this long after its probe started
+PING_TIMEOUT_SECONDS = 1.0  # no answer within this: disconnected
 TRANSACTION_ATTEMPTS = 12  # write conflicts under contention: back off and run the steps again
+UNCERTAIN_SECONDS = 3.0  # a connection closed before answering, again and again this long: a real cause
+INDEX_RETRY_SECONDS = 5.0  # a conflicting index is checked again this often (fixed by hand, the daemon goes on)
+SNAPSHOT_COLLECTION = "idempotency"  # read by _id (never matches) to give each transaction its read concern
+
+
+class Collection(txmongo_collection.Collection):
+    """txmongo's collection, except that find-and-modify inside a transaction carries no write concern.
+
+    txmongo 26 puts the collection's write concern into every
+    ``findAndModify``, also inside a transaction, where MongoDB refuses it
+    (code 72, "Cannot set write concern after starting a transaction"); its
+    other commands leave it to the commit, as the protocol wants.  With the
+    pool's ``w: majority`` default every transaction would fail, so here the
+    three find-and-modify methods use a copy without write concern when the
+    session is in a transaction.  (No change to txmongo: a subclass the store
+    hands out.)
+    """
+
+    def _for(self, session: ClientSession | None) -> txmongo_collection.Collection:
+        if session is not None and session.in_transaction():
+            return super().with_options(write_concern=WriteConcern())
+        return super()
+
+    def find_one_and_update(self, *args: Any, session: ClientSession | None = None, **kwargs: Any) -> Any:
+        return self._for(session).find_one_and_update(*args, session=session, **kwargs)
+
+    def find_one_and_replace(self, *args: Any, session: ClientSession | None = None, **kwargs: Any) -> Any:
+        return self._for(session).find_one_and_replace(*args, session=session, **kwargs)
+
+    def find_one_and_delete(self, *args: Any, session: ClientSession | None = None, **kwargs: Any) -> Any:
+        return self._for(session).find_one_and_delete(*args, session=session, **kwargs)
+
+
+class IndexConflict(Exception):
+    """A startup index cannot be created (an index of other options on the same keys, duplicates, ...)."""
+
+
+def index_failure(collection: str, keys: list[tuple[str, int]], options: dict, error: OperationFailure) -> str:
+    """One line naming the index and the conflict, from the server's answer."""
+    spec = "{" + ", ".join(f"{field}: {order}" for field, order in keys) + "}"
+    reason = (error.details or {}).get("errmsg") or str(error)
+    return f"index {options.get('name')} {spec} on {collection}: {reason} (code {error.code})"
 
 
 
@@ -54,36 +101,121 @@ class MongoStore(service.Service):
         self.connected = False
         self.is_ready = False  # indexes created: the services may read and write
         self._waiting: list[defer.Deferred[None]] = []
+        self.target: connect.Target | None = None
+        self.problem: str | None = None  # the last connection failure the operator must fix, until one succeeds
+        self.hint: str | None = None  # an uncertain cause (see _connection_problem)
+        self._hint_since: float | None = None
+        self.index_problem: str | None = None  # a startup index that cannot be created
+        self._logged_problem: str | None = None
+        self._probing = False
+        self._probe_started = -1e9
+        self._probe_waiters: list[defer.Deferred[bool]] = []
 
     # -- service life -------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self._pool = ConnectionPool(
-            self._uri(),
+        self._preparing = defer.ensureDeferred(self._prepare())
+
+    def _connect(self, target: connect.Target) -> ConnectionPool:
+        """The txmongo pool for ``target``: our TLS creator, our protocol (SCRAM-SHA-256, X.509, causes)."""
+        self._observer = connect.Observer(self._connection_problem, self._connection_answered)
+        pool = ConnectionPool(
+            target.txmongo_uri(),
             pool_size=self._settings.mongodb_pool_size,
+            ssl_context_factory=connect.tls_creator(target),
             retry_delay=0.5,
             max_delay=2.0,
             ping_interval=5,
             ping_timeout=5,
+            **target.write_concern,
         )
-        for factory in self._pool.getprotocols():
+        protocol = connect.protocol_class(target, self._observer)
+        for factory in pool.getprotocols():
             factory.noisy = False  # no "Starting factory" line per reconnect
-        self._preparing = defer.ensureDeferred(self._prepare())
+            factory.protocol = protocol  # built on the first connection, after this returns
+        if target.authenticates:
+            pool.authenticate(target.auth_database, target.username, target.password or "", target.mechanism)
+        return pool
+
+    async def _target(self) -> connect.Target:
+        target = connect.parse(self._uri(), self._settings.node_env)
+        if target.srv is None:
+            return target
+        while True:
+            try:
+                return await threads.deferToThread(connect.resolve, target)
+            except Exception as e:  # DNS down or wrong name: say so, keep trying
+                self._connection_problem(f"DNS lookup of the SRV/TXT records of {target.srv} failed: "
+                                         f"{type(e).__name__}: {e}")
+                await task.deferLater(self._reactor, 5.0, lambda: None)
+                if not self.running:
+                    raise
+
+    def _connection_problem(self, cause: str, certain: bool = True) -> None:
+        """A connection failed for a reason the operator must fix (credentials, TLS, ...): one line per cause.
+
+        A certain cause makes calls answer UNAVAILABLE at once until a
+        connection succeeds.  An uncertain one (a connection closed before any
+        answer: a plaintext URI to a TLS server, or a server shutting down) is
+        shown by /health at once, and becomes certain -- logged, calls refused
+        -- once it has lasted ``UNCERTAIN_SECONDS`` without any connection
+        getting an answer in between.
+        """
+        if not certain:
+            if self.problem is not None:
+                return  # never hide a certain cause behind a vaguer one
+            now = self._reactor.seconds()
+            if self.hint != cause or self._hint_since is None:
+                self.hint, self._hint_since = cause, now
+                return
+            if now - self._hint_since < UNCERTAIN_SECONDS:
+                return
+        self.problem = cause
+        if cause != self._logged_problem:
+            self._logged_problem = cause
+            log.error("cannot use the database: {cause}", cause=cause)
+
+    def _connection_answered(self) -> None:
+        """A connection got its first answer: a pending uncertain cause was not the reason."""
+        self.hint = self._hint_since = None
 
     async def _prepare(self) -> None:
         """Wait until the database answers, then create indexes and probe transactions."""
+        target = await self._target()
+        self.target = target
+        for notice in target.notices:
+            log.info("MONGODB_URI {notice}", notice=notice)
+        self._pool = self._connect(target)
         attempt = 0
         while self.running:
             try:
                 hello = await self.command({"hello": 1})
-                await self._create_indexes()
-            except Exception as e:  # the database is not up yet: keep trying
+            except Exception as e:  # the database is not up yet (or refuses us: see _connection_problem)
                 attempt += 1
-                if attempt in (1, 20) or attempt % 120 == 0:
-                    log.warn("waiting for the database ({reason})", reason=type(e).__name__)
+                if self.cause is None and (attempt in (1, 20) or attempt % 120 == 0):
+                    log.warn("waiting for the database at {where} ({reason})", where=target.where,
+                             reason=type(e).__name__)
                 await task.deferLater(self._reactor, 0.25, lambda: None)
                 continue
+            if self.problem is not None and self.index_problem is None:
+                log.info("the database at {where} answers again", where=target.where)
+            self.problem = self.hint = self._hint_since = self._logged_problem = None
+            try:
+                await self._create_indexes()
+            except IndexConflict as e:  # a conflicting index or duplicates: the operator must act
+                cause = str(e)
+                if cause != self.index_problem:
+                    log.error("cannot create the startup indexes: {cause}", cause=cause)
+                self.index_problem = cause
+                await task.deferLater(self._reactor, INDEX_RETRY_SECONDS, lambda: None)
+                continue
+            except Exception:  # the connection dropped in between: start over
+                await task.deferLater(self._reactor, 0.25, lambda: None)
+                continue
+            if self.index_problem is not None:
+                log.info("the startup indexes now exist")
+            self.index_problem = None
             self.supports_transactions = bool(hello.get("setName") or hello.get("msg") == "isdbgrid")
             build = await self.command({"buildInfo": 1})
             self.is_secantus = "secantusVersion" in build
@@ -93,14 +225,25 @@ class MongoStore(service.Service):
                     "changes run step by step, each step guarded so that a retry completes it"
                 )
             self.connected = True
-            log.info("database ready: {db} ({mode})", db=self._settings.db_name,
-                     mode="transactions" if self.supports_transactions else "no transactions")
+            log.info("database ready: {db} at {where} ({mode}, writes {concern})", db=self._settings.db_name,
+                     where=target.where, mode="transactions" if self.supports_transactions else "no transactions",
+                     concern=target.write_concern)
             self.is_ready = True
             waiting, self._waiting = self._waiting, []
             for d in waiting:
                 if not d.called:  # a caller that gave up (timeout) cancelled its own Deferred only
                     d.callback(None)
             return
+
+    @property
+    def refused(self) -> str | None:
+        """Why the database refuses the daemon (credentials, TLS, a startup index), when that is certain."""
+        return self.index_problem or self.problem
+
+    @property
+    def cause(self) -> str | None:
+        """Why the database cannot be used right now (for /health), or None."""
+        return self.refused or self.hint
 
     def wait_ready(self) -> defer.Deferred[None]:
         """A new Deferred that fires once the indexes exist (at once afterwards).
@@ -110,6 +253,8 @@ class MongoStore(service.Service):
         """
         if self.is_ready:
             return defer.succeed(None)
+        if self.refused is not None:  # credentials, TLS, index conflict: answer at once, not at the deadline
+            return defer.fail(Unavailable("The database is not available right now; try again shortly."))
         d: defer.Deferred[None] = defer.Deferred()
         self._waiting.append(d)
         return d
@@ -123,7 +268,10 @@ class MongoStore(service.Service):
     async def _create_indexes(self) -> None:
         for collection, specs in INDEXES.items():
             for keys, options in specs:
-                await self.db[collection].create_index(qf.sort(keys), **options)
+                try:
+                    await self.db[collection].create_index(qf.sort(keys), **options)
+                except OperationFailure as e:
+                    raise IndexConflict(index_failure(collection, keys, options, e)) from e
 
     # -- access ---------------------------------------------------------------
 
@@ -138,7 +286,7 @@ class MongoStore(service.Service):
         return self.pool[self._settings.db_name]
 
     def __getitem__(self, collection: str) -> Any:
-        return self.db[collection]
+        return Collection(self.db, collection)
 
     def open_connections(self) -> int:
         """How many pool connections are established right now."""
@@ -151,17 +299,46 @@ class MongoStore(service.Service):
             self._settings.db_name, command, timeout=timeout or self._settings.db_timeout_seconds
         )
 
-    async def ping(self, timeout: float = 2.0) -> bool:
-        """True when the database answers ``ping`` within ``timeout`` seconds. Never raises."""
+    async def ping(self) -> bool:
+        """True when the database answered a ``ping`` recently. Never raises.
+
+        One probe at a time, shared by every caller: a result serves for
+        ``PING_FRESH_SECONDS`` after its probe started; later callers join the
+        probe in flight or start the next one.  A probe that gets no answer
+        within ``PING_TIMEOUT_SECONDS``, or finds no pool connection up, says
+        disconnected.  So the status a
+        caller gets describes the database at most one second ago, and load
+        on ``ping`` (or ``/health``) costs the database two commands a second.
+        """
         if self._pool is None:
             return False
-        try:
-            await self.command({"ping": 1}, timeout=timeout)
-        except Exception:
-            self.connected = False
-            return False
-        self.connected = True
-        return True
+        if self._reactor.seconds() - self._probe_started < PING_FRESH_SECONDS:
+            return self.connected
+        # a Deferred per caller: a caller that gives up (its deadline) cancels its own only
+        mine: defer.Deferred[bool] = defer.Deferred()
+        self._probe_waiters.append(mine)  # before the probe starts: it may end at once
+        if not self._probing:
+            self._probing = True
+            self._probe_started = self._reactor.seconds()
+            defer.ensureDeferred(self._run_probe())
+        return await mine
+
+    async def _run_probe(self) -> None:
+        connected = False
+        if self.open_connections():  # none up (the server went away): no need to wait for a timeout
+            try:
+                await self.command({"ping": 1}, timeout=PING_TIMEOUT_SECONDS)
+                connected = True
+            except Exception:
+                connected = False
+        self.connected = connected
+        if connected and self.is_ready:
+            self.problem = self.hint = self._hint_since = self._logged_problem = None
+        self._probing = False
+        waiting, self._probe_waiters = self._probe_waiters, []
+        for d in waiting:
+            if not d.called:
+                d.callback(connected)
 
     async def update_and_fetch(
         self, collection: str, filter: dict, update: dict | list, *,
@@ -178,7 +355,7 @@ class MongoStore(service.Service):
         """
         if "_id" not in filter:
             raise ValueError("update_and_fetch needs a filter on _id")
-        target = self.db[collection]
+        target = self[collection]
         if not self.is_secantus:
             return await target.find_one_and_update(
                 filter, update, projection=projection, return_document=ReturnDocument.AFTER, session=session,
@@ -187,6 +364,20 @@ class MongoStore(service.Service):
         if result.matched_count == 0:
             return None
         return await target.find_one({"_id": filter["_id"]}, projection=projection, session=session)
+
+    async def _snapshot(self, session: ClientSession) -> None:
+        """Open the transaction with read concern ``snapshot``.
+
+        txmongo has no transaction read concern; a transaction's read concern
+        is the one of its first command, so the transaction starts with a
+        one-document read by ``_id`` carrying it.  With the ``w: majority``
+        commit, every read of the transaction comes from one majority-committed
+        snapshot.
+        """
+        await self.pool.command(self._settings.db_name, {
+            "find": SNAPSHOT_COLLECTION, "filter": {"_id": 0}, "limit": 1, "singleBatch": True,
+            "readConcern": {"level": "snapshot"},
+        }, session=session)
 
     async def transaction(self, steps: Callable[[ClientSession | None], Awaitable[T]]) -> T:
         """Run ``steps(session)`` as one transaction, retried with a jittered backoff on transient errors.
@@ -202,7 +393,8 @@ class MongoStore(service.Service):
         for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             async with self.pool.start_session() as session:
                 try:
-                    async with session.start_transaction():
+                    async with session.start_transaction(write_concern=self.pool.write_concern):
+                        await self._snapshot(session)
                         return await steps(session)
                 except PyMongoError as e:
                     transient = isinstance(e, OperationFailure) and (

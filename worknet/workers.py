@@ -1,0 +1,464 @@
+"""``--workers N``: N reactor processes serving one listening socket.
+
+The parent (``twistd worknet-rpc --workers N``) opens the TCP listening socket
+itself, starts the embedded database when there is one (one for all
+workers), and spawns N workers (``python -m worknet.workers``) with
+``reactor.spawnProcess``.  Each worker inherits the socket as file
+descriptor 3 and adopts it with ``reactor.adoptStreamPort`` (Twisted's
+standard way to share a listening socket between processes): the kernel
+hands each new connection to one of them.  A worker reads its settings as
+one JSON line on its stdin -- secrets never travel through a child's
+environment or command line -- and stops when that pipe closes, so workers
+never outlive their parent.
+
+- SIGTERM to the parent: it stops listening in no process of its own (it
+  never accepts), sends SIGTERM to every worker, each worker stops accepting,
+  drains its in-flight calls and exits 0; then the parent stops the embedded
+  database and exits 0.
+- A worker that dies is restarted (after 1 s, or 5 s when it lived under
+  10 s, so a worker that cannot start does not spin).
+- Logs: each worker writes its log events as text lines to its stdout, in
+  batches; the parent writes them to its own log prefixed ``worker N``.
+- ``/metrics``: aggregated over all workers with prometheus_client's
+  multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a private directory the
+  parent creates): whichever worker answers a scrape reports the sum of every
+  worker's counters and histograms; gauges are summed over live workers
+  (``worknet_db_connected`` is the minimum: 1 only when every worker's pool
+  answered).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from decimal import Decimal
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, error, protocol, tcp
+from twisted.logger import ILogObserver
+from zope.interface import implementer
+
+from worknet.config import Settings
+from worknet.logs import logger
+
+log = logger("worknet.workers")
+
+LISTEN_FD = 3
+STOP_GRACE_SECONDS = 30.0
+RESTART_DELAY = 1.0
+CRASH_LOOP_DELAY = 5.0
+SHORT_LIFE = 10.0
+
+
+def listen_address(endpoint: str) -> tuple[socket.AddressFamily, str, int, int]:
+    """(family, host, port, backlog) of a ``tcp:`` / ``tcp6:`` endpoint string; ValueError for any other."""
+    kind, _, rest = endpoint.partition(":")
+    if kind not in ("tcp", "tcp6"):
+        raise ValueError(f"--workers above 1 needs a tcp: or tcp6: --listen endpoint, not {endpoint!r} "
+                         "(terminate TLS in front of the workers, or run one worker)")
+    parts = [p for p in rest.replace("\\:", "\0").split(":")]
+    options: dict[str, str] = {}
+    port_text = ""
+    for part in parts:
+        part = part.replace("\0", ":")
+        if "=" in part:
+            key, _, value = part.partition("=")
+            options[key] = value
+        elif not port_text:
+            port_text = part
+        else:
+            raise ValueError(f"cannot read the endpoint {endpoint!r}")
+    try:
+        port = int(options.pop("port", port_text))
+        backlog = int(options.pop("backlog", "50"))
+    except ValueError:
+        raise ValueError(f"cannot read the port of the endpoint {endpoint!r}") from None
+    host = options.pop("interface", "::" if kind == "tcp6" else "0.0.0.0")  # noqa: S104 - as twisted's default
+    if options:
+        raise ValueError(f"--workers does not support the endpoint options {', '.join(options)}")
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+    return family, host, port, backlog
+
+
+def open_listening_socket(endpoint: str) -> socket.socket:
+    family, host, port, backlog = listen_address(endpoint)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(max(backlog, 1024))
+    sock.setblocking(False)
+    return sock
+
+
+def encode_settings(settings: Settings, uri: str) -> bytes:
+    """One JSON line for a worker: the parent's settings, pointed at the shared database, one worker."""
+    values = asdict(settings)
+    values.update(mongodb_uri=uri, rpc_workers=1, log_file="")
+    values["platform_fee_percent"] = str(settings.platform_fee_percent)
+    return json.dumps(values).encode() + b"\n"
+
+
+def decode_settings(line: bytes) -> Settings:
+    values = json.loads(line)
+    known = {f.name for f in fields(Settings)}
+    values = {k: v for k, v in values.items() if k in known}
+    values["platform_fee_percent"] = Decimal(values["platform_fee_percent"])
+    return Settings(**values)
+
+
+def worker_environment(metrics_dir: str) -> dict[str, str]:
+    """A worker's environment: the parent's minus every daemon setting (those come over stdin)."""
+    from worknet.config import ENV_VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES and not k.startswith("PROMETHEUS_")}
+    env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    return env
+
+
+class _Worker(protocol.ProcessProtocol):
+    def __init__(self, pool: WorkerPool, number: int, started: float) -> None:
+        self.pool = pool
+        self.number = number
+        self.started = started
+        self.pid: int | None = None
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._partial = b""
+        self.log = logger(f"worknet.worker.{number}")
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # type: ignore[union-attr]
+        self.transport.write(self.pool.settings_line())  # type: ignore[union-attr]
+
+    def outReceived(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            text = line.decode("utf-8", "replace")
+            if text:
+                # "LEVEL text": the worker filtered by level already; keep its level here
+                level, _, message = text.partition(" ")
+                emit = {"debug": self.log.debug, "info": self.log.info, "warn": self.log.warn,
+                        "error": self.log.error, "critical": self.log.critical}.get(level)
+                if emit is None:
+                    self.log.info("{line}", line=text)
+                else:
+                    emit("{line}", line=message)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.pool._ended(self, reason)
+        self.ended.callback(None)
+
+
+class WorkerPool(service.Service):
+    """Owns the listening socket and N worker processes (restarting any that dies)."""
+
+    name = "workers"
+
+    def __init__(self, settings: Settings, uri: Callable[[], str], reactor: Any = None,
+                 executable: str | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.settings = settings
+        self.uri = uri
+        self.reactor = reactor
+        self.executable = executable or sys.executable
+        self.workers: dict[int, _Worker] = {}
+        self.socket: socket.socket | None = None
+        self.metrics_dir = ""
+        self.restarts = 0
+        self._stopping = False
+
+    def settings_line(self) -> bytes:
+        return encode_settings(self.settings, self.uri())
+
+    def startService(self) -> None:
+        super().startService()
+        self.socket = open_listening_socket(self.settings.listen)
+        self.metrics_dir = tempfile.mkdtemp(prefix="worknet-metrics-")
+        for number in range(1, self.settings.rpc_workers + 1):
+            self._spawn(number)
+
+    def _spawn(self, number: int) -> None:
+        if self._stopping or self.socket is None:
+            return
+        worker = _Worker(self, number, self.reactor.seconds())
+        self.reactor.spawnProcess(
+            worker, self.executable, [self.executable, "-m", "worknet.workers", str(number)],
+            env=worker_environment(self.metrics_dir),
+            childFDs={0: "w", 1: "r", 2: "r", LISTEN_FD: self.socket.fileno()},
+        )
+        self.workers[number] = worker
+        log.info("worker {n} started (pid {pid})", n=number, pid=worker.pid)
+
+    def _ended(self, worker: _Worker, reason: Any) -> None:
+        if self.workers.get(worker.number) is worker:
+            del self.workers[worker.number]
+        if worker.pid is not None and self.metrics_dir:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid, self.metrics_dir)
+        if self._stopping:
+            return
+        code = getattr(reason.value, "exitCode", None)
+        signal_number = getattr(reason.value, "signal", None)
+        lived = self.reactor.seconds() - worker.started
+        delay = CRASH_LOOP_DELAY if lived < SHORT_LIFE else RESTART_DELAY
+        self.restarts += 1
+        log.error("worker {n} (pid {pid}) died (exit code {code}, signal {sig}); restarting it in {d:.0f} s",
+                  n=worker.number, pid=worker.pid, code=code, sig=signal_number, d=delay)
+        self.reactor.callLater(delay, self._spawn, worker.number)
+
+    async def stopService(self) -> None:
+        super().stopService()
+        self._stopping = True
+        running = list(self.workers.values())
+        for worker in running:
+            try:
+                worker.transport.signalProcess("TERM")  # type: ignore[union-attr]
+            except error.ProcessExitedAlready:
+                pass
+        kill = self.reactor.callLater(STOP_GRACE_SECONDS, self._kill, running)
+        await defer.DeferredList([w.ended for w in running])
+        if kill.active():
+            kill.cancel()
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        log.info("all workers stopped")
+
+    def _kill(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            if not worker.ended.called:
+                log.warn("worker {n} did not stop within {s:.0f} s; killing it", n=worker.number, s=STOP_GRACE_SECONDS)
+                try:
+                    worker.transport.signalProcess("KILL")  # type: ignore[union-attr]
+                except error.ProcessExitedAlready:
+                    pass
+
+
+# -- the worker process ------------------------------------------------------
+
+
+class FairPort(tcp.Port):
+    """A listening port that accepts one connection per reactor turn.
+
+    Twisted's Port accepts up to ~100 connections per wake-up; with several
+    processes on one socket the first to wake would take a whole burst. One
+    accept per turn lets an idle worker take the next connection.
+    """
+
+    @property
+    def numberAccepts(self) -> int:
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        pass
+
+
+class AdoptedListener(service.Service):
+    """Serves ``factory`` on the inherited listening socket (fd 3)."""
+
+    name = "xmlrpc"
+
+    def __init__(self, factory: Any, reactor: Any, fd: int = LISTEN_FD) -> None:
+        self.factory = factory
+        self.reactor = reactor
+        self.fd = fd
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        sock = socket.socket(fileno=self.fd)
+        family = sock.family
+        sock.detach()
+        self.port = FairPort._fromListeningDescriptor(self.reactor, self.fd, family, self.factory)
+        self.port.startListening()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+class CloseConnections(service.Service):
+    """On stop (after the drain), closes every HTTP connection cleanly and waits for them (<= 5 s).
+
+    ``loseConnection`` sends what is still buffered -- the answers of the calls
+    the drain waited for -- before closing; the reactor's own shutdown would
+    drop those buffers and reset the connections.
+    """
+
+    name = "close-connections"
+
+    def __init__(self, site: Any, reactor: Any, timeout: float = 5.0) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.open: set[Any] = set()
+        self._empty: list[defer.Deferred[None]] = []
+        build = site.buildProtocol
+
+        def buildProtocol(addr: Any) -> Any:
+            channel = build(addr)
+            if channel is not None:
+                lost = channel.connectionLost
+
+                def connectionLost(reason: Any) -> None:
+                    self.open.discard(channel)
+                    if not self.open:
+                        waiting, self._empty = self._empty, []
+                        for d in waiting:
+                            d.callback(None)
+                    lost(reason)
+
+                channel.connectionLost = connectionLost
+                self.open.add(channel)
+            return channel
+
+        site.buildProtocol = buildProtocol
+
+    async def stopService(self) -> None:
+        super().stopService()
+        if not self.open:
+            return
+        d: defer.Deferred[None] = defer.Deferred()
+        self._empty.append(d)
+        for channel in list(self.open):
+            inner = getattr(channel, "_channel", channel)  # the HTTP/1.1-or-2 wrapper's channel
+            transport = getattr(inner, "transport", None)
+            if transport is not None:
+                transport.loseConnection()
+        d.addTimeout(self.timeout, self.reactor)
+        try:
+            await d
+        except defer.TimeoutError:
+            pass
+
+
+@implementer(ILogObserver)
+class BatchedLines:
+    """A log observer writing ``LEVEL text`` lines to a stream, flushed at most every 0.2 s (or 64 KiB).
+
+    One write per batch instead of one per request: under load the parent reads
+    a few large chunks a second instead of thousands of lines.
+    """
+
+    def __init__(self, stream: Any, reactor: Any, interval: float = 0.2, limit: int = 65536) -> None:
+        self.stream = stream
+        self.reactor = reactor
+        self.interval = interval
+        self.limit = limit
+        self.pending: list[str] = []
+        self.size = 0
+        self.timer: Any = None
+
+    def __call__(self, event: dict) -> None:
+        from twisted.logger import formatEvent
+
+        text = formatEvent(event).replace("\n", "\n    ")
+        if event.get("log_failure") is not None:
+            text += "\n    " + event["log_failure"].getTraceback().replace("\n", "\n    ")
+        level = event.get("log_level")
+        line = f"{level.name if level else 'info'} {text}\n"
+        self.pending.append(line)
+        self.size += len(line)
+        if self.size >= self.limit:
+            self.flush()
+        elif self.timer is None:
+            self.timer = self.reactor.callLater(self.interval, self.flush)
+
+    def flush(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self.pending:
+            data, self.pending, self.size = "".join(self.pending), [], 0
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+class _ParentWatch(protocol.Protocol):
+    """Stdin of a worker: when the parent's end closes, the worker stops."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def worker_main(number: int) -> None:
+    settings = decode_settings(sys.stdin.buffer.readline())
+    reactor: Any
+
+    from twisted.internet import reactor as default_reactor
+    from twisted.internet import stdio, task
+    from twisted.logger import FilteringLogObserver, globalLogBeginner
+
+    from worknet import logs
+    from worknet.app import DrainService, SequentialMultiService, build_site, refresh_gauges
+    from worknet.store import MongoStore
+
+    reactor = default_reactor
+    lines = BatchedLines(sys.stdout, reactor)
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(lines, [logs.level_filter(settings.log_level)])],
+                                     redirectStandardIO=False)
+
+    top = SequentialMultiService()
+    store = MongoStore(settings, lambda: settings.mongodb_uri, reactor=reactor)
+    store.setServiceParent(top)
+    site = build_site(store, settings, reactor=reactor)
+    CloseConnections(site, reactor).setServiceParent(top)
+    DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
+    AdoptedListener(site, reactor).setServiceParent(top)
+
+    # multiprocess metrics: the gauges another worker may render are refreshed here every second
+    rpc = site.resource.rpc
+    jobs = rpc.getSubHandler("usersService").passwords.pool.jobs
+
+    def gauges() -> None:  # set_function gauges are this process's only: written to the shared files here
+        refresh_gauges(rpc.metrics, store, settings)
+        for outcome, count in jobs.items():
+            rpc.metrics.password_jobs.labels(outcome).set(count)
+        guarded: Any = site
+        rpc.metrics.http_connections.set(guarded.open_connections)
+        rpc.metrics.http_dropped.labels("over_cap").set(guarded.refused_connections)
+        rpc.metrics.http_dropped.labels("too_slow").set(guarded.slow_requests)
+
+    refresher = task.LoopingCall(gauges)
+    reactor.callWhenRunning(refresher.start, 1.0)
+
+    def terminate(signum: int, frame: Any) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    reactor.callWhenRunning(signal.signal, signal.SIGTERM, terminate)
+    reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)  # the terminal's ^C goes to the parent
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(top.stopService()))
+    reactor.addSystemEventTrigger("after", "shutdown", lines.flush)
+    stdio.StandardIO(_ParentWatch(reactor), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
+    reactor.callWhenRunning(top.startService)
+    reactor.run()
+    lines.flush()
+
+
+if __name__ == "__main__":
+    worker_main(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
