@@ -13,7 +13,7 @@ PIP_COMPILE = $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --no-emit-i
 UPGRADE_FLAGS = $(if $(filter all,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
 NODE_PACKAGES := $(dir $(wildcard tests/node/package.json clients/node/package.json))
 
-.PHONY: run test lint install node-deps node-client lock demo bench soak clean
+.PHONY: run test lint install node-deps node-client lock demo bench soak fuzz clean
 
 # Exactly the locked set (every file checked against its hash), then the project itself
 # without touching dependencies and built by the locked setuptools.
@@ -51,6 +51,10 @@ clients/node/node_modules/.installed: clients/node/package.json clients/node/pac
 test: install lint node-deps node-client
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The long fuzz run (the short one is part of `make test`): FUZZ_CASES hostile bodies against a real daemon.
+FUZZ_CASES ?= 100000
+fuzz: install
+	FUZZ_CASES=$(FUZZ_CASES) $(BIN)/pytest -q -s -p no:cacheprovider tests/fuzz
 # Rewrites every lock file from setup.cfg / requirements/*.in / package.json.
 # Existing pins are kept (new dependencies are added at their newest version);
 # `make lock UPGRADE=all` moves everything to the newest releases, `make lock UPGRADE=twisted` one package.

@@ -220,3 +220,30 @@ def test_caller_authentication(make_daemon):
     assert response.status == 200
     listed = post(daemon, xmlrpc.client.dumps(("blocked",), "categoriesService.get_by_slug").encode(), headers=bearer)
     assert xmlrpc.client.loads(listed[1])[0][0]["code"] == "NOT_FOUND"  # the unauthenticated create did not run
+
+
+def test_bodies_up_to_the_limit_stay_in_memory():
+    """Twisted spools bodies of 100 kB and more to a temporary file (disk I/O on the reactor thread)."""
+    from io import BytesIO
+
+    from twisted.web.test.requesthelper import DummyChannel
+
+    from worknet.rpc.resource import request_factory
+
+    request_class = request_factory(1024 * 1024)
+    for length in (None, 10, 150_000, 1024 * 1024):
+        request = request_class(DummyChannel())
+        request.gotLength(length)
+        assert isinstance(request.content, BytesIO), length
+        assert not request.body_too_large
+    request = request_class(DummyChannel())
+    request.gotLength(1024 * 1024 + 1)
+    assert request.body_too_large and isinstance(request.content, BytesIO)
+    request.handleContentChunk(b"x" * 4096)
+    assert request.content.getvalue() == b""
+
+
+def test_a_large_body_under_the_limit_is_served(daemon):
+    body = xmlrpc.client.dumps(("x" * 900_000,), "paymentsService.calculate_fees").encode()
+    status, payload = post(daemon, body)
+    assert status == 200 and xmlrpc.client.loads(payload)[0][0]["code"] == "VALIDATION_ERROR"

@@ -141,3 +141,79 @@ def test_settings_from_env_file_environment_and_overrides(tmp_path):
     strong = "s" * 40
     production = load_settings({"NODE_ENV": "production", "JWT_SECRET": strong}, env_file=str(env_file))
     assert production.node_env == "production" and not production.development
+
+
+@pytest.mark.parametrize("raw", [
+    "111111111111111111111111111.001", "1" * 40, "1e2", "1E-2", "1_000", "+5", "-5", "１２", "١٢", "१२", "12,5",
+    "0x10", "5 5", "1.2.3", ".", " ", "\u00a0", "12\u00a0", "٫5",
+])
+def test_money_strings_are_ascii_digits_and_one_dot(raw):
+    with pytest.raises(ValidationError) as caught:
+        v.money(raw, "amount")
+    assert caught.value.field == "amount"
+
+
+def test_money_strings_that_are_fine():
+    assert v.money("5.", "a") == Decimal("5.00") and v.money(".5", "a") == Decimal("0.50")
+    assert v.money("000012.10", "a") == Decimal("12.10") and v.money("999999.990000000", "a") == Decimal("999999.99")
+    with pytest.raises(ValidationError):
+        v.money(10**400, "a")
+    with pytest.raises(ValidationError):
+        v.money(1e300, "a")
+
+
+def test_dates_outside_the_calendar_and_inclusive_to():
+    for bad in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+23:59"):
+        for field in ("from", "to"):
+            with pytest.raises(ValidationError) as caught:
+                v.iso_datetime(bad, field)
+            assert caught.value.field == field
+    assert v.iso_datetime("0001-01-01T05:00:00+05:00", "from") == datetime(1, 1, 1, tzinfo=UTC)
+    last = datetime(2026, 1, 31, 23, 59, 59, 999000, UTC)
+    assert v.iso_datetime("2026-01-31", "to") == last and v.iso_datetime("20260131", "to") == last
+    assert v.iso_datetime("2026-01-31", "from") == datetime(2026, 1, 31, tzinfo=UTC)
+    assert v.iso_datetime("2026-01-31T00:00:00Z", "to") == datetime(2026, 1, 31, tzinfo=UTC)  # a moment stays
+    assert v.iso_datetime("9999-12-31", "to") == datetime(9999, 12, 31, 23, 59, 59, 999000, UTC)
+
+
+def test_wire_converts_foreign_values_and_refuses_what_it_cannot_carry():
+    from bson import Binary, Decimal128, Int64, Regex
+
+    from worknet.rpc.wire import Unmarshallable, encode_response
+
+    converted = to_wire({"n": Int64(3), "big": Int64(2**40), "s": "a\x00b\x1f\ud800\uffff", "b": Binary(b"\x00\x01")})
+    assert converted["n"] == 3 and type(converted["n"]) is int and converted["big"] == float(2**40)
+    assert converted["b"].data == b"\x00\x01"
+    back = xmlrpc.client.loads(encode_response(converted))[0][0]  # a document any client can read
+    assert back["s"] == "a\ufffdb\ufffd\ufffd\ufffd" and back["n"] == 3
+    assert xmlrpc.client.loads(encode_response({"s": "Café Zoë 東京\n\t"}))[0][0]["s"] == "Café Zoë 東京\n\t"
+    for bad in (Decimal128("NaN"), Decimal128("Infinity"), Decimal128("1E+6000"), float("nan"), float("-inf"),
+                Regex("a"), object()):
+        with pytest.raises(Unmarshallable):
+            to_wire({"x": [bad]})
+
+
+def test_parser_holds_calls_to_the_spec():
+    from worknet.rpc.parsing import BadValue
+
+    def one(value: bytes) -> bytes:
+        return b"<methodCall><methodName>m</methodName><params><param>" + value + b"</param></params></methodCall>"
+
+    for value in (b"<value><struct><member><name>a</name></member></struct></value>",
+                  b"<value><struct><member><value>1</value></member></struct></value>",
+                  b"<value><struct><member><name>a</name><name>b</name><value>1</value></member></struct></value>",
+                  b"<value><struct><value>1</value></struct></value>", b"<value><bigdecimal>1</bigdecimal></value>",
+                  b"<value><biginteger>1</biginteger></value>", b"<value><float>1</float></value>",
+                  b"<value><i2>1</i2></value>", b"<value><name>x</name></value>", b"<value><x:fault/></value>"):
+        with pytest.raises(NotAnXmlRpcCall):
+            parse_call(one(value))
+    with pytest.raises(NotAnXmlRpcCall):
+        parse_call(b"<methodCall><methodName>m</methodName><fault><value><struct></struct></value></fault></methodCall>")
+    for value in (b"<value><int>9223372036854775808</int></value>", b"<value><i8>-9223372036854775809</i8></value>",
+                  b"<value><i4>" + b"9" * 400 + b"</i4></value>", b"<value><double>nan</double></value>",
+                  b"<value><double>inf</double></value>", b"<value><double>1e400</double></value>"):
+        with pytest.raises(BadValue):
+            parse_call(one(value))
+    assert parse_call(one(b"<value><i8>9223372036854775807</i8></value>"))[1] == (2**63 - 1,)
+    assert parse_call(one(b"<value><struct><member><name>a</name><value><ex:nil xmlns:ex='e'/></value></member>"
+                          b"</struct></value>"))[1] == ({"a": None},)

@@ -44,8 +44,12 @@ class Health(resource.Resource):
             d: defer.Deferred[bool] = defer.succeed(bool(getattr(self.store, "index_problem", None)))
         else:
             d = defer.ensureDeferred(self.store.ping())
+        finished: list = []
+        request.notifyFinish().addBoth(finished.append)  # a probe may hang up before the answer
 
         def answer(connected: bool) -> None:
+            if finished:
+                return
             serving = connected and self.store.is_ready
             cause = getattr(self.store, "cause", None)
             request.setResponseCode(200 if serving else 503)

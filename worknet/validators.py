@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -32,6 +32,9 @@ _HEX24 = re.compile(r"^[0-9a-fA-F]{24}$")
 _FORBIDDEN_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 _SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+_AMOUNT = re.compile(r"^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
+_DATE_ONLY = re.compile(r"^[0-9]{4}-?[0-9]{2}-?[0-9]{2}\Z")
+LAST_MILLISECOND = timedelta(days=1, milliseconds=-1)
 
 
 def object_id(value: Any, field: str) -> ObjectId:
@@ -100,8 +103,10 @@ def choice(value: Any, field: str, choices: tuple[str, ...]) -> str:
 def money(value: Any, field: str) -> Decimal:
     """An amount: int, double or decimal string, at most 2 decimals, 0 < x <= 1,000,000.
 
-    Doubles are read through their shortest repr (``19.99`` is ``Decimal('19.99')``,
-    not the binary expansion), so no float arithmetic ever touches money.
+    A string is ASCII digits with an optional ``.`` (no sign, exponent, ``_`` or
+    non-ASCII digits; surrounding ASCII blanks are ignored).  Doubles are read through
+    their shortest repr (``19.99`` is ``Decimal('19.99')``, not the binary
+    expansion), so no float arithmetic ever touches money.
     """
     if isinstance(value, bool):
         raise ValidationError(field, f"{field} must be an amount")
@@ -110,19 +115,20 @@ def money(value: Any, field: str) -> Decimal:
     elif isinstance(value, float):
         amount = Decimal(repr(value))
     elif isinstance(value, str):
-        try:
-            amount = Decimal(value.strip())
-        except InvalidOperation:
-            raise ValidationError(field, f"{field} must be an amount") from None
+        raw = value.strip(" \t\r\n")
+        if not _AMOUNT.match(raw):
+            raise ValidationError(field, f"{field} must be an amount (digits with an optional '.')")
+        amount = Decimal(raw)
     else:
         raise ValidationError(field, f"{field} must be an amount")
     if not amount.is_finite():
         raise ValidationError(field, f"{field} must be a finite amount")
+    # the range first: quantizing a number of more than 28 significant digits is an error
+    if not Decimal(0) < amount <= MAX_AMOUNT:
+        raise ValidationError(field, f"{field} must be greater than 0 and at most 1000000")
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -2 and amount != amount.quantize(CENT):
         raise ValidationError(field, f"{field} must have at most 2 decimals")
-    if not Decimal(0) < amount <= MAX_AMOUNT:
-        raise ValidationError(field, f"{field} must be greater than 0 and at most 1000000")
     return amount.quantize(CENT)
 
 
@@ -151,7 +157,13 @@ def slug(value: Any, field: str = "slug") -> str:
 
 
 def iso_datetime(value: Any, field: str) -> datetime:
-    """An ISO-8601 date or date-time (XML-RPC dateTime.iso8601 accepted too); naive means UTC."""
+    """An ISO-8601 date or date-time (XML-RPC dateTime.iso8601 accepted too); naive means UTC.
+
+    A date-only value is the start of that day (UTC), except for a ``to`` bound,
+    where it is the day's last millisecond: a range ``from``..``to`` of dates
+    includes both days whole.  A moment outside years 1..9999 once in UTC is a
+    validation error.
+    """
     if hasattr(value, "value") and isinstance(value.value, str):  # xmlrpc.client.DateTime
         value = value.value
     if not isinstance(value, str):
@@ -168,7 +180,13 @@ def iso_datetime(value: Any, field: str) -> datetime:
             raise ValidationError(field, f"{field} must be an ISO-8601 date") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+        if field == "to" and _DATE_ONLY.match(raw):
+            moment += LAST_MILLISECOND
+    except OverflowError:
+        raise ValidationError(field, f"{field} must be a date between the years 1 and 9999 (UTC)") from None
+    return moment
 
 
 def string_list(value: Any, field: str, max_items: int, item: Validator) -> list:

@@ -9,7 +9,6 @@ with a short reference id that is also in the log (with the traceback).
 from __future__ import annotations
 
 import contextvars
-import functools
 import inspect
 import re
 import secrets
@@ -39,6 +38,8 @@ INTERNAL_ERROR = -32603
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
+UNAVAILABLE_MESSAGE = "The database is not available right now; try again shortly."
+
 # The network address (host) of the client whose call is running; "" when unknown.
 _CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("worknet_caller", default="")
 
@@ -52,6 +53,12 @@ DATABASE_DOWN = (
     net_error.ConnectionLost, net_error.ConnectionDone, net_error.ConnectionRefusedError,
     defer.CancelledError, defer.TimeoutError,
 )
+
+
+
+def unavailable() -> dict:
+    """The ``UNAVAILABLE`` envelope of a call that could not reach the database."""
+    return Unavailable(UNAVAILABLE_MESSAGE).envelope()
 
 
 def snake_case(name: str) -> str:
@@ -112,21 +119,36 @@ def signature(*types: str, returns: dict[str, str] | None = None) -> Callable[[C
     return mark
 
 
-@functools.lru_cache(maxsize=1024)
-def _arity(function: Callable) -> tuple[int, int]:
-    """(required, maximum) positional parameters of an XML-RPC method."""
-    params = [
-        p for p in inspect.signature(function).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
-    ]
-    return sum(1 for p in params if p.default is p.empty), len(params)
+def no_database(f: Callable) -> Callable:
+    """Mark a service method that never touches the database: it runs at once,
+    also before the startup indexes exist and while the database is down."""
+    f.needs_database = False  # type: ignore[attr-defined]
+    return f
 
 
-def _check_arity(function: Callable, args: tuple) -> None:
-    required, maximum = _arity(getattr(function, "__func__", function))
-    if not required <= len(args) <= maximum:
-        expected = str(required) if required == maximum else f"{required} to {maximum}"
-        raise xmlrpc.Fault(INVALID_PARAMS, f"invalid params: expected {expected} parameters, got {len(args)}")
+class Procedure:
+    """One callable name, resolved once at startup: the function, its arity, what it waits for."""
+
+    __slots__ = ("function", "required", "maximum", "store", "runs_calls")
+
+    def __init__(self, function: Callable) -> None:
+        params = [
+            p for p in inspect.signature(function).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
+        ]
+        self.function = function
+        self.required = sum(1 for p in params if p.default is p.empty)
+        self.maximum = len(params)
+        owner = getattr(function, "__self__", None)
+        # the store whose startup indexes the method waits for (None: it needs no database)
+        self.store = owner.store if isinstance(owner, ServiceResource) and getattr(function, "needs_database", True) else None
+        self.runs_calls = bool(getattr(function, "runs_calls", False))
+
+    def arity_fault(self, count: int) -> xmlrpc.Fault | None:
+        if self.required <= count <= self.maximum:
+            return None
+        expected = str(self.required) if self.required == self.maximum else f"{self.required} to {self.maximum}"
+        return xmlrpc.Fault(INVALID_PARAMS, f"invalid params: expected {expected} parameters, got {count}")
 
 
 class Dispatcher:
@@ -137,7 +159,9 @@ class Dispatcher:
         self.metrics = metrics
         self.call_timeout = call_timeout
         self.reactor = reactor
-        # every callable name -> its canonical (snake_case) name, for metrics and logs
+        # every callable name (snake_case and camelCase) -> its procedure, and -> its canonical
+        # (snake_case) name for metrics and logs; a name not in here names no method
+        self.procedures: dict[str, Procedure] = {}
         self.canonical: dict[str, str] = {}
         self.active = 0
         self._idle: list[defer.Deferred[None]] = []
@@ -145,6 +169,20 @@ class Dispatcher:
         self._counted: dict[tuple[str, str], Any] = {}
         self._timed: dict[str, Any] = {}
         self._faulted: dict[int, Any] = {}
+
+    def register(self, names: dict[str, str]) -> None:
+        """``names``: every callable name -> its canonical name."""
+        self.canonical = dict(names)
+        self.procedures = {name: Procedure(self.root.lookupProcedure(name)) for name in names}
+
+    def procedure(self, name: Any) -> Procedure:
+        """The procedure a name calls; fault -32602 for a name that is not a string, -32601 for an unknown one."""
+        if not isinstance(name, str):
+            raise xmlrpc.Fault(INVALID_PARAMS, "invalid params: a method name must be a string")
+        procedure = self.procedures.get(name)
+        if procedure is None:
+            raise xmlrpc.Fault(METHOD_NOT_FOUND, f"method not found: {name[:100]}")
+        return procedure
 
     def drained(self) -> defer.Deferred[None]:
         """Fires once no call is running (at once if none is)."""
@@ -155,9 +193,12 @@ class Dispatcher:
             self._idle.append(d)
         return d
 
-    async def call(self, method: str, args: tuple, caller: str | None = None) -> Any:
+    async def call(self, method: str, args: tuple, caller_gone: Callable[[], bool] | None = None,
+                   timeout: float | None = None, caller: str | None = None) -> Any:
         """Result value (already converted for the wire) or an ``xmlrpc.Fault``.
 
+        ``caller_gone`` tells whether the caller hung up (a batch stops then);
+        ``timeout`` overrides the call's deadline (a batch's sub-calls share one);
         ``caller`` is the client's address (sub-calls of a multicall inherit it).
         """
         if caller is not None:
@@ -167,7 +208,7 @@ class Dispatcher:
         self.metrics.in_flight.inc()
         self.active += 1
         try:
-            result = await self._run(method, args)
+            result = await self._run(method, args, caller_gone, self.call_timeout if timeout is None else timeout)
         finally:
             self.metrics.in_flight.dec()
             self.active -= 1
@@ -203,45 +244,49 @@ class Dispatcher:
         log.info(line, method=name, ms=ms, outcome=outcome)
         return result
 
-    async def _run(self, method: str, args: tuple) -> Any:
-        try:
-            function = self.root.lookupProcedure(method)
-        except xmlrpc.Fault:
+    async def _run(self, method: str, args: tuple, caller_gone: Callable[[], bool] | None, timeout: float) -> Any:
+        procedure = self.procedures.get(method)
+        if procedure is None:
             return xmlrpc.Fault(METHOD_NOT_FOUND, f"method not found: {method[:100]}")
-        try:
-            _check_arity(function, args)
-        except xmlrpc.Fault as fault:
+        fault = procedure.arity_fault(len(args))
+        if fault is not None:
             return fault
-        owner = getattr(function, "__self__", None)
-        if isinstance(owner, ServiceResource) and not owner.store.is_ready:
-            d = defer.ensureDeferred(self._after_indexes(owner.store, function, args))
-        else:
-            d = defer.maybeDeferred(function, *args)
-        if not d.called and not getattr(function, "runs_calls", False):
-            # one deadline per call, and only for a call still running (most no-database calls
-            # are done by now); multicall: each sub-call has its own
-            d.addTimeout(self.call_timeout, self.reactor)
+        store = procedure.store
         try:
+            if store is not None and not store.running:
+                raise Unavailable("The server is shutting down; try again shortly.")
+            if procedure.runs_calls:  # a batch: its sub-calls share the deadline
+                d = defer.ensureDeferred(procedure.function(*args, caller_gone=caller_gone, timeout=timeout))
+            elif store is not None and not store.is_ready:
+                d = defer.ensureDeferred(self._after_indexes(store, procedure.function, args))
+                d.addTimeout(timeout, self.reactor)
+            else:
+                d = defer.maybeDeferred(procedure.function, *args)
+                if not d.called:  # a deadline only for a call still running (most no-database calls are done)
+                    d.addTimeout(timeout, self.reactor)
             result = await d
+            return result if procedure.runs_calls else to_wire(result)
         except DomainError as e:
             return e.envelope()
         except xmlrpc.Fault as fault:
             return fault
         except DATABASE_DOWN:
-            return Unavailable("The database is not available right now; try again shortly.").envelope()
+            return unavailable()
         except Exception:
+            if store is not None and not store.running:  # the pool closed under the call (shutdown)
+                return unavailable()
             reference = secrets.token_hex(4)
             log.failure("internal error in {method} (ref {ref})", Failure(), method=method, ref=reference)
             return xmlrpc.Fault(INTERNAL_ERROR, f"internal error (ref {reference})")
-        return to_wire(result)
 
     @staticmethod
     async def _after_indexes(store: Any, function: Callable, args: tuple) -> Any:
         """Run a service method once the startup indexes exist.
 
         Until the unique indexes exist a write could slip a duplicate in, so no
-        service method runs before them (afterwards nothing waits).  ``ping``
-        and introspection answer at once.
+        service method that uses the database runs before them (afterwards
+        nothing waits).  ``ping``, introspection and methods marked
+        :func:`no_database` answer at once.
         """
         await store.wait_ready()
         return await defer.maybeDeferred(function, *args)

@@ -5,16 +5,32 @@ The standard library's ``xmlrpc.client.loads`` expands internal entities, so a
 same :class:`xmlrpc.client.Unmarshaller` from an expat parser that refuses any
 document type declaration (hence any entity definition, internal or external)
 and any ``<value>`` nesting deeper than :data:`MAX_DEPTH`.
+
+It also holds the document to the XML-RPC spec where the unmarshaller is
+lenient: only the spec's elements (plus ``<nil>`` and ``<i8>``), each struct
+member exactly one ``<name>`` and one value, integers within 64 bits and
+finite doubles.  Every refusal is one of three exceptions, which the resource
+turns into faults -32700, -32600 and -32602.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from xml.parsers import expat
 from xmlrpc.client import ResponseError, Unmarshaller
 
 MAX_DEPTH = 64
 MAX_ELEMENT_DEPTH = 8 + 4 * MAX_DEPTH
+INT64 = 2**63
+
+# The elements of a methodCall (namespace prefixes such as ``ex:`` are dropped first, as the
+# unmarshaller does).  Anything else -- <fault>, <bigdecimal>, <bigint>, <float>, ... -- is refused.
+ELEMENTS = frozenset({
+    "methodCall", "methodName", "params", "param", "value", "nil", "boolean", "int", "i4", "i8",
+    "double", "string", "base64", "dateTime.iso8601", "array", "data", "struct", "member", "name",
+})
+_INTEGERS = frozenset({"int", "i4", "i8"})
 
 
 class NotWellFormed(ValueError):
@@ -25,7 +41,19 @@ class NotAnXmlRpcCall(ValueError):
     """-32600: well-formed XML but not an XML-RPC ``methodCall``."""
 
 
+class BadValue(ValueError):
+    """-32602: a well-formed call with a value no method accepts (an integer beyond 64 bits, NaN)."""
+
+
 class _Refused(Exception):
+    pass
+
+
+class _Invalid(Exception):
+    pass
+
+
+class _BadValue(Exception):
     pass
 
 
@@ -36,6 +64,7 @@ class _SafeParser:
         self.value_depth = 0
         self.depth = 0
         self.root: str | None = None
+        self.members: list[list] = []  # per open <member>: [stack height at its start, name seen]
         parser = expat.ParserCreate(None, None)
         parser.buffer_text = True
         parser.StartDoctypeDeclHandler = self._doctype
@@ -59,17 +88,39 @@ class _SafeParser:
         if self.root is None:
             self.root = tag
         self.depth += 1
-        if tag == "value":
+        local = tag.rpartition(":")[2]
+        if local == "value":
             self.value_depth += 1
         if self.value_depth > MAX_DEPTH or self.depth > MAX_ELEMENT_DEPTH:
             raise _Refused(f"values are nested deeper than {MAX_DEPTH} levels")
+        if local not in ELEMENTS:
+            raise _Invalid(f"<{tag[:40]}> has no place in a methodCall")
+        if local == "member":
+            self.members.append([len(self.target._stack), False])
         self.target.start(tag, attrs)
 
     def _end(self, tag: str) -> None:
         self.depth -= 1
-        if tag == "value":
+        local = tag.rpartition(":")[2]
+        if local == "value":
             self.value_depth -= 1
         self.target.end(tag)
+        stack: list[Any] = self.target._stack
+        if local in _INTEGERS:
+            if not -INT64 <= stack[-1] < INT64:
+                raise _BadValue("an integer beyond 64 bits")
+        elif local == "double":
+            if not math.isfinite(stack[-1]):
+                raise _BadValue("a double that is not a finite number")
+        elif local == "name":
+            member = self.members[-1] if self.members else None
+            if member is None or member[1] or len(stack) != member[0] + 1:
+                raise _Invalid("a <name> outside a struct member")
+            member[1] = True
+        elif local == "member":
+            start, named = self.members.pop()
+            if not named or len(stack) != start + 2:
+                raise _Invalid("a struct member needs one <name> and one <value>")
 
 
 def parse_call(body: bytes) -> tuple[str, tuple]:
@@ -81,8 +132,11 @@ def parse_call(body: bytes) -> tuple[str, tuple]:
         raise NotWellFormed(f"parse error: {e}") from None
     except expat.ExpatError as e:
         raise NotWellFormed(f"parse error: not well-formed XML ({expat.ErrorString(e.code)})") from None
-    except (ValueError, TypeError, ResponseError, OverflowError):
-        # The unmarshaller refused a value (bad int, bad double, ...).
+    except _Invalid as e:
+        raise NotAnXmlRpcCall(f"invalid XML-RPC: {e}") from None
+    except _BadValue as e:
+        raise BadValue(f"invalid params: {e}") from None
+    except Exception:  # noqa: BLE001 - the unmarshaller refused a value (bad int, bad boolean, bad base64, ...)
         raise NotAnXmlRpcCall("invalid XML-RPC: a value could not be read") from None
     if p.root != "methodCall":
         raise NotAnXmlRpcCall("invalid XML-RPC: the document is not a methodCall")

@@ -10,30 +10,46 @@ from __future__ import annotations
 
 import base64
 import hmac
+import secrets
 import time
+from collections.abc import Callable
+from io import BytesIO
 from typing import Any
-from xmlrpc.client import dumps
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.web import http, server, xmlrpc
 
+from worknet.errors import Unavailable
 from worknet.logs import logger, new_request_id, request_id
 from worknet.rpc.describe import describe_methods, render_method_page
-from worknet.rpc.dispatch import INVALID_REQUEST, NOT_WELL_FORMED, Dispatcher, signature
+from worknet.rpc.dispatch import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    NOT_WELL_FORMED,
+    Dispatcher,
+    signature,
+)
 from worknet.rpc.metrics import Metrics
-from worknet.rpc.parsing import NotAnXmlRpcCall, NotWellFormed, parse_call
+from worknet.rpc.parsing import BadValue, NotAnXmlRpcCall, NotWellFormed, parse_call
+from worknet.rpc.wire import encode_response
 
 log = logger("worknet.rpc")
 
 VERSION = "0.1.0"
 SERVER_HEADER = b"WorkNet-RPC"
 
+# A batch hands the reactor back at least this often (seconds of work between two yields).
+YIELD_SECONDS = 0.0005
+
 
 class LimitedRequest(server.Request):
     """A request that stops buffering its body past ``max_body`` bytes.
 
     The body of an oversized request is read and dropped as it arrives (memory
-    stays flat); the resource then answers 413 without parsing anything.
+    stays flat); the resource then answers 413 without parsing anything.  Bodies
+    up to ``max_body`` stay in memory (Twisted spools bodies of 100 kB and more to
+    a temporary file: disk I/O on the reactor thread).
     """
 
     max_body = 1024 * 1024
@@ -48,8 +64,7 @@ class LimitedRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body:
             self.body_too_large = True
-            length = 0  # keep nothing
-        super().gotLength(length)
+        self.content = BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body_too_large:
@@ -110,24 +125,62 @@ class Introspection(xmlrpc.XMLRPCIntrospection):
 
     xmlrpc_listMethods.signature = [["array"]]  # type: ignore[attr-defined]
 
-    async def xmlrpc_multicall(self, calls: Any) -> list:
-        """Run several calls in one request: each result comes back as a one-element array, or a fault struct."""
+    def xmlrpc_methodHelp(self, method: Any) -> str:
+        """The help text of a method (its name a string: fault -32602 otherwise, -32601 for an unknown name)."""
+        function = self._root.dispatcher.procedure(method).function
+        return getattr(function, "help", None) or function.__doc__ or ""
+
+    xmlrpc_methodHelp.signature = [["string", "string"]]  # type: ignore[attr-defined]
+
+    def xmlrpc_methodSignature(self, method: Any) -> list | str:
+        """The signatures of a method, ``[[return type, argument types...]]`` (``""`` when it declares none)."""
+        function = self._root.dispatcher.procedure(method).function
+        return getattr(function, "signature", None) or ""
+
+    xmlrpc_methodSignature.signature = [["array", "string"]]  # type: ignore[attr-defined]
+
+    async def xmlrpc_multicall(self, calls: Any, *, caller_gone: Callable[[], bool] | None = None,
+                               timeout: float | None = None) -> list:
+        """Run several calls in one request: each result comes back as a one-element array, or a fault struct.
+
+        At most RPC_MAX_MULTICALL calls (a longer batch is fault -32600 and nothing runs); the batch shares
+        one deadline of DB_TIMEOUT_SECONDS (calls it leaves no time for answer UNAVAILABLE without running)
+        and stops when the caller hangs up."""
         if not isinstance(calls, list):
             raise xmlrpc.Fault(INVALID_REQUEST, "system.multicall takes an array of call structs")
+        limit = self._root.settings.rpc_max_multicall
+        if len(calls) > limit:
+            raise xmlrpc.Fault(INVALID_REQUEST, f"system.multicall takes at most {limit} calls, got {len(calls)}")
+        dispatcher = self._root.dispatcher
+        reactor = dispatcher.reactor
+        deadline = reactor.seconds() + (dispatcher.call_timeout if timeout is None else timeout)
+        yielded = time.perf_counter()
         results: list = []
-        for call in calls:
+        for index, call in enumerate(calls):
+            if caller_gone is not None and caller_gone():
+                log.info("system.multicall stopped after {done} of {total} calls: the caller hung up",
+                         done=index, total=len(calls))
+                break
             name = call.get("methodName") if isinstance(call, dict) else None
             params = call.get("params", []) if isinstance(call, dict) else None
+            left = deadline - reactor.seconds()
             if not isinstance(name, str) or not isinstance(params, list):
                 outcome: Any = xmlrpc.Fault(INVALID_REQUEST, "each call needs methodName (string) and params (array)")
             elif name == "system.multicall":
                 outcome = xmlrpc.Fault(INVALID_REQUEST, "system.multicall cannot be nested")
+            elif left <= 0:
+                outcome = Unavailable("Not run: the batch ran out of time; send the rest again.").envelope()
             else:
-                outcome = await self._root.dispatcher.call(name, tuple(params))
+                outcome = await dispatcher.call(name, tuple(params), timeout=left)
             if isinstance(outcome, xmlrpc.Fault):
                 results.append({"faultCode": outcome.faultCode, "faultString": outcome.faultString})
             else:
                 results.append([outcome])
+            # Sub-calls whose Deferreds have already fired resume at once: hand the reactor
+            # back every few milliseconds so that other callers are not held up by a batch.
+            if time.perf_counter() - yielded > YIELD_SECONDS:
+                await task.deferLater(reactor, 0, lambda: None)
+                yielded = time.perf_counter()
         return results
 
     xmlrpc_multicall.signature = [["array", "array"]]  # type: ignore[attr-defined]
@@ -156,7 +209,7 @@ class RPCRoot(xmlrpc.XMLRPC):
             self.putSubHandler(name, handler)
         self.putSubHandler("system", Introspection(self))
         self.dispatcher = Dispatcher(self, metrics, settings.db_timeout_seconds, reactor)
-        self.dispatcher.canonical = {name: self.canonical_name(name) for name in self.all_methods()}
+        self.dispatcher.register({name: self.canonical_name(name) for name in self.all_methods()})
 
     def canonical_name(self, name: str) -> str:
         """``usersService.getById`` -> ``usersService.get_by_id``."""
@@ -209,19 +262,20 @@ class RPCRoot(xmlrpc.XMLRPC):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return f"413 Request Entity Too Large: the limit is {self.settings.rpc_max_body} bytes\n".encode()
         request.setHeader(b"content-type", b"text/xml; charset=utf-8")
-        body = b""
-        if request.content is not None:
-            request.content.seek(0, 0)
-            body = request.content.read()
+        content = request.content
+        body = content.getvalue() if isinstance(content, BytesIO) else b""
         try:
             method, args = parse_call(body)
         except NotWellFormed as e:
             return self._respond(request, xmlrpc.Fault(NOT_WELL_FORMED, str(e)))
         except NotAnXmlRpcCall as e:
             return self._respond(request, xmlrpc.Fault(INVALID_REQUEST, str(e)))
+        except BadValue as e:
+            return self._respond(request, xmlrpc.Fault(INVALID_PARAMS, str(e)))
         finished: list = []
         request.notifyFinish().addBoth(finished.append)
-        d = defer.ensureDeferred(self.dispatcher.call(method, args, getattr(request.getClientAddress(), "host", "")))
+        d = defer.ensureDeferred(self.dispatcher.call(method, args, lambda: bool(finished),
+                                                      caller=getattr(request.getClientAddress(), "host", "")))
         d.addCallback(lambda result: None if finished else self._write(request, result))
         d.addErrback(lambda f: log.failure("could not answer {method}", f, method=method))
         return server.NOT_DONE_YET
@@ -232,11 +286,15 @@ class RPCRoot(xmlrpc.XMLRPC):
         return self._encode(result)
 
     def _encode(self, result: Any) -> bytes:
-        payload = result if isinstance(result, xmlrpc.Fault) else (result,)
-        return dumps(payload, methodresponse=True, allow_none=True, encoding="utf-8").encode("utf-8")
+        return encode_response(result)
 
     def _write(self, request: server.Request, result: Any) -> None:
-        body = self._encode(result)
+        try:
+            body = self._encode(result)
+        except Exception:  # a value the wire cannot carry slipped through: still answer
+            reference = secrets.token_hex(4)
+            log.failure("could not encode the answer (ref {ref})", ref=reference)
+            body = self._encode(xmlrpc.Fault(INTERNAL_ERROR, f"internal error (ref {reference})"))
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()

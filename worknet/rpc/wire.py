@@ -4,19 +4,37 @@ Documents leave with ``id`` (a string) instead of ``_id``; ObjectIds become
 strings, dates ISO-8601 UTC strings with milliseconds and ``Z``, Decimal128
 money a double with two decimals.  Internal fields (password hashes, login
 counters, token versions, search keys) never leave the server.
+
+Values written by others (the Node backend shares the collections) are
+converted where the wire can carry them: a ``NumberLong`` is an int (a double
+beyond 32 bits), binary data base64; characters XML 1.0 forbids get U+FFFD in
+their place when the response is encoded (:func:`encode_response`, one scan
+of the whole document rather than one per string).  A value that cannot be carried (a NaN or infinite
+number, a regex, ...) raises :class:`Unmarshallable`: the call then answers
+fault -32603 with a reference id, never nothing.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
+from xmlrpc.client import Binary, DateTime, Fault, dumps
 
-from bson import Decimal128, ObjectId
+from bson import Decimal128, ObjectId, Timestamp
 
 from worknet.validators import CENT
 
 INT32_MAX = 2**31 - 1
+# Characters XML 1.0 cannot carry (lone surrogates cannot even be encoded as UTF-8).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+class Unmarshallable(ValueError):
+    """A stored value the XML-RPC wire cannot carry (its type name only, never the value)."""
 
 # Fields that exist for the server's own use and are never returned.
 HIDDEN_FIELDS = frozenset({
@@ -39,10 +57,24 @@ def money(value: Decimal | Decimal128) -> float:
     """Money for the wire: a double with two decimals (conversion only, never arithmetic)."""
     if isinstance(value, Decimal128):
         value = value.to_decimal()
-    return float(value.quantize(CENT))
+    if not value.is_finite():
+        raise Unmarshallable("a decimal that is not a finite number")
+    try:
+        return float(value.quantize(CENT))
+    except InvalidOperation:  # more than 28 significant digits
+        raise Unmarshallable("a decimal too large for money") from None
 
 
-_AS_IS = frozenset({str, float, bool, type(None)})
+def encode_response(result: Any) -> bytes:
+    """The methodResponse document of a result (already :func:`to_wire`'d) or of an ``xmlrpc.Fault``."""
+    payload = result if isinstance(result, Fault) else (result,)
+    document = dumps(payload, methodresponse=True, allow_none=True, encoding="utf-8")
+    if _NOT_XML.search(document):  # only string values can hold them: the markup is ours
+        document = _NOT_XML.sub("\ufffd", document)
+    return document.encode("utf-8")
+
+
+_AS_IS = frozenset({str, bool, type(None)})  # floats: checked below (NaN, infinity)
 
 
 def to_wire(value: Any) -> Any:
@@ -50,20 +82,34 @@ def to_wire(value: Any) -> Any:
         return value
     if isinstance(value, dict):
         return {
-            ("id" if key == "_id" else key): to_wire(item)
+            ("id" if key == "_id" else key if isinstance(key, str) else str(key)): to_wire(item)
             for key, item in value.items()
             if key not in HIDDEN_FIELDS
         }
     if isinstance(value, (list, tuple)):
         return [to_wire(item) for item in value]
-    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
+    if isinstance(value, bool) or value is None:
         return value
-    if isinstance(value, int):
-        return value if -INT32_MAX - 1 <= value <= INT32_MAX else float(value)
+    if isinstance(value, int):  # bson.Int64 (a NumberLong) too: a plain int or a double
+        if -INT32_MAX - 1 <= value <= INT32_MAX:
+            return int(value)
+        return float(value)
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        raise Unmarshallable("a double that is not a finite number")
     if isinstance(value, ObjectId):
         return str(value)
     if isinstance(value, datetime):
         return iso(value)
     if isinstance(value, (Decimal128, Decimal)):
         return money(value)
-    return value
+    if isinstance(value, (bytes, bytearray)):  # bson.Binary too
+        return Binary(bytes(value))
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Timestamp):
+        return iso(value.as_datetime())
+    if isinstance(value, (Binary, DateTime)):
+        return value
+    raise Unmarshallable(f"a {type(value).__name__} value")

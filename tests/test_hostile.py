@@ -1,0 +1,401 @@
+"""Hostile input against the real daemon: every answer is an interop fault or an envelope.
+
+Each case below was an HTTP 500, a fault -32603 (with a traceback in the log),
+Twisted's fault 8001, or no answer at all before the hardening (issue 10).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import statistics
+import threading
+import time
+import xmlrpc.client
+from datetime import UTC, datetime
+
+import pytest
+from bson import Decimal128, Int64, ObjectId
+
+from tests.conftest import wait_for
+from tests.support import seed_user
+from tests.test_transport import fault_of, post
+
+CALL = b"<?xml version='1.0'?><methodCall><methodName>%s</methodName><params>%s</params></methodCall>"
+
+
+def call_body(method: str, *values: bytes) -> bytes:
+    return CALL % (method.encode(), b"".join(b"<param><value>%s</value></param>" % v for v in values))
+
+
+def answer_of(payload: bytes):
+    """The response value, or the fault code (int) of a fault."""
+    try:
+        return xmlrpc.client.loads(payload)[0][0]
+    except xmlrpc.client.Fault as fault:
+        return fault.faultCode
+
+
+# -- introspection -----------------------------------------------------------------------------
+
+BAD_NAMES = [
+    (123, -32602), (["a"], -32602), (None, -32602), ({"a": 1}, -32602), (1.5, -32602), (True, -32602),
+    ("nosuch.x", -32601), ("usersService.nosuch", -32601), ("usersService", -32601), ("", -32601),
+    ("system", -32601), ("usersService.get_by_id.x", -32601), ("usersService.__init__", -32601),
+    ("usersService.GetById", -32601), ("東京.x", -32601), ("usersService.store", -32601),
+]
+
+
+def test_introspection_of_bad_names_is_an_interop_fault(rpc):
+    for method in ("methodHelp", "methodSignature"):
+        for name, code in BAD_NAMES:
+            with pytest.raises(xmlrpc.client.Fault) as caught:
+                getattr(rpc.system, method)(name)
+            assert caught.value.faultCode == code, (method, name)
+        batch = rpc.system.multicall([{"methodName": "system." + method, "params": [name]} for name, _ in BAD_NAMES])
+        assert [r["faultCode"] for r in batch] == [code for _, code in BAD_NAMES]
+    assert rpc.system.methodHelp("usersService.getById") == rpc.system.methodHelp("usersService.get_by_id") != ""
+    assert rpc.system.methodSignature("system.methodHelp") == [["string", "string"]]
+    assert "At most RPC_MAX_MULTICALL" in rpc.system.methodHelp("system.multicall")
+
+
+# -- bodies the parser let through as HTTP 500 -----------------------------------------------
+
+MEMBER_NO_VALUE = b"<struct><member><name>a</name></member></struct>"
+MEMBER_NO_NAME = b"<struct><member><value>1</value></member></struct>"
+TWO_NAMES = b"<struct><member><name>a</name><name>b</name><value>1</value></member></struct>"
+LOOSE_VALUE = b"<struct><value>1</value></struct>"
+
+
+HOSTILE_BODIES = [
+    (call_body("ping", MEMBER_NO_VALUE), -32600),
+    (call_body("ping", MEMBER_NO_NAME), -32600),
+    (call_body("ping", TWO_NAMES), -32600),
+    (call_body("ping", LOOSE_VALUE), -32600),
+    (call_body("categoriesService.get_all", b"<struct><member><value>1</value></member>"
+                                             b"<member><name>x</name></member></struct>"), -32600),
+    (call_body("paymentsService.calculate_fees", b"<bigdecimal>12.5</bigdecimal>"), -32600),
+    (call_body("paymentsService.calculate_fees", b"<bigdecimal>abc</bigdecimal>"), -32600),
+    (call_body("paymentsService.calculate_fees", b"<biginteger>1</biginteger>"), -32600),
+    (call_body("ping", b"<ex:bigdecimal xmlns:ex='http://ws.apache.org/xmlrpc/namespaces/extensions'>1"
+                       b"</ex:bigdecimal>"), -32600),
+    (b"<methodCall><methodName>ping</methodName><fault><value><struct><member><name>faultCode</name>"
+     b"<value><int>1</int></value></member><member><name>faultString</name><value>x</value></member>"
+     b"</struct></value></fault></methodCall>", -32600),
+    (b"<methodResponse><params><param><value>1</value></param></params></methodResponse>", -32600),
+    (call_body("ping", b"<unknown>1</unknown>"), -32600),
+    (call_body("ping", b"<boolean>2</boolean>"), -32600),
+    (call_body("gigsService.update_rating", b"<string>" + b"a" * 24 + b"</string>", b"<int>" + b"9" * 400 + b"</int>"),
+     -32602),
+    (call_body("gigsService.search", b"<string>x</string>",
+               b"<struct><member><name>min_rating</name><value><int>" + b"4" * 400 + b"</int></value></member></struct>"),
+     -32602),
+    (call_body("gigsService.search", b"<string>x</string>",
+               b"<struct><member><name>min_rating</name><value><i8>-" + b"4" * 20 + b"</i8></value></member></struct>"),
+     -32602),
+    (call_body("paymentsService.calculate_fees", b"<double>nan</double>"), -32602),
+    (call_body("paymentsService.calculate_fees", b"<double>-inf</double>"), -32602),
+    (call_body("paymentsService.calculate_fees", b"<double>1e999</double>"), -32602),
+]
+
+
+def test_bodies_that_escaped_the_parser_are_faults(daemon):
+    for body, code in HOSTILE_BODIES:
+        status, payload = post(daemon, body)
+        assert status == 200, (body, payload[:200])
+        assert fault_of(payload) == code, body
+        assert b"Traceback" not in payload
+
+
+def test_namespaced_extensions_within_the_spec_still_parse(daemon):
+    body = call_body("paymentsService.calculate_fees",
+                     b"<ex:i8 xmlns:ex='http://ws.apache.org/xmlrpc/namespaces/extensions'>100</ex:i8>")
+    result = answer_of(post(daemon, body)[1])
+    assert result["success"] is True and result["platform_fee"] == 20.0
+    assert answer_of(post(daemon, call_body("gigsService.update_rating", b"<string>x</string>",
+                                            b"<i8>9223372036854775807</i8>"))[1])["code"] == "VALIDATION_ERROR"
+
+
+# -- values --------------------------------------------------------------------------------------
+
+BAD_AMOUNTS = [
+    "111111111111111111111111111.001", "1" * 40, "0." + "0" * 40 + "1", "1e2", "1E2", "1_000", "+5", "-5",
+    "１２", "١٢", "१२", "12,5", "0x10", "Infinity", "NaN", "5 5", "1.2.3", ".", "",
+]
+BAD_MOMENTS = [
+    "0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+23:59",
+    "10000-01-01", "2026-13-01", "2026-02-30", "not a date", "",
+]
+
+
+def test_money_strings_outside_ascii_digits_and_dates_out_of_range_are_validation_errors(rpc):
+    for amount in BAD_AMOUNTS:
+        result = rpc.paymentsService.calculate_fees(amount)
+        assert result["success"] is False and result["code"] == "VALIDATION_ERROR", amount
+        assert result["field"] == "amount"
+    assert rpc.paymentsService.calculate_fees(" 12.50 ")["total_amount"] == 12.5
+    for moment in BAD_MOMENTS:
+        for bound in ("from", "to"):
+            result = rpc.ordersService.get_all({bound: moment})
+            assert result["success"] is False and result["code"] == "VALIDATION_ERROR", (bound, moment)
+
+
+def test_dates_at_the_edges_of_the_calendar_are_fine(rpc):
+    assert rpc.ordersService.get_all({"from": "0001-01-01T00:00:00Z", "to": "9999-12-31"})["success"] is True
+
+
+def _order(db, at: datetime) -> str:
+    doc = {"_id": ObjectId(), "gigId": ObjectId(), "buyerId": ObjectId(), "sellerId": ObjectId(), "quantity": 1,
+           "totalPrice": Decimal128("10.00"), "status": "pending", "createdAt": at, "updatedAt": at,
+           "statusHistory": []}
+    db.orders.insert_one(doc)
+    return str(doc["_id"])
+
+
+def test_a_date_only_to_includes_that_whole_day(rpc, db):
+    inside = [_order(db, datetime(2026, 1, 31, h, m, tzinfo=UTC)) for h, m in ((0, 0), (15, 30), (23, 59))]
+    _order(db, datetime(2026, 2, 1, 0, 0, tzinfo=UTC))
+    _order(db, datetime(2026, 1, 30, 23, 59, tzinfo=UTC))
+    found = rpc.ordersService.get_all({"from": "2026-01-31", "to": "2026-01-31"})
+    assert found["success"] is True
+    assert sorted(o["id"] for o in found["orders"]) == sorted(inside)
+    # a moment (not a date) is taken as it is
+    assert rpc.ordersService.get_all({"from": "2026-01-31", "to": "2026-01-31T15:30:00Z"})["total"] == 2
+
+
+# -- stored values written by someone else -------------------------------------------------------
+
+def test_values_written_by_the_node_backend_are_converted(rpc, db):
+    uid = seed_user(db, "nodeuser", reviewCount=Int64(3), rating=Int64(4), earnings=Int64(2**40),
+                    bio="line\x01break\x0b", skills=["a\ufffeb"])
+    result = rpc.usersService.get_by_id(uid)
+    assert result["success"] is True
+    user = result["user"]
+    assert user["reviewCount"] == 3 and user["rating"] == 4 and user["earnings"] == float(2**40)
+    assert user["bio"] == "line\ufffdbreak\ufffd" and user["skills"] == ["a\ufffdb"]
+
+
+@pytest.mark.parametrize("value", [Decimal128("NaN"), Decimal128("-Infinity"), Decimal128("1E+6000"), float("inf")])
+def test_a_value_the_wire_cannot_carry_is_a_fault_with_a_reference(daemon, db, value):
+    daemon.expected_errors = True
+    uid = seed_user(db, "badvalue", totalEarnings=value)
+    started = time.monotonic()
+    status, payload = post(daemon, xmlrpc.client.dumps((uid,), "usersService.get_by_id").encode(), timeout=10)
+    assert time.monotonic() - started < 3  # an answer, not the client's timeout
+    assert status == 200
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        xmlrpc.client.loads(payload)
+    assert caught.value.faultCode == -32603
+    reference = caught.value.faultString.rsplit("ref ", 1)[1].rstrip(")")
+    assert len(reference) == 8 and reference in daemon.log()
+    # the same inside a batch: the other calls still answer
+    result = daemon.proxy().system.multicall([{"methodName": "usersService.get_by_id", "params": [uid]},
+                                              {"methodName": "ping", "params": []}])
+    assert result[0]["faultCode"] == -32603 and result[1][0]["status"] == "ok"
+
+
+# -- system.multicall limits ----------------------------------------------------------------------
+
+def test_a_batch_over_the_cap_is_one_fault_and_nothing_runs(make_daemon, mongo):
+    daemon = make_daemon(RPC_MAX_MULTICALL="5")
+    rpc = daemon.proxy()
+    calls = [{"methodName": "categoriesService.create", "params": [f"Cat {i}", f"cat-{i}", ""]} for i in range(6)]
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        rpc.system.multicall(calls)
+    assert caught.value.faultCode == -32600 and "at most 5" in caught.value.faultString
+    assert mongo[daemon.db_name].categories.count_documents({}) == 0
+    assert all(r[0]["success"] for r in rpc.system.multicall(calls[:5]))
+    assert mongo[daemon.db_name].categories.count_documents({}) == 5
+
+
+def test_the_default_cap_is_1000(rpc):
+    assert len(rpc.system.multicall([{"methodName": "ping", "params": []}] * 1000)) == 1000
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        rpc.system.multicall([{"methodName": "ping", "params": []}] * 1001)
+    assert caught.value.faultCode == -32600
+
+
+def test_a_batch_has_one_deadline(make_daemon):
+    daemon = make_daemon(DB_TIMEOUT_SECONDS="3", BCRYPT_ROUNDS="11")
+    calls = [{"methodName": "usersService.login", "params": [f"nobody{i}@example.com", "password123"]}
+             for i in range(60)]
+    started = time.monotonic()
+    results = daemon.proxy().system.multicall(calls)
+    elapsed = time.monotonic() - started
+    assert elapsed < 3 + 1, elapsed  # DB_TIMEOUT_SECONDS + 1 s, not 60 bcrypt checks
+    codes = [r[0]["code"] for r in results]
+    assert len(codes) == 60 and set(codes) <= {"UNAUTHORIZED", "UNAVAILABLE"} and codes[-1] == "UNAVAILABLE"
+    ran = daemon.log().count("usersService.login")  # one log line per sub-call that ran
+    assert ran < 60 and codes.count("UNAUTHORIZED") <= ran
+    print(f"batch of 60 logins, deadline 3 s: answered in {elapsed:.2f} s, {ran} ran, "
+          f"{codes.count('UNAUTHORIZED')} UNAUTHORIZED")
+
+
+def test_a_batch_stops_when_the_caller_hangs_up(make_daemon):
+    daemon = make_daemon(DB_TIMEOUT_SECONDS="60", BCRYPT_ROUNDS="11")
+    calls = [{"methodName": "usersService.login", "params": [f"nobody{i}@example.com", "password123"]}
+             for i in range(100)]
+    body = xmlrpc.client.dumps((calls,), "system.multicall").encode()
+    with socket.create_connection(("127.0.0.1", daemon.port)) as s:
+        s.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n" % len(body)
+                  + body)
+        time.sleep(0.5)
+    wait_for(lambda: "system.multicall stopped after" in daemon.log(), 30, "the batch to stop")
+    done = int(daemon.log().split("system.multicall stopped after ")[1].split()[0])
+    time.sleep(1.0)
+    assert done < 100 and daemon.log().count("usersService.login") == done
+    assert daemon.proxy().ping()["status"] == "ok"
+
+
+def _ping_stalls(daemon, batches: int, size: int) -> list[float]:
+    """Latencies (s) of pings sent one after the other while ``batches`` multicalls of ``size``
+    database-free calls run (each sub-call's Deferred has fired by the time it is awaited)."""
+    sub = {"methodName": "paymentsService.calculate_fees", "params": ["100"]}
+    body = xmlrpc.client.dumps(([sub] * size,), "system.multicall").encode()
+    running = threading.Event()
+    stop = threading.Event()
+    latencies: list[float] = []
+
+    def pinger() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+        ping = xmlrpc.client.dumps((), "ping").encode()
+        while not stop.is_set():
+            started = time.perf_counter()
+            conn.request("POST", "/RPC2", body=ping, headers={"Content-Type": "text/xml"})
+            conn.getresponse().read()
+            if running.is_set():
+                latencies.append(time.perf_counter() - started)
+        conn.close()
+
+    def batch() -> None:
+        post(daemon, body, timeout=60)
+
+    thread = threading.Thread(target=pinger)
+    thread.start()
+    time.sleep(0.2)
+    running.set()
+    workers = [threading.Thread(target=batch) for _ in range(batches)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    thread.join()
+    return latencies
+
+
+def test_a_batch_does_not_stall_a_concurrent_ping(daemon):
+    """Three batches of 1,000 calls at once: before the batch yielded to the reactor, a
+    concurrent ping waited for whole batches."""
+    started = time.perf_counter()
+    latencies = _ping_stalls(daemon, 3, 1000)
+    elapsed = time.perf_counter() - started
+    worst = max(latencies, default=elapsed)
+    print(f"concurrent ping during 3 x 1000-call batches ({elapsed:.2f} s): n={len(latencies)} "
+          f"median={statistics.median(latencies or [elapsed]) * 1000:.1f} ms max={worst * 1000:.1f} ms")
+    # Before the batch yielded: n=3, max 870-1616 ms = 80-87 % of the run (the pinger waited for whole
+    # batches).  Measured against the run's length, as the shared machine's load varies a lot.
+    assert len(latencies) >= 10
+    assert worst < 0.5 * elapsed, (worst, elapsed)
+
+
+# -- HTTP ------------------------------------------------------------------------------------------
+
+def test_a_health_probe_that_hangs_up_leaves_no_error(daemon):
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", daemon.port)) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(1.0)
+    assert daemon.proxy().ping()["status"] == "ok"
+    assert "Unhandled error" not in daemon.log()
+    assert "Traceback" not in daemon.log()
+
+
+def test_calls_during_shutdown_answer_unavailable_not_internal_error(make_daemon):
+    """Kept-alive connections keep calling while the daemon stops: every answer is a result or
+    UNAVAILABLE (the pool closes before the connections do), never -32603.  The embedded
+    database stops last, which leaves the connections a while to call after the pool closed."""
+    daemon = make_daemon(mongodb_uri="", BCRYPT_ROUNDS="13")
+    body = xmlrpc.client.dumps((), "categoriesService.get_all").encode()
+    outcomes: list = []
+    go = threading.Event()
+
+    def caller() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+        try:
+            conn.request("POST", "/RPC2", body=body, headers={"Content-Type": "text/xml"})
+            conn.getresponse().read()
+            go.wait()
+            while True:
+                conn.request("POST", "/RPC2", body=body, headers={"Content-Type": "text/xml"})
+                outcomes.append(answer_of(conn.getresponse().read()))
+        except (OSError, http.client.HTTPException):
+            pass
+
+    slow = threading.Thread(target=lambda: daemon.proxy().usersService.login("nobody@example.com", "password123"))
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    slow.start()  # keeps the drain waiting a little
+    time.sleep(0.1)
+    go.set()
+    time.sleep(0.05)
+    daemon.stop()
+    for t in threads + [slow]:
+        t.join(timeout=30)
+    faults = [o for o in outcomes if isinstance(o, int)]
+    codes = {o.get("code", "ok") if isinstance(o, dict) and not o.get("success") else "ok" for o in outcomes
+             if not isinstance(o, int)}
+    print(f"calls during shutdown: {len(outcomes)}, faults {faults[:5]}, outcomes {codes}")
+    assert not faults
+    assert codes <= {"ok", "UNAVAILABLE"}
+
+
+# -- what needs no database does not wait for it -----------------------------------------------------
+
+def start_without_database(make_daemon):
+    """A daemon whose database never answers (nothing listens on its port)."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = make_daemon(mongodb_uri=f"mongodb://127.0.0.1:{port}/", start=False, DB_TIMEOUT_SECONDS="3")
+    daemon.start(wait=False)
+    def listening() -> bool:
+        try:
+            return post(daemon, xmlrpc.client.dumps((), "system.listMethods").encode(), timeout=5)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(listening, 30, "the daemon to listen")
+    return daemon
+
+
+@pytest.fixture
+def daemon_without_database(make_daemon):
+    return start_without_database(make_daemon)
+
+
+def _timed(daemon, method: str, *args):
+    started = time.monotonic()
+    status, payload = post(daemon, xmlrpc.client.dumps(args, method).encode(), timeout=10)
+    return time.monotonic() - started, answer_of(payload)
+
+
+def test_introspection_and_ping_do_not_wait_for_the_database(daemon_without_database):
+    daemon = daemon_without_database
+    elapsed, names = _timed(daemon, "system.listMethods")
+    assert elapsed < 0.5 and "ping" in names
+    elapsed, text = _timed(daemon, "system.methodHelp", "paymentsService.calculate_fees")
+    assert elapsed < 0.5 and text
+    elapsed, result = _timed(daemon, "ping")
+    assert elapsed < 2.5 and result["mongodb"] == "disconnected"
+    elapsed, result = _timed(daemon, "categoriesService.get_all")  # this one needs the database
+    assert result["code"] == "UNAVAILABLE" and 2.5 < elapsed < 4.0
+
+
+@pytest.mark.xfail(strict=True, reason="needs @no_database (worknet.rpc.dispatch) on paymentsService.calculate_fees "
+                                       "in worknet/services/payments.py, outside this branch's files")
+def test_calculate_fees_does_not_wait_for_the_database(daemon_without_database):
+    elapsed, result = _timed(daemon_without_database, "paymentsService.calculate_fees", "100")
+    assert elapsed < 0.5 and result["success"] is True and result["platform_fee"] == 20.0
