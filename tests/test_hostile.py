@@ -394,8 +394,6 @@ def test_introspection_and_ping_do_not_wait_for_the_database(daemon_without_data
     assert result["code"] == "UNAVAILABLE" and 2.5 < elapsed < 4.0
 
 
-@pytest.mark.xfail(strict=True, reason="needs @no_database (worknet.rpc.dispatch) on paymentsService.calculate_fees "
-                                       "in worknet/services/payments.py, outside this branch's files")
 def test_calculate_fees_does_not_wait_for_the_database(daemon_without_database):
     elapsed, result = _timed(daemon_without_database, "paymentsService.calculate_fees", "100")
     assert elapsed < 0.5 and result["success"] is True and result["platform_fee"] == 20.0

@@ -40,7 +40,7 @@ class Unmarshallable(ValueError):
 HIDDEN_FIELDS = frozenset({
     "passwordHash", "password", "tokenVersion", "loginFailures", "lockedUntil",
     "usernameLower", "nameLower", "searchTerms", "idempotencyKey", "requestHash",
-    "pairKey", "liveOrderId", "ledgerApplied", "ratingSeq",
+    "pairKey", "liveOrderId", "ledgerApplied", "ratingSeq", "ratingTicket", "ratingLog", "moneySeq",
     "refreshJti",
     "deletedAt_",
 })

@@ -25,7 +25,7 @@ from pymongo.errors import DuplicateKeyError
 from worknet import money
 from worknet import validators as v
 from worknet.errors import Conflict, InvalidState, NotFound, ValidationError
-from worknet.rpc.dispatch import ServiceResource, signature
+from worknet.rpc.dispatch import ServiceResource, no_database, signature
 from worknet.services.common import get_or_404, notify, now, ok, request_hash
 from worknet.services.orders import Lost, refund_step, run_guarded, settle_order, touch_order, transition
 
@@ -246,6 +246,7 @@ class PaymentsService(ServiceResource):
         return ok(status=payment["status"], amount=payment["amount"],
                   refunded_total=payment.get("refundedTotal", money.ZERO), order_id=payment["orderId"])
 
+    @no_database
     @signature("struct", "double", returns={"total_amount": "double", "platform_fee": "double", "platform_fee_percentage": "double", "seller_amount": "double"})
     async def xmlrpc_calculate_fees(self, amount: Any) -> dict:
         """The split of an amount: platform_fee = amount x PLATFORM_FEE_PERCENT / 100 rounded half up to the cent, seller_amount = amount - platform_fee (they always add up to the amount). Returns total_amount, platform_fee, platform_fee_percentage, seller_amount."""
