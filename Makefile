@@ -48,8 +48,11 @@ clients/node/node_modules/.installed: clients/node/package.json clients/node/pac
 	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Two pytest workers (pytest-xdist), one test file each at a time: most of a test's time is spent
+# waiting on daemons and databases, so two share the two cores well. PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 2
 test: install lint node-deps node-client
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # The long fuzz run (the short one is part of `make test`): FUZZ_CASES hostile bodies against a real daemon.
 FUZZ_CASES ?= 100000
