@@ -126,7 +126,9 @@ class Catalogue:
 
 @pytest.fixture(scope="module")
 def catalogue(database, mongo, tmp_path_factory):
-    daemon = Daemon(tmp_path_factory.mktemp("search"), database, f"t_search_{uuid.uuid4().hex[:8]}")
+    # a multicall batch shares one deadline (DB_TIMEOUT_SECONDS): room for 250 creates on a busy machine
+    daemon = Daemon(tmp_path_factory.mktemp("search"), database, f"t_search_{uuid.uuid4().hex[:8]}",
+                    DB_TIMEOUT_SECONDS="60")
     daemon.start()
     try:
         db = mongo[daemon.db_name]

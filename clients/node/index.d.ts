@@ -213,11 +213,11 @@ export interface System<Throw extends boolean = false> {
   describeMethods(): Promise<any[]>;
   /** Every callable method name (snake_case and camelCase forms). */
   listMethods(): Promise<any[]>;
-  /** Return a documentation string describing the use of the given method. */
+  /** The help text of a method (its name a string: fault -32602 otherwise, -32601 for an unknown name). */
   methodHelp(method: string): Promise<string>;
-  /** Return a list of type signatures. Each type signature is a list of the form [rtype, type1, type2, ...] where rtype is the return type and typeN is the type of the Nth argument. If no signature information is available, the empty string is returned. */
+  /** The signatures of a method, ``[[return type, argument types...]]`` (``""`` when it declares none). */
   methodSignature(method: string): Promise<any[]>;
-  /** Run several calls in one request: each result comes back as a one-element array, or a fault struct. */
+  /** Run several calls in one request: each result comes back as a one-element array, or a fault struct. At most RPC_MAX_MULTICALL calls (a longer batch is fault -32600 and nothing runs); the batch shares one deadline of DB_TIMEOUT_SECONDS (calls it leaves no time for answer UNAVAILABLE without running) and stops when the caller hangs up. */
   multicall(calls: any[]): Promise<any[]>;
 }
 
