@@ -9,7 +9,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 LOCK_VENV ?= .venv-lock
 UPGRADE ?=
 PIP_COMPILE = $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --no-emit-index-url \
-	--no-emit-find-links --allow-unsafe --strip-extras
+	--no-emit-find-links --allow-unsafe --strip-extras --no-header
 UPGRADE_FLAGS = $(if $(filter all,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
 NODE_PACKAGES := $(dir $(wildcard tests/node/package.json clients/node/package.json))
 

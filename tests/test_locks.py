@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 REQUIREMENTS = ROOT / "requirements"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
 # What a lock file must never record: where a package was downloaded from.
-ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://|--(extra-)?index-url|--find-links|(^|\s)-[if]\s", re.IGNORECASE | re.MULTILINE)
+ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://|index-url|find-links|(^|\s)-[if]\s", re.IGNORECASE | re.MULTILINE)
 
 
 def repository_files() -> list[Path]:
