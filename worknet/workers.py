@@ -43,15 +43,16 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol, tcp
-from twisted.logger import ILogObserver
-from zope.interface import implementer
+from twisted.logger import LogLevel, formatEvent
 
+from worknet import logs
 from worknet.config import Settings
 from worknet.logs import logger
 
 log = logger("worknet.workers")
 
 LISTEN_FD = 3
+WORKER_LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 STOP_GRACE_SECONDS = 30.0
 RESTART_DELAY = 1.0
 CRASH_LOOP_DELAY = 5.0
@@ -144,13 +145,12 @@ class _Worker(protocol.ProcessProtocol):
             text = line.decode("utf-8", "replace")
             if text:
                 # "LEVEL text": the worker filtered by level already; keep its level here
-                level, _, message = text.partition(" ")
-                emit = {"debug": self.log.debug, "info": self.log.info, "warn": self.log.warn,
-                        "error": self.log.error, "critical": self.log.critical}.get(level)
-                if emit is None:
-                    self.log.info("{line}", line=text)
+                name, _, message = text.partition(" ")
+                level = WORKER_LEVELS.get(name)
+                if level is None:
+                    self.log.rendered(LogLevel.info, text)
                 else:
-                    emit("{line}", line=message)
+                    self.log.rendered(level, message)
 
     errReceived = outReceived
 
@@ -350,49 +350,16 @@ class CloseConnections(service.Service):
             pass
 
 
-@implementer(ILogObserver)
-class BatchedLines:
-    """A log observer writing ``LEVEL text`` lines to a stream, flushed at most every 0.2 s (or 64 KiB).
-
-    One write per batch instead of one per request: under load the parent reads
-    a few large chunks a second instead of thousands of lines.
-    """
-
-    def __init__(self, stream: Any, reactor: Any, interval: float = 0.2, limit: int = 65536) -> None:
-        self.stream = stream
-        self.reactor = reactor
-        self.interval = interval
-        self.limit = limit
-        self.pending: list[str] = []
-        self.size = 0
-        self.timer: Any = None
-
-    def __call__(self, event: dict) -> None:
-        from twisted.logger import formatEvent
-
+def worker_line(event: dict) -> str:
+    """``LEVEL text``: what a worker writes to its parent for each event (text continued on indented lines)."""
+    text = event.get(logs.RENDERED)
+    if text is None or "\n" in text:
         text = formatEvent(event).replace("\n", "\n    ")
-        if event.get("log_failure") is not None:
-            text += "\n    " + event["log_failure"].getTraceback().replace("\n", "\n    ")
-        level = event.get("log_level")
-        line = f"{level.name if level else 'info'} {text}\n"
-        self.pending.append(line)
-        self.size += len(line)
-        if self.size >= self.limit:
-            self.flush()
-        elif self.timer is None:
-            self.timer = self.reactor.callLater(self.interval, self.flush)
-
-    def flush(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-        if self.pending:
-            data, self.pending, self.size = "".join(self.pending), [], 0
-            try:
-                self.stream.write(data)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
+    failure = event.get("log_failure")
+    if failure is not None:
+        text += "\n    " + failure.getTraceback().replace("\n", "\n    ")
+    level = event.get("log_level")
+    return f"{level.name if level else 'info'} {text}\n"
 
 
 class _ParentWatch(protocol.Protocol):
@@ -414,12 +381,12 @@ def worker_main(number: int) -> None:
     from twisted.internet import stdio, task
     from twisted.logger import FilteringLogObserver, globalLogBeginner
 
-    from worknet import logs
     from worknet.app import DrainService, SequentialMultiService, build_site, refresh_gauges
     from worknet.store import MongoStore
 
     reactor = default_reactor
-    lines = BatchedLines(sys.stdout, reactor)
+    # one write to the parent per batch of lines, not one per call
+    lines, buffered = logs.buffered_observer(sys.stdout, worker_line, reactor)
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(lines, [logs.level_filter(settings.log_level)])],
                                      redirectStandardIO=False)
 
@@ -453,11 +420,10 @@ def worker_main(number: int) -> None:
     reactor.callWhenRunning(signal.signal, signal.SIGTERM, terminate)
     reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)  # the terminal's ^C goes to the parent
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(top.stopService()))
-    reactor.addSystemEventTrigger("after", "shutdown", lines.flush)
     stdio.StandardIO(_ParentWatch(reactor), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
     reactor.callWhenRunning(top.startService)
     reactor.run()
-    lines.flush()
+    buffered.drain()
 
 
 if __name__ == "__main__":

@@ -238,10 +238,8 @@ class Dispatcher:
         timed.observe(elapsed)
         name = label if label != "unknown" else "(unknown method)"
         ms = elapsed * 1000
-        # The line is rendered here, once, braces escaped: every observer then formats a literal
-        # instead of running string.Formatter over three fields. The fields stay in the event.
-        line = f"{name} {ms:.1f} ms {outcome}".replace("{", "{{").replace("}", "}}")
-        log.info(line, method=name, ms=ms, outcome=outcome)
+        # Rendered here, once: the text observers write it as it is. The fields stay in the event.
+        log.info_rendered(f"{name} {ms:.1f} ms {outcome}", method=name, ms=ms, outcome=outcome)
         return result
 
     async def _run(self, method: str, args: tuple, caller_gone: Callable[[], bool] | None, timeout: float) -> Any:
