@@ -55,6 +55,7 @@ from twisted.logger import (
 )
 from twisted.python import threadable
 from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 ROTATE_BYTES = 10_000_000
 KEEP_FILES = 5
@@ -304,15 +305,39 @@ def level_filter(level: str) -> LogLevelFilterPredicate:
     return predicate
 
 
+@implementer(ILogObserver)
+class ProcessLog:
+    """The process's observer: every event through the level filter to each destination.
+
+    :meth:`relay` writes lines already formatted -- by a ``--workers`` worker,
+    with this formatter and its own filter -- straight to the same destinations.
+    ``can_relay`` is false where the destination takes events only (syslog).
+    """
+
+    def __init__(self, observe: Any, level: str, buffers: list[BufferedStream] | None, log_format: str = "text",
+                 syslog_prefix: str | None = None) -> None:
+        self._filtered = FilteringLogObserver(observe, [level_filter(level)])
+        self._buffers = buffers or []
+        self.can_relay = buffers is not None
+        self.log_format = log_format
+        self.syslog_prefix = syslog_prefix
+
+    def __call__(self, event: dict) -> None:
+        self._filtered(event)
+
+    def relay(self, text: str) -> None:
+        for buffered in self._buffers:
+            buffered.write(text)
+
+
 def observer(level: str, log_format: str, *, foreground: bool, log_file: str, twistd_logfile: str | None,
              reactor: Any = None, rotate_bytes: int = ROTATE_BYTES, keep: int = KEEP_FILES,
-             syslog_prefix: str | None = None) -> ILogObserver:
+             syslog_prefix: str | None = None) -> ProcessLog:
     """The process's one log observer (see the module docstring)."""
 
     def rotating(path: str) -> LogFile:
         return rotating_file(path, rotate_bytes, keep)
 
-    formatter = json_line if log_format == "json" else text_line
     streams: list[IO[str] | LogFile] = []
     files: list[LogFile] = []
     if syslog_prefix is not None:  # twistd --syslog: its syslog observer, behind the same level filter
@@ -320,8 +345,8 @@ def observer(level: str, log_format: str, *, foreground: bool, log_file: str, tw
         from twisted.python.syslog import SyslogObserver
 
         legacy = SyslogObserver(syslog_prefix).emit  # a legacy (dict) observer, as the wrapper expects
-        return FilteringLogObserver(LegacyLogObserverWrapper(legacy),  # type: ignore[arg-type]
-                                    [level_filter(level)])
+        return ProcessLog(LegacyLogObserverWrapper(legacy), level, None,  # type: ignore[arg-type]
+                          log_format, syslog_prefix)
     if foreground:
         if twistd_logfile and twistd_logfile != "-":
             files.append(rotating(twistd_logfile))
@@ -331,7 +356,7 @@ def observer(level: str, log_format: str, *, foreground: bool, log_file: str, tw
             files.append(rotating(log_file))
     else:
         files.append(rotating(twistd_logfile or "twistd.log"))
-    destinations = [buffered_observer(s, formatter, reactor)[0] for s in [*streams, *files]]
+    destinations = [buffered_observer(s, formatter(log_format), reactor) for s in [*streams, *files]]
     if files and reactor is not None:
         def rotate(signum: int, frame: Any) -> None:
             for f in files:
@@ -340,7 +365,12 @@ def observer(level: str, log_format: str, *, foreground: bool, log_file: str, tw
         signal.signal(signal.SIGUSR1, rotate)
 
     def fan_out(event: dict) -> None:
-        for destination in destinations:
+        for destination, _ in destinations:
             destination(event)
 
-    return FilteringLogObserver(fan_out, [level_filter(level)])  # type: ignore[arg-type]
+    return ProcessLog(fan_out, level, [buffered for _, buffered in destinations], log_format)
+
+
+def formatter(log_format: str) -> Any:
+    """The line formatter of ``--log-format``."""
+    return json_line if log_format == "json" else text_line

@@ -43,7 +43,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol, tcp
-from twisted.logger import LogLevel, formatEvent
+from twisted.logger import LogLevel
 
 from worknet import logs
 from worknet.config import Settings
@@ -52,7 +52,6 @@ from worknet.logs import logger
 log = logger("worknet.workers")
 
 LISTEN_FD = 3
-WORKER_LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 STOP_GRACE_SECONDS = 30.0
 RESTART_DELAY = 1.0
 CRASH_LOOP_DELAY = 5.0
@@ -99,16 +98,17 @@ def open_listening_socket(endpoint: str) -> socket.socket:
     return sock
 
 
-def encode_settings(settings: Settings, uri: str) -> bytes:
-    """One JSON line for a worker: the parent's settings, pointed at the shared database, one worker."""
-    values = asdict(settings)
+def encode_settings(settings: Settings, uri: str, log_format: str = "text", syslog_prefix: str | None = None) -> bytes:
+    """One JSON line for a worker: the parent's settings, pointed at the shared database, one worker,
+    and how the parent logs (the worker formats its lines the same way, or logs to syslog itself)."""
+    values: dict[str, Any] = asdict(settings)
     values.update(mongodb_uri=uri, rpc_workers=1, log_file="")
     values["platform_fee_percent"] = str(settings.platform_fee_percent)
+    values["logging"] = {"format": log_format, "syslog_prefix": syslog_prefix}
     return json.dumps(values).encode() + b"\n"
 
 
-def decode_settings(line: bytes) -> Settings:
-    values = json.loads(line)
+def settings_of(values: dict[str, Any]) -> Settings:
     known = {f.name for f in fields(Settings)}
     values = {k: v for k, v in values.items() if k in known}
     values["platform_fee_percent"] = Decimal(values["platform_fee_percent"])
@@ -139,20 +139,24 @@ class _Worker(protocol.ProcessProtocol):
         self.transport.write(self.pool.settings_line())  # type: ignore[union-attr]
 
     def outReceived(self, data: bytes) -> None:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            text = line.decode("utf-8", "replace")
-            if text:
-                # "LEVEL text": the worker filtered by level already; keep its level here
-                name, _, message = text.partition(" ")
-                level = WORKER_LEVELS.get(name)
-                if level is None:
-                    self.log.rendered(LogLevel.info, text)
-                else:
-                    self.log.rendered(level, message)
+        """Log lines, filtered and formatted by the worker as this process would: relayed as they are
+        (one write per batch, the worker's request ids and fields kept)."""
+        complete, _, self._partial = (self._partial + data).rpartition(b"\n")
+        if not complete:
+            return
+        text = complete.decode("utf-8", "replace") + "\n"
+        sink = self.pool.log
+        if sink is not None and sink.can_relay:
+            sink.relay(text)
+        else:
+            for line in text.splitlines():
+                self.log.rendered(LogLevel.info, line)
 
-    errReceived = outReceived
+    def errReceived(self, data: bytes) -> None:
+        """Whatever else the worker prints (a traceback as it dies): one warning per line."""
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                self.log.rendered(LogLevel.warn, line)
 
     def processEnded(self, reason: Any) -> None:
         self.pool._ended(self, reason)
@@ -165,7 +169,7 @@ class WorkerPool(service.Service):
     name = "workers"
 
     def __init__(self, settings: Settings, uri: Callable[[], str], reactor: Any = None,
-                 executable: str | None = None) -> None:
+                 executable: str | None = None, log: logs.ProcessLog | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -174,6 +178,7 @@ class WorkerPool(service.Service):
         self.uri = uri
         self.reactor = reactor
         self.executable = executable or sys.executable
+        self.log = log  # where the workers' log lines go (None: logged line by line here)
         self.workers: dict[int, _Worker] = {}
         self.socket: socket.socket | None = None
         self.metrics_dir = ""
@@ -181,7 +186,9 @@ class WorkerPool(service.Service):
         self._stopping = False
 
     def settings_line(self) -> bytes:
-        return encode_settings(self.settings, self.uri())
+        log = self.log
+        return encode_settings(self.settings, self.uri(), log.log_format if log else "text",
+                               log.syslog_prefix if log else None)
 
     def startService(self) -> None:
         super().startService()
@@ -350,16 +357,16 @@ class CloseConnections(service.Service):
             pass
 
 
-def worker_line(event: dict) -> str:
-    """``LEVEL text``: what a worker writes to its parent for each event (text continued on indented lines)."""
-    text = event.get(logs.RENDERED)
-    if text is None or "\n" in text:
-        text = formatEvent(event).replace("\n", "\n    ")
-    failure = event.get("log_failure")
-    if failure is not None:
-        text += "\n    " + failure.getTraceback().replace("\n", "\n    ")
-    level = event.get("log_level")
-    return f"{level.name if level else 'info'} {text}\n"
+def worker_formatter(number: int, log_format: str) -> Callable[[dict], str | None]:
+    """The parent's line format, every event under the namespace ``worknet.worker.<number>``
+    (which worker wrote a line; its request id and fields are kept)."""
+    line = logs.formatter(log_format)
+    namespace = f"worknet.worker.{number}"
+
+    def format_line(event: dict) -> str | None:
+        return line({**event, "log_namespace": namespace})
+
+    return format_line
 
 
 class _ParentWatch(protocol.Protocol):
@@ -374,7 +381,9 @@ class _ParentWatch(protocol.Protocol):
 
 
 def worker_main(number: int) -> None:
-    settings = decode_settings(sys.stdin.buffer.readline())
+    values = json.loads(sys.stdin.buffer.readline())
+    settings = settings_of(values)
+    logging = values.get("logging") or {}
     reactor: Any
 
     from twisted.internet import reactor as default_reactor
@@ -385,10 +394,17 @@ def worker_main(number: int) -> None:
     from worknet.store import MongoStore
 
     reactor = default_reactor
-    # one write to the parent per batch of lines, not one per call
-    lines, buffered = logs.buffered_observer(sys.stdout, worker_line, reactor)
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(lines, [logs.level_filter(settings.log_level)])],
-                                     redirectStandardIO=False)
+    # Lines formatted as the parent formats them, one write to the parent per batch (the parent
+    # relays them as they are); with --syslog, straight to syslog.
+    buffered: logs.BufferedStream | None = None
+    if logging.get("syslog_prefix") is not None:
+        sink: Any = logs.observer(settings.log_level, "text", foreground=False, log_file="", twistd_logfile=None,
+                                  syslog_prefix=logging["syslog_prefix"])
+    else:
+        lines, buffered = logs.buffered_observer(sys.stdout, worker_formatter(number, logging.get("format", "text")),
+                                                 reactor)
+        sink = FilteringLogObserver(lines, [logs.level_filter(settings.log_level)])
+    globalLogBeginner.beginLoggingTo([sink], redirectStandardIO=False)
 
     top = SequentialMultiService()
     store = MongoStore(settings, lambda: settings.mongodb_uri, reactor=reactor)
@@ -423,7 +439,8 @@ def worker_main(number: int) -> None:
     stdio.StandardIO(_ParentWatch(reactor), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
     reactor.callWhenRunning(top.startService)
     reactor.run()
-    buffered.drain()
+    if buffered is not None:
+        buffered.drain()
 
 
 if __name__ == "__main__":
