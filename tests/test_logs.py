@@ -46,5 +46,9 @@ def test_lines_leave_in_batches_and_warnings_at_once() -> None:
     assert stream.getvalue() == ""  # one write per batch: nothing yet
     buffered.drain()
     assert stream.getvalue().count("\n") == 100
+    log.info_rendered("call 100")
     log.warn("the database does not answer")
-    assert stream.getvalue().rstrip().endswith("the database does not answer")  # out at once
+    lines = stream.getvalue().splitlines()  # out at once, with the batch before it
+    assert lines[-2].endswith("call 100") and lines[-1].endswith("the database does not answer")
+    log.info("database ready")
+    assert stream.getvalue().rstrip().endswith("database ready")  # not a call line: at once too

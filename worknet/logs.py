@@ -195,13 +195,14 @@ URGENT = frozenset({LogLevel.warn, LogLevel.error, LogLevel.critical})
 
 
 def buffered_observer(stream: Any, formatter: Any, reactor: Any = None) -> tuple[ILogObserver, BufferedStream]:
-    """A ``FileLogObserver`` of ``formatter`` lines, written to ``stream`` in batches."""
+    """A ``FileLogObserver`` of ``formatter`` lines written to ``stream``: the one-per-call lines
+    (rendered, INFO) in batches; any other line at once, with the batch before it."""
     buffered = BufferedStream(stream)
     lines = FileLogObserver(buffered, formatter)  # type: ignore[arg-type]  # file-like
 
     def observe(event: dict) -> None:
         lines(event)
-        if event.get("log_level") in URGENT:
+        if RENDERED not in event or event.get("log_level") in URGENT:
             buffered.drain()
 
     if reactor is not None:
@@ -326,8 +327,9 @@ class ProcessLog:
         self._filtered(event)
 
     def relay(self, text: str) -> None:
-        for buffered in self._buffers:
+        for buffered in self._buffers:  # a worker's batch: written at once, as one
             buffered.write(text)
+            buffered.drain()
 
 
 def observer(level: str, log_format: str, *, foreground: bool, log_file: str, twistd_logfile: str | None,
