@@ -22,9 +22,16 @@ Request ids: the XML-RPC resource sets :data:`request_id` (a context
 variable) for the duration of a call; every event a WorkNet logger emits
 while it is set carries it.
 
-Every destination is written in batches (every 0.2 s, at 64 KiB, at shutdown
-and at exit) and a text line's timestamp is formatted once per second: one
-line per call must not cost a write system call and a ``strftime`` per call.
+The one line per call is rendered once by the dispatcher (no format string
+parsed per observer) and waits for its batch: every destination is written
+0.2 s after the first line of a batch, at 64 KiB, at shutdown and at exit;
+any other line (startup, warnings, errors) goes out at once with the batch
+before it.  A text line's timestamp is formatted once per second.  One line
+per call must not cost a write system call and a ``strftime`` per call.
+
+With ``--workers``, each worker formats its lines as this observer would
+(namespace ``worknet.worker.<n>``) and writes them to the parent in batches;
+the parent relays each batch as it is (:meth:`ProcessLog.relay`).
 """
 
 from __future__ import annotations
