@@ -229,7 +229,7 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     from worknet import logs
-    from worknet.app import DrainService, GracefulTermination, build_site
+    from worknet.app import DrainService, GracefulTermination, build_site, freeze_startup_objects
     from worknet.config import weak_secret
     from worknet.store import MongoStore
     from worknet.store.embedded import EmbeddedDatabase
@@ -247,6 +247,7 @@ def makeService(options: Options) -> service.MultiService:
 
     top = _top_service(observer)
     GracefulTermination(reactor).setServiceParent(top)
+    freeze_startup_objects(reactor)
     if settings.embedded_database:
         embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor)
         embedded.setServiceParent(top)

@@ -390,7 +390,7 @@ def worker_main(number: int) -> None:
     from twisted.internet import stdio, task
     from twisted.logger import FilteringLogObserver, globalLogBeginner
 
-    from worknet.app import DrainService, SequentialMultiService, build_site, refresh_gauges
+    from worknet.app import DrainService, SequentialMultiService, build_site, freeze_startup_objects, refresh_gauges
     from worknet.store import MongoStore
 
     reactor = default_reactor
@@ -438,6 +438,7 @@ def worker_main(number: int) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(top.stopService()))
     stdio.StandardIO(_ParentWatch(reactor), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
     reactor.callWhenRunning(top.startService)
+    freeze_startup_objects(reactor)
     reactor.run()
     if buffered is not None:
         buffered.drain()
