@@ -38,13 +38,13 @@ def test_a_rendered_line_is_the_classic_line() -> None:
 
 def test_lines_leave_in_batches_and_warnings_at_once() -> None:
     stream = io.StringIO()
-    observe, buffered = logs.buffered_observer(stream, logs.text_line)
+    observe = logs.ProcessLog("INFO", logs.text_line, [stream])
     publisher = LogPublisher(observe)
     log = logs._Logger(namespace="worknet.rpc", observer=publisher)
     for n in range(100):
         log.info_rendered(f"call {n}")
     assert stream.getvalue() == ""  # one write per batch: nothing yet
-    buffered.drain()
+    observe.drain()
     assert stream.getvalue().count("\n") == 100
     log.info_rendered("call 100")
     log.warn("the database does not answer")

@@ -45,17 +45,18 @@ import secrets
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import (
-    FileLogObserver,
-    FilteringLogObserver,
     ILogObserver,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     formatEventAsClassicLogText,
     formatTime,
@@ -118,8 +119,16 @@ class _Logger(Logger):
         """An event whose message is ``text`` as it stands (no format fields: braces are kept).
 
         The text observers write it as it is instead of parsing it as a format string (the
-        one-line-per-call log must stay cheap); ``fields`` stay in the event for the others."""
-        self.emit(level, text.replace("{", "{{").replace("}", "}}"), **{RENDERED: text}, **fields)
+        one-line-per-call log must stay cheap); ``fields`` stay in the event for the others.
+        The event has the keys ``Logger.emit`` gives it; ``level`` is one of ``LogLevel``'s
+        constants (``emit`` would check that against all of them on every call)."""
+        rid = request_id.get()
+        if rid is not None:
+            fields.setdefault("request_id", rid)
+        fields.update(log_logger=self, log_level=level, log_namespace=self.namespace, log_source=self.source,
+                      log_format=text.replace("{", "{{").replace("}", "}}"), log_time=time.time())
+        fields[RENDERED] = text
+        self.observer(fields)
 
     def info_rendered(self, text: str, **fields: Any) -> None:
         self.rendered(LogLevel.info, text, **fields)
@@ -199,22 +208,6 @@ class BufferedStream:
 
 # Events at these levels leave at once, with the batch before them (a crash right after loses nothing).
 URGENT = frozenset({LogLevel.warn, LogLevel.error, LogLevel.critical})
-
-
-def buffered_observer(stream: Any, formatter: Any, reactor: Any = None) -> tuple[ILogObserver, BufferedStream]:
-    """A ``FileLogObserver`` of ``formatter`` lines written to ``stream``: the one-per-call lines
-    (rendered, INFO) in batches; any other line at once, with the batch before it."""
-    buffered = BufferedStream(stream)
-    lines = FileLogObserver(buffered, formatter)  # type: ignore[arg-type]  # file-like
-
-    def observe(event: dict) -> None:
-        lines(event)
-        if RENDERED not in event or event.get("log_level") in URGENT:
-            buffered.drain()
-
-    if reactor is not None:
-        reactor.addSystemEventTrigger("after", "shutdown", buffered.drain)
-    return observe, buffered  # type: ignore[return-value]
 
 
 _clock = _SecondClock()
@@ -315,27 +308,51 @@ def level_filter(level: str) -> LogLevelFilterPredicate:
 
 @implementer(ILogObserver)
 class ProcessLog:
-    """The process's observer: every event through the level filter to each destination.
+    """The process's observer: every event through the level filter, formatted once, to each stream.
 
-    :meth:`relay` writes lines already formatted -- by a ``--workers`` worker,
-    with this formatter and its own filter -- straight to the same destinations.
-    ``can_relay`` is false where the destination takes events only (syslog).
+    Streams are written in batches (:class:`BufferedStream`): the one-per-call lines
+    (rendered, INFO) wait for their batch; any other line drains it at once.
+    :meth:`relay` writes lines already formatted -- by a ``--workers`` worker, with this
+    format and its own filter -- to the same streams.  With ``events`` (syslog) every
+    event goes to that observer instead, and nothing can be relayed (``can_relay``).
     """
 
-    def __init__(self, observe: Any, level: str, buffers: list[BufferedStream] | None, log_format: str = "text",
+    def __init__(self, level: str, formatter: Callable[[dict], str | None], streams: list[Any], *,
+                 log_format: str = "text", reactor: Any = None, events: Any = None,
                  syslog_prefix: str | None = None) -> None:
-        self._filtered = FilteringLogObserver(observe, [level_filter(level)])
-        self._buffers = buffers or []
-        self.can_relay = buffers is not None
+        self._admits = level_filter(level)
+        self._format = formatter
+        self._buffers = [BufferedStream(stream) for stream in streams]
+        self._events = events
+        self.can_relay = events is None
         self.log_format = log_format
         self.syslog_prefix = syslog_prefix
+        if reactor is not None:
+            for buffered in self._buffers:
+                reactor.addSystemEventTrigger("after", "shutdown", buffered.drain)
 
     def __call__(self, event: dict) -> None:
-        self._filtered(event)
+        if self._admits(event) is PredicateResult.no:
+            return
+        if self._events is not None:
+            self._events(event)
+            return
+        text = self._format(event)
+        if not text:
+            return
+        urgent = RENDERED not in event or event.get("log_level") in URGENT
+        for buffered in self._buffers:
+            buffered.write(text)
+            if urgent:
+                buffered.drain()
 
     def relay(self, text: str) -> None:
         for buffered in self._buffers:  # a worker's batch: written at once, as one
             buffered.write(text)
+            buffered.drain()
+
+    def drain(self) -> None:
+        for buffered in self._buffers:
             buffered.drain()
 
 
@@ -354,8 +371,8 @@ def observer(level: str, log_format: str, *, foreground: bool, log_file: str, tw
         from twisted.python.syslog import SyslogObserver
 
         legacy = SyslogObserver(syslog_prefix).emit  # a legacy (dict) observer, as the wrapper expects
-        return ProcessLog(LegacyLogObserverWrapper(legacy), level, None,  # type: ignore[arg-type]
-                          log_format, syslog_prefix)
+        return ProcessLog(level, formatter(log_format), [], log_format=log_format, syslog_prefix=syslog_prefix,
+                          events=LegacyLogObserverWrapper(legacy))  # type: ignore[arg-type]
     if foreground:
         if twistd_logfile and twistd_logfile != "-":
             files.append(rotating(twistd_logfile))
@@ -365,19 +382,13 @@ def observer(level: str, log_format: str, *, foreground: bool, log_file: str, tw
             files.append(rotating(log_file))
     else:
         files.append(rotating(twistd_logfile or "twistd.log"))
-    destinations = [buffered_observer(s, formatter(log_format), reactor) for s in [*streams, *files]]
     if files and reactor is not None:
         def rotate(signum: int, frame: Any) -> None:
             for f in files:
                 reactor.callFromThread(f.rotate)
 
         signal.signal(signal.SIGUSR1, rotate)
-
-    def fan_out(event: dict) -> None:
-        for destination, _ in destinations:
-            destination(event)
-
-    return ProcessLog(fan_out, level, [buffered for _, buffered in destinations], log_format)
+    return ProcessLog(level, formatter(log_format), [*streams, *files], log_format=log_format, reactor=reactor)
 
 
 def formatter(log_format: str) -> Any:

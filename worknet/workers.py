@@ -388,7 +388,7 @@ def worker_main(number: int) -> None:
 
     from twisted.internet import reactor as default_reactor
     from twisted.internet import stdio, task
-    from twisted.logger import FilteringLogObserver, globalLogBeginner
+    from twisted.logger import globalLogBeginner
 
     from worknet.app import DrainService, SequentialMultiService, build_site, freeze_startup_objects, refresh_gauges
     from worknet.store import MongoStore
@@ -396,14 +396,12 @@ def worker_main(number: int) -> None:
     reactor = default_reactor
     # Lines formatted as the parent formats them, one write to the parent per batch (the parent
     # relays them as they are); with --syslog, straight to syslog.
-    buffered: logs.BufferedStream | None = None
     if logging.get("syslog_prefix") is not None:
-        sink: Any = logs.observer(settings.log_level, "text", foreground=False, log_file="", twistd_logfile=None,
-                                  syslog_prefix=logging["syslog_prefix"])
+        sink = logs.observer(settings.log_level, "text", foreground=False, log_file="", twistd_logfile=None,
+                             syslog_prefix=logging["syslog_prefix"])
     else:
-        lines, buffered = logs.buffered_observer(sys.stdout, worker_formatter(number, logging.get("format", "text")),
-                                                 reactor)
-        sink = FilteringLogObserver(lines, [logs.level_filter(settings.log_level)])
+        sink = logs.ProcessLog(settings.log_level, worker_formatter(number, logging.get("format", "text")),
+                               [sys.stdout], reactor=reactor)
     globalLogBeginner.beginLoggingTo([sink], redirectStandardIO=False)
 
     top = SequentialMultiService()
@@ -440,8 +438,7 @@ def worker_main(number: int) -> None:
     reactor.callWhenRunning(top.startService)
     freeze_startup_objects(reactor)
     reactor.run()
-    if buffered is not None:
-        buffered.drain()
+    sink.drain()
 
 
 if __name__ == "__main__":
