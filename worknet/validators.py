@@ -100,6 +100,9 @@ def choice(value: Any, field: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+_ZERO = Decimal(0)
+
+
 def money(value: Any, field: str) -> Decimal:
     """An amount: int, double or decimal string, at most 2 decimals, 0 < x <= 1,000,000.
 
@@ -124,12 +127,12 @@ def money(value: Any, field: str) -> Decimal:
     if not amount.is_finite():
         raise ValidationError(field, f"{field} must be a finite amount")
     # the range first: quantizing a number of more than 28 significant digits is an error
-    if not Decimal(0) < amount <= MAX_AMOUNT:
+    if not _ZERO < amount <= MAX_AMOUNT:
         raise ValidationError(field, f"{field} must be greater than 0 and at most 1000000")
-    exponent = amount.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -2 and amount != amount.quantize(CENT):
+    cents_only = amount.quantize(CENT)
+    if cents_only != amount:  # 1.005 is refused, 1.000 is 1.00
         raise ValidationError(field, f"{field} must have at most 2 decimals")
-    return amount.quantize(CENT)
+    return cents_only
 
 
 def cents(amount: Decimal) -> Decimal:

@@ -60,6 +60,14 @@ class GuardedChannel(http.HTTPChannel):
             return
         super().connectionMade()
 
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        # Every request asks for it (Request.__init__): one getsockname() per connection, not per request.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
     def dataReceived(self, data: bytes) -> None:
         if self._request_started is None:
             if not self._handlingRequest:
