@@ -84,7 +84,22 @@ end
 
 
 def static_script(path: str, bodies: list[bytes], headers: dict[str, str] | None = None) -> str:
-    """A script that sends ``bodies`` round-robin (each one preformatted once)."""
+    """A script that sends ``bodies`` round-robin (each one preformatted once).
+
+    One body: wrk's static request (no Lua call per request; the generator then drives
+    nginx ~17% faster, measured), the answer still checked by ``response``."""
+    if len(bodies) == 1:
+        extra = "".join(f'wrk.headers[{lua_string(k)}] = {lua_string(v)}\n' for k, v in (headers or {}).items())
+        return _COMMON + f"""
+wrk.method = "POST"
+wrk.path = {lua_string(path)}
+wrk.body = {lua_string(bodies[0])}
+wrk.headers["Content-Type"] = "text/xml"
+{extra}
+function response(status, headers, body)
+  check(status, body)
+end
+"""
     header_lines = "".join(f'  h[{lua_string(k)}] = {lua_string(v)}\n' for k, v in (headers or {}).items())
     items = ",\n".join(lua_string(b) for b in bodies)
     return _COMMON + f"""
