@@ -11,7 +11,7 @@ Search and category browses are answered by the catalogue index
 (:mod:`worknet.catalogue`: roaring bitmaps of the gigs holding each folded
 word -- see :mod:`worknet.search` --, each category, each seller and the
 active gigs, plus sort columns, all kept in the database); every write of a
-gig marks it for that index in the same transaction, so a gig is found by the
+gig marks it for that index once written, before the call returns, so a gig is found by the
 next call after its create or update returns.  Then the page's gigs are read
 by ``_id``.
 Sorts, each with a final tie-breaker on ``_id`` so paging is deterministic:
