@@ -46,7 +46,11 @@ def daemon_site(log_dir: Path, level: str = "INFO") -> Any:
     env_file.write_text("")
     settings = load_settings({"NODE_ENV": "development", "MONGODB_URI": "mongodb://127.0.0.1:9/"},
                              env_file=str(env_file))
-    logs.configure(level, str(log_dir / "rpc_server.log"), True)
+    from twisted.logger import globalLogPublisher
+
+    # the observer twistd runs in the foreground, writing to a real log file
+    globalLogPublisher.addObserver(logs.observer(level, "text", foreground=True, log_file="",
+                                                 twistd_logfile=str(log_dir / "rpc_server.log"), reactor=reactor))
     store = MongoStore(settings, lambda: settings.mongodb_uri, reactor=reactor)
     store.is_ready = True  # calculate_fees reads nothing; no database is contacted
     store.connected = True

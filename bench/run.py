@@ -68,6 +68,7 @@ STDLIB_10 = "stdlib threaded, HTTP/1.0"
 STOCK = "stock twisted.web.xmlrpc"
 NGINX = "nginx static (ceiling)"
 PEERS = (STDLIB_11, STDLIB_10, STOCK)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -85,6 +86,11 @@ class Row:
     server: str
     connections: int
     result: wrk.WrkResult
+    server_cpu_us: float = float("nan")  # CPU of the server's processes per request (user + system)
+    wrk_cpu_us: float = float("nan")  # CPU of the generator per request
+
+    def cpu(self) -> str:
+        return f"{self.server_cpu_us:,.0f} / {self.wrk_cpu_us:,.0f}"
 
 
 @dataclass
@@ -210,6 +216,7 @@ http {{
     bench.processes.append(process)
     wait_for_port(port, process)
     bench.ports[NGINX] = port
+    bench.pids[NGINX] = process.pid
 
 
 # -- data --------------------------------------------------------------------
@@ -343,6 +350,24 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (threads included) so far."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / CLOCK_TICKS
+
+
+def generator_cpu_seconds() -> float:
+    """CPU used so far by the finished children of this process (every wrk run)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -389,6 +414,7 @@ def fmt_ratio(ours: wrk.WrkResult | None, peer: wrk.WrkResult | None) -> str:
 
 def write_report(out: Path, rows: list[Row], plan: list[Scenario], meta: dict, memory: dict, seconds: float) -> None:
     table = {(r.scenario, r.server, r.connections): r.result for r in rows}
+    cpu = {(r.scenario, r.server, r.connections): r.cpu() for r in rows}
     conns = sorted({r.connections for r in rows})
     lines = [
         "# Benchmark results",
@@ -444,21 +470,36 @@ def write_report(out: Path, rows: list[Row], plan: list[Scenario], meta: dict, m
     if nginx_top and fastest:
         lines.append(f"| generator headroom: nginx ceiling ≥ 10x the fastest server | {nginx_top / fastest:.1f}x "
                      f"({nginx_top:,.0f} vs {fastest:,.0f} req/s) | {'yes' if nginx_top >= 10 * fastest else 'NO'} |")
+    lines += ["", "CPU per request (user + system time of the server's processes, threads and workers included, "
+              "over the run at 64 connections), and what it allows:", ""]
+    rows_at = {(r.scenario, r.server, r.connections): r for r in rows}
+    cores = os.cpu_count() or 1
+    for s in ("ping", "calculate_fees"):
+        ours, naive, stock = (rows_at.get((s, server, 64)) for server in (DAEMON_1, STDLIB_11, STOCK))
+        if ours is None or naive is None or not ours.server_cpu_us > 0:
+            continue
+        bound = cores * 1e6 / ours.server_cpu_us
+        lines.append(f"- `{s}`: worknet {ours.server_cpu_us:,.0f} µs, stdlib HTTP/1.1 {naive.server_cpu_us:,.0f} µs"
+                     + (f", stock twisted {stock.server_cpu_us:,.0f} µs" if stock else "")
+                     + f"; with all {cores} cores busy (the generator needs {ours.wrk_cpu_us:,.0f} µs too) worknet "
+                     f"could serve at most {bound:,.0f} req/s = {bound / naive.result.rps:.2f}x the stdlib rate "
+                     "measured here")
     lines += ["", "![throughput against connections](results.png)", ""]
 
     for sc in plan:
         lines += [f"## {sc.title}", ""]
         if sc.note:
             lines += [f"{sc.note}.", ""]
-        lines += ["| server | conns | req/s | p50 ms | p99 ms | errors | vs stdlib 1.1 | vs stdlib 1.0 | vs stock twisted |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| server | conns | req/s | p50 ms | p99 ms | errors | CPU µs/req server / wrk "
+                  "| vs stdlib 1.1 | vs stdlib 1.0 | vs stock twisted |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for server in sc.servers:
             for c in conns:
                 r = get(sc.name, server, c)
                 if r is None:
                     continue
                 if r.skipped:
-                    lines.append(f"| {server} | {c} | – | – | – | {r.skipped} | | | |")
+                    lines.append(f"| {server} | {c} | – | – | – | {r.skipped} | | | | |")
                     continue
                 ratios = ["", "", ""]
                 if server in (DAEMON_1, DAEMON_N):
@@ -466,7 +507,7 @@ def write_report(out: Path, rows: list[Row], plan: list[Scenario], meta: dict, m
                 extra = f" ({r.flows / r.seconds:,.0f} flows/s)" if r.flows else ""
                 errors = f"{r.errors + r.faults}" + (f" ({r.faults} faults/envelopes)" if r.faults else "")
                 lines.append(f"| {server} | {c} | {r.rps:,.0f}{extra} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {errors} | "
-                             + " | ".join(ratios) + " |")
+                             f"{cpu[sc.name, server, c]} | " + " | ".join(ratios) + " |")
         samples = {r.result.sample for r in rows if r.scenario == sc.name and r.result.sample}
         if samples:
             lines += ["", "First failed answer seen: `" + sorted(samples)[0][:300] + "`"]
@@ -475,7 +516,8 @@ def write_report(out: Path, rows: list[Row], plan: list[Scenario], meta: dict, m
     (out / "results.json").write_text(json.dumps(
         [{"scenario": r.scenario, "server": r.server, "connections": r.connections, "rps": round(r.result.rps, 1),
           "p50_ms": r.result.p50_ms, "p99_ms": r.result.p99_ms, "errors": r.result.errors,
-          "faults": r.result.faults} for r in rows], indent=1) + "\n")
+          "faults": r.result.faults, "server_cpu_us": round(r.server_cpu_us, 1), "wrk_cpu_us": round(r.wrk_cpu_us, 1)}
+         for r in rows], indent=1) + "\n")
 
 
 def plot(out: Path, rows: list[Row], plan: list[Scenario]) -> None:
@@ -593,8 +635,12 @@ def main() -> None:
                 for server in sc.servers:
                     if server not in bench.ports:
                         continue
+                    server_before, wrk_before = cpu_seconds(bench.pids[server]), generator_cpu_seconds()
                     result = wrk.run(bench.ports[server], sc.script, c, duration)
-                    rows.append(Row(sc.name, server, c, result))
+                    requests = max(result.requests, 1)
+                    rows.append(Row(sc.name, server, c, result,
+                                    (cpu_seconds(bench.pids[server]) - server_before) / requests * 1e6,
+                                    (generator_cpu_seconds() - wrk_before) / requests * 1e6))
                     waited += settle(bench, idle_threads)
                     print(f"{sc.name:<16} {server:<28} {c:>5} {result.rps:>9,.0f} {result.p50_ms:>8.2f} "
                           f"{result.p99_ms:>9.2f} {result.errors + result.faults:>7}", flush=True)

@@ -123,8 +123,10 @@ def test_txmongo_factory_lines_only_with_debug(make_daemon):
     assert "Starting factory" in debug.log()
 
 
-def test_json_log_lines_carry_the_request_id_of_the_response_header(make_daemon):
-    daemon = with_args(make_daemon(start=False), "--log-format=json")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_json_log_lines_carry_the_request_id_of_the_response_header(make_daemon, workers):
+    """With --workers too: a worker's lines reach the log whole, fields and request ids kept."""
+    daemon = with_args(make_daemon(start=False, RPC_WORKERS=workers), "--log-format=json")
     daemon.start()
     ids = []
     for body in (PING, MISSING, PING):

@@ -90,7 +90,7 @@ def test_two_workers_share_the_port_and_metrics_add_up(make_daemon):
     assert len(results) == calls and all(b"RPC Server is running" in r for r in results)
 
     def served_by() -> set[str]:
-        return set(re.findall(r"\[worknet\.worker\.(\d)#info\] ping ", daemon.log()))
+        return set(re.findall(r"\[worknet\.worker\.(\d)#info\] (?:\[[\w.:-]+\] )?ping ", daemon.log()))
 
     # each worker logs its own calls (the parent prefixes them); both took some of the 60
     assert wait_for(lambda: served_by() == {"1", "2"}, 5, "calls logged by both workers")

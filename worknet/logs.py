@@ -55,6 +55,7 @@ from twisted.logger import (
 )
 from twisted.python import threadable
 from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 ROTATE_BYTES = 10_000_000
 KEEP_FILES = 5
@@ -70,6 +71,8 @@ LEVELS = {
 QUIET_NAMESPACES = ("txmongo",)
 
 request_id: ContextVar[str | None] = ContextVar("worknet_request_id", default=None)
+# The key of an event's message rendered by the caller (see ``info_rendered``).
+RENDERED = "worknet_text"
 
 
 class _RequestIds:
@@ -104,8 +107,18 @@ class _Logger(Logger):
             kwargs.setdefault("request_id", rid)
         super().emit(level, format, **kwargs)
 
+    def rendered(self, level: LogLevel, text: str, **fields: Any) -> None:
+        """An event whose message is ``text`` as it stands (no format fields: braces are kept).
 
-def logger(namespace: str) -> Logger:
+        The text observers write it as it is instead of parsing it as a format string (the
+        one-line-per-call log must stay cheap); ``fields`` stay in the event for the others."""
+        self.emit(level, text.replace("{", "{{").replace("}", "}}"), **{RENDERED: text}, **fields)
+
+    def info_rendered(self, text: str, **fields: Any) -> None:
+        self.rendered(LogLevel.info, text, **fields)
+
+
+def logger(namespace: str) -> _Logger:
     """A Logger whose events carry the current request id (filtered by the process observer)."""
     return _Logger(namespace=namespace)
 
@@ -127,8 +140,10 @@ class _SecondClock:
 
 
 class BufferedStream:
-    """A file-like front for a stream: ``write`` collects, the batch goes out every
-    ``interval`` seconds (a reactor timer), at ``limit`` characters, and at exit."""
+    """A file-like front for a stream: ``write`` collects, :meth:`drain` writes the batch out --
+    ``interval`` seconds after the first line of a batch (a reactor timer), at ``limit``
+    characters, and at exit.  ``flush`` does nothing: Twisted's ``FileLogObserver`` calls it
+    after every event, which would make every line a system call again."""
 
     def __init__(self, stream: Any, interval: float = 0.2, limit: int = 65536) -> None:
         self.stream = stream
@@ -138,7 +153,7 @@ class BufferedStream:
         self.size = 0
         self.timer: Any = None
         self.lock = threading.Lock()
-        atexit.register(self.flush)
+        atexit.register(self.drain)
 
     def write(self, text: str) -> None:
         with self.lock:
@@ -147,18 +162,21 @@ class BufferedStream:
             full = self.size >= self.limit
             idle = self.timer is None
             if idle and not full:
-                self.timer = True  # a flush is on its way
+                self.timer = True  # a drain is on its way
         if full:
-            self.flush()
+            self.drain()
         elif idle:
             from twisted.internet import reactor
 
             if threadable.isInIOThread():
-                self.timer = reactor.callLater(self.interval, self.flush)
+                self.timer = reactor.callLater(self.interval, self.drain)
             else:
-                reactor.callFromThread(reactor.callLater, self.interval, self.flush)  # type: ignore[attr-defined]
+                reactor.callFromThread(reactor.callLater, self.interval, self.drain)  # type: ignore[attr-defined]
 
     def flush(self) -> None:
+        pass
+
+    def drain(self) -> None:
         with self.lock:
             data, self.pending, self.size = "".join(self.pending), [], 0
             timer, self.timer = self.timer, None
@@ -172,10 +190,36 @@ class BufferedStream:
                 pass
 
 
+# Events at these levels leave at once, with the batch before them (a crash right after loses nothing).
+URGENT = frozenset({LogLevel.warn, LogLevel.error, LogLevel.critical})
+
+
+def buffered_observer(stream: Any, formatter: Any, reactor: Any = None) -> tuple[ILogObserver, BufferedStream]:
+    """A ``FileLogObserver`` of ``formatter`` lines, written to ``stream`` in batches."""
+    buffered = BufferedStream(stream)
+    lines = FileLogObserver(buffered, formatter)  # type: ignore[arg-type]  # file-like
+
+    def observe(event: dict) -> None:
+        lines(event)
+        if event.get("log_level") in URGENT:
+            buffered.drain()
+
+    if reactor is not None:
+        reactor.addSystemEventTrigger("after", "shutdown", buffered.drain)
+    return observe, buffered  # type: ignore[return-value]
+
+
 _clock = _SecondClock()
 
 
 def text_line(event: dict) -> str | None:
+    rendered = event.get(RENDERED)
+    if rendered is not None and "log_failure" not in event:
+        # formatEventAsClassicLogText's own layout, without running string.Formatter over the message
+        level = event.get("log_level")
+        rid = event.get("request_id")
+        return (f"{_clock(event.get('log_time'))} [{event.get('log_namespace', '-')}#"
+                f"{getattr(level, 'name', '-')}] {f'[{rid}] ' if rid else ''}{rendered}\n")
     text = formatEventAsClassicLogText(event, formatTime=_clock)
     rid = event.get("request_id")
     if text and rid:
@@ -191,7 +235,7 @@ def json_line(event: dict) -> str | None:
         "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "level": getattr(level, "name", "info"),
         "namespace": event.get("log_namespace", "-"),
-        "message": formatEvent(event),
+        "message": event.get(RENDERED) or formatEvent(event),
     }
     for key in ("request_id", "method", "outcome"):
         value = event.get(key)
@@ -225,9 +269,35 @@ def rotating_file(path: str, rotate_bytes: int = ROTATE_BYTES, keep: int = KEEP_
     return LogFile(name, directory, rotateLength=rotate_bytes, maxRotatedFiles=keep, defaultMode=mode)
 
 
+class _RememberingLevelPredicate(LogLevelFilterPredicate):
+    """Twisted's level predicate, its verdict remembered per (level, namespace).
+
+    Twisted's walks the dotted namespace and compares two constants on every
+    event; the set of namespaces and levels is small and fixed by the code."""
+
+    _verdicts: dict[tuple[Any, Any], Any]
+
+    def clearLogLevels(self) -> None:
+        super().clearLogLevels()
+        self._verdicts = {}
+
+    def setLogLevelForNamespace(self, namespace: str, level: Any) -> None:
+        super().setLogLevelForNamespace(namespace, level)
+        self._verdicts = {}
+
+    def __call__(self, event: dict) -> Any:
+        key = (event.get("log_level"), event.get("log_namespace"))
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            if len(self._verdicts) > 4096:  # namespaces made up at run time: stay bounded
+                self._verdicts = {}
+            verdict = self._verdicts[key] = super().__call__(event)
+        return verdict
+
+
 def level_filter(level: str) -> LogLevelFilterPredicate:
     """``LOG_LEVEL`` for every namespace; the chatty ones at WARNING at least, unless DEBUG."""
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
+    predicate = _RememberingLevelPredicate(defaultLogLevel=LEVELS[level])
     order = list(LEVELS.values())
     quiet = LEVELS[level] if level == "DEBUG" else max(LEVELS[level], LogLevel.warn, key=order.index)
     for namespace in QUIET_NAMESPACES:
@@ -235,15 +305,39 @@ def level_filter(level: str) -> LogLevelFilterPredicate:
     return predicate
 
 
+@implementer(ILogObserver)
+class ProcessLog:
+    """The process's observer: every event through the level filter to each destination.
+
+    :meth:`relay` writes lines already formatted -- by a ``--workers`` worker,
+    with this formatter and its own filter -- straight to the same destinations.
+    ``can_relay`` is false where the destination takes events only (syslog).
+    """
+
+    def __init__(self, observe: Any, level: str, buffers: list[BufferedStream] | None, log_format: str = "text",
+                 syslog_prefix: str | None = None) -> None:
+        self._filtered = FilteringLogObserver(observe, [level_filter(level)])
+        self._buffers = buffers or []
+        self.can_relay = buffers is not None
+        self.log_format = log_format
+        self.syslog_prefix = syslog_prefix
+
+    def __call__(self, event: dict) -> None:
+        self._filtered(event)
+
+    def relay(self, text: str) -> None:
+        for buffered in self._buffers:
+            buffered.write(text)
+
+
 def observer(level: str, log_format: str, *, foreground: bool, log_file: str, twistd_logfile: str | None,
              reactor: Any = None, rotate_bytes: int = ROTATE_BYTES, keep: int = KEEP_FILES,
-             syslog_prefix: str | None = None) -> ILogObserver:
+             syslog_prefix: str | None = None) -> ProcessLog:
     """The process's one log observer (see the module docstring)."""
 
     def rotating(path: str) -> LogFile:
         return rotating_file(path, rotate_bytes, keep)
 
-    formatter = json_line if log_format == "json" else text_line
     streams: list[IO[str] | LogFile] = []
     files: list[LogFile] = []
     if syslog_prefix is not None:  # twistd --syslog: its syslog observer, behind the same level filter
@@ -251,8 +345,8 @@ def observer(level: str, log_format: str, *, foreground: bool, log_file: str, tw
         from twisted.python.syslog import SyslogObserver
 
         legacy = SyslogObserver(syslog_prefix).emit  # a legacy (dict) observer, as the wrapper expects
-        return FilteringLogObserver(LegacyLogObserverWrapper(legacy),  # type: ignore[arg-type]
-                                    [level_filter(level)])
+        return ProcessLog(LegacyLogObserverWrapper(legacy), level, None,  # type: ignore[arg-type]
+                          log_format, syslog_prefix)
     if foreground:
         if twistd_logfile and twistd_logfile != "-":
             files.append(rotating(twistd_logfile))
@@ -262,11 +356,7 @@ def observer(level: str, log_format: str, *, foreground: bool, log_file: str, tw
             files.append(rotating(log_file))
     else:
         files.append(rotating(twistd_logfile or "twistd.log"))
-    buffers = [BufferedStream(s) for s in [*streams, *files]]
-    destinations = [FileLogObserver(b, formatter) for b in buffers]  # type: ignore[arg-type]  # file-like
-    if reactor is not None:
-        for b in buffers:
-            reactor.addSystemEventTrigger("after", "shutdown", b.flush)
+    destinations = [buffered_observer(s, formatter(log_format), reactor) for s in [*streams, *files]]
     if files and reactor is not None:
         def rotate(signum: int, frame: Any) -> None:
             for f in files:
@@ -275,7 +365,12 @@ def observer(level: str, log_format: str, *, foreground: bool, log_file: str, tw
         signal.signal(signal.SIGUSR1, rotate)
 
     def fan_out(event: dict) -> None:
-        for destination in destinations:
+        for destination, _ in destinations:
             destination(event)
 
-    return FilteringLogObserver(fan_out, [level_filter(level)])  # type: ignore[arg-type]
+    return ProcessLog(fan_out, level, [buffered for _, buffered in destinations], log_format)
+
+
+def formatter(log_format: str) -> Any:
+    """The line formatter of ``--log-format``."""
+    return json_line if log_format == "json" else text_line

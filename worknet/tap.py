@@ -256,7 +256,7 @@ def makeService(options: Options) -> service.MultiService:
     if settings.rpc_workers > 1:  # N processes on one socket, one database for all (worknet/workers.py)
         from worknet.workers import WorkerPool
 
-        WorkerPool(settings, uri, reactor=reactor).setServiceParent(top)
+        WorkerPool(settings, uri, reactor=reactor, log=observer).setServiceParent(top)
     else:
         store = MongoStore(settings, uri, reactor=reactor)
         store.setServiceParent(top)

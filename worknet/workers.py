@@ -43,9 +43,9 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol, tcp
-from twisted.logger import ILogObserver
-from zope.interface import implementer
+from twisted.logger import LogLevel
 
+from worknet import logs
 from worknet.config import Settings
 from worknet.logs import logger
 
@@ -98,16 +98,17 @@ def open_listening_socket(endpoint: str) -> socket.socket:
     return sock
 
 
-def encode_settings(settings: Settings, uri: str) -> bytes:
-    """One JSON line for a worker: the parent's settings, pointed at the shared database, one worker."""
-    values = asdict(settings)
+def encode_settings(settings: Settings, uri: str, log_format: str = "text", syslog_prefix: str | None = None) -> bytes:
+    """One JSON line for a worker: the parent's settings, pointed at the shared database, one worker,
+    and how the parent logs (the worker formats its lines the same way, or logs to syslog itself)."""
+    values: dict[str, Any] = asdict(settings)
     values.update(mongodb_uri=uri, rpc_workers=1, log_file="")
     values["platform_fee_percent"] = str(settings.platform_fee_percent)
+    values["logging"] = {"format": log_format, "syslog_prefix": syslog_prefix}
     return json.dumps(values).encode() + b"\n"
 
 
-def decode_settings(line: bytes) -> Settings:
-    values = json.loads(line)
+def settings_of(values: dict[str, Any]) -> Settings:
     known = {f.name for f in fields(Settings)}
     values = {k: v for k, v in values.items() if k in known}
     values["platform_fee_percent"] = Decimal(values["platform_fee_percent"])
@@ -138,21 +139,24 @@ class _Worker(protocol.ProcessProtocol):
         self.transport.write(self.pool.settings_line())  # type: ignore[union-attr]
 
     def outReceived(self, data: bytes) -> None:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            text = line.decode("utf-8", "replace")
-            if text:
-                # "LEVEL text": the worker filtered by level already; keep its level here
-                level, _, message = text.partition(" ")
-                emit = {"debug": self.log.debug, "info": self.log.info, "warn": self.log.warn,
-                        "error": self.log.error, "critical": self.log.critical}.get(level)
-                if emit is None:
-                    self.log.info("{line}", line=text)
-                else:
-                    emit("{line}", line=message)
+        """Log lines, filtered and formatted by the worker as this process would: relayed as they are
+        (one write per batch, the worker's request ids and fields kept)."""
+        complete, _, self._partial = (self._partial + data).rpartition(b"\n")
+        if not complete:
+            return
+        text = complete.decode("utf-8", "replace") + "\n"
+        sink = self.pool.log
+        if sink is not None and sink.can_relay:
+            sink.relay(text)
+        else:
+            for line in text.splitlines():
+                self.log.rendered(LogLevel.info, line)
 
-    errReceived = outReceived
+    def errReceived(self, data: bytes) -> None:
+        """Whatever else the worker prints (a traceback as it dies): one warning per line."""
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                self.log.rendered(LogLevel.warn, line)
 
     def processEnded(self, reason: Any) -> None:
         self.pool._ended(self, reason)
@@ -165,7 +169,7 @@ class WorkerPool(service.Service):
     name = "workers"
 
     def __init__(self, settings: Settings, uri: Callable[[], str], reactor: Any = None,
-                 executable: str | None = None) -> None:
+                 executable: str | None = None, log: logs.ProcessLog | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -174,6 +178,7 @@ class WorkerPool(service.Service):
         self.uri = uri
         self.reactor = reactor
         self.executable = executable or sys.executable
+        self.log = log  # where the workers' log lines go (None: logged line by line here)
         self.workers: dict[int, _Worker] = {}
         self.socket: socket.socket | None = None
         self.metrics_dir = ""
@@ -181,7 +186,9 @@ class WorkerPool(service.Service):
         self._stopping = False
 
     def settings_line(self) -> bytes:
-        return encode_settings(self.settings, self.uri())
+        log = self.log
+        return encode_settings(self.settings, self.uri(), log.log_format if log else "text",
+                               log.syslog_prefix if log else None)
 
     def startService(self) -> None:
         super().startService()
@@ -350,49 +357,16 @@ class CloseConnections(service.Service):
             pass
 
 
-@implementer(ILogObserver)
-class BatchedLines:
-    """A log observer writing ``LEVEL text`` lines to a stream, flushed at most every 0.2 s (or 64 KiB).
+def worker_formatter(number: int, log_format: str) -> Callable[[dict], str | None]:
+    """The parent's line format, every event under the namespace ``worknet.worker.<number>``
+    (which worker wrote a line; its request id and fields are kept)."""
+    line = logs.formatter(log_format)
+    namespace = f"worknet.worker.{number}"
 
-    One write per batch instead of one per request: under load the parent reads
-    a few large chunks a second instead of thousands of lines.
-    """
+    def format_line(event: dict) -> str | None:
+        return line({**event, "log_namespace": namespace})
 
-    def __init__(self, stream: Any, reactor: Any, interval: float = 0.2, limit: int = 65536) -> None:
-        self.stream = stream
-        self.reactor = reactor
-        self.interval = interval
-        self.limit = limit
-        self.pending: list[str] = []
-        self.size = 0
-        self.timer: Any = None
-
-    def __call__(self, event: dict) -> None:
-        from twisted.logger import formatEvent
-
-        text = formatEvent(event).replace("\n", "\n    ")
-        if event.get("log_failure") is not None:
-            text += "\n    " + event["log_failure"].getTraceback().replace("\n", "\n    ")
-        level = event.get("log_level")
-        line = f"{level.name if level else 'info'} {text}\n"
-        self.pending.append(line)
-        self.size += len(line)
-        if self.size >= self.limit:
-            self.flush()
-        elif self.timer is None:
-            self.timer = self.reactor.callLater(self.interval, self.flush)
-
-    def flush(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-        if self.pending:
-            data, self.pending, self.size = "".join(self.pending), [], 0
-            try:
-                self.stream.write(data)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
+    return format_line
 
 
 class _ParentWatch(protocol.Protocol):
@@ -407,21 +381,30 @@ class _ParentWatch(protocol.Protocol):
 
 
 def worker_main(number: int) -> None:
-    settings = decode_settings(sys.stdin.buffer.readline())
+    values = json.loads(sys.stdin.buffer.readline())
+    settings = settings_of(values)
+    logging = values.get("logging") or {}
     reactor: Any
 
     from twisted.internet import reactor as default_reactor
     from twisted.internet import stdio, task
     from twisted.logger import FilteringLogObserver, globalLogBeginner
 
-    from worknet import logs
     from worknet.app import DrainService, SequentialMultiService, build_site, refresh_gauges
     from worknet.store import MongoStore
 
     reactor = default_reactor
-    lines = BatchedLines(sys.stdout, reactor)
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(lines, [logs.level_filter(settings.log_level)])],
-                                     redirectStandardIO=False)
+    # Lines formatted as the parent formats them, one write to the parent per batch (the parent
+    # relays them as they are); with --syslog, straight to syslog.
+    buffered: logs.BufferedStream | None = None
+    if logging.get("syslog_prefix") is not None:
+        sink: Any = logs.observer(settings.log_level, "text", foreground=False, log_file="", twistd_logfile=None,
+                                  syslog_prefix=logging["syslog_prefix"])
+    else:
+        lines, buffered = logs.buffered_observer(sys.stdout, worker_formatter(number, logging.get("format", "text")),
+                                                 reactor)
+        sink = FilteringLogObserver(lines, [logs.level_filter(settings.log_level)])
+    globalLogBeginner.beginLoggingTo([sink], redirectStandardIO=False)
 
     top = SequentialMultiService()
     store = MongoStore(settings, lambda: settings.mongodb_uri, reactor=reactor)
@@ -453,11 +436,11 @@ def worker_main(number: int) -> None:
     reactor.callWhenRunning(signal.signal, signal.SIGTERM, terminate)
     reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)  # the terminal's ^C goes to the parent
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(top.stopService()))
-    reactor.addSystemEventTrigger("after", "shutdown", lines.flush)
     stdio.StandardIO(_ParentWatch(reactor), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
     reactor.callWhenRunning(top.startService)
     reactor.run()
-    lines.flush()
+    if buffered is not None:
+        buffered.drain()
 
 
 if __name__ == "__main__":

@@ -91,7 +91,9 @@ class GuardedSite(server.Site):
 
     def __init__(self, resource: Any, *, idle_timeout: float, read_timeout: float, max_connections: int,
                  reactor: Any = None) -> None:
-        super().__init__(resource, timeout=idle_timeout, reactor=reactor)
+        # An XML-RPC body is never a form: Twisted's Content-Type parsing (email.headerregistry,
+        # a sixth of a no-database call) would only look for one.
+        super().__init__(resource, timeout=idle_timeout, reactor=reactor, parsePOSTFormSubmission=False)
         self.read_timeout = read_timeout
         self.max_connections = max_connections
         self.open_connections = 0

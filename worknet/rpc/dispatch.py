@@ -25,7 +25,7 @@ from txmongo.errors import TimeExceeded
 
 from worknet.errors import DomainError, Unavailable
 from worknet.logs import logger
-from worknet.rpc.metrics import Metrics
+from worknet.rpc.metrics import Metrics, multiprocess_dir
 from worknet.rpc.wire import to_wire
 
 log = logger("worknet.rpc")
@@ -164,6 +164,13 @@ class Dispatcher:
         self.procedures: dict[str, Procedure] = {}
         self.canonical: dict[str, str] = {}
         self.active = 0
+        # One process: the in-flight gauge reads ``active`` when scraped. Workers (--workers): every
+        # call updates the shared gauge, which another worker may render at any moment.
+        self.shared_in_flight: Any = None
+        if multiprocess_dir():
+            self.shared_in_flight = metrics.in_flight
+        else:
+            metrics.in_flight.set_function(lambda: self.active)
         self._idle: list[defer.Deferred[None]] = []
         # prometheus children bound once per label set (``labels()`` per call costs a lock and a dict)
         self._counted: dict[tuple[str, str], Any] = {}
@@ -205,13 +212,16 @@ class Dispatcher:
             _CALLER.set(caller)  # this call's own context: Deferred.fromCoroutine runs it in a copy
         started = time.perf_counter()
         label = self.canonical.get(method, "unknown")
-        self.metrics.in_flight.inc()
         self.active += 1
+        shared = self.shared_in_flight
+        if shared is not None:
+            shared.inc()
         try:
             result = await self._run(method, args, caller_gone, self.call_timeout if timeout is None else timeout)
         finally:
-            self.metrics.in_flight.dec()
             self.active -= 1
+            if shared is not None:
+                shared.dec()
             if self.active == 0:
                 waiting, self._idle = self._idle, []
                 for d in waiting:
@@ -238,10 +248,8 @@ class Dispatcher:
         timed.observe(elapsed)
         name = label if label != "unknown" else "(unknown method)"
         ms = elapsed * 1000
-        # The line is rendered here, once, braces escaped: every observer then formats a literal
-        # instead of running string.Formatter over three fields. The fields stay in the event.
-        line = f"{name} {ms:.1f} ms {outcome}".replace("{", "{{").replace("}", "}}")
-        log.info(line, method=name, ms=ms, outcome=outcome)
+        # Rendered here, once: the text observers write it as it is. The fields stay in the event.
+        log.info_rendered(f"{name} {ms:.1f} ms {outcome}", method=name, ms=ms, outcome=outcome)
         return result
 
     async def _run(self, method: str, args: tuple, caller_gone: Callable[[], bool] | None, timeout: float) -> Any:

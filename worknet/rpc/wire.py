@@ -78,14 +78,19 @@ _AS_IS = frozenset({str, bool, type(None)})  # floats: checked below (NaN, infin
 
 
 def to_wire(value: Any) -> Any:
-    if type(value) in _AS_IS:  # the most common leaves first, one set lookup
+    kind = type(value)
+    if kind in _AS_IS:  # the most common types first, by exact type; subclasses below
         return value
-    if isinstance(value, dict):
+    if kind is dict or isinstance(value, dict):
         return {
             ("id" if key == "_id" else key if isinstance(key, str) else str(key)): to_wire(item)
             for key, item in value.items()
             if key not in HIDDEN_FIELDS
         }
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        raise Unmarshallable("a double that is not a finite number")
     if isinstance(value, (list, tuple)):
         return [to_wire(item) for item in value]
     if isinstance(value, bool) or value is None:
