@@ -19,6 +19,9 @@ per row, p50 and p99 of each:
 * a category browse (no words, a category, each sort, pages 1 and 5), and the
   whole catalogue (no words, no filter);
 * ``gigsService.get_by_id``;
+* the floors: one ``find_one`` by ``_id`` and one small ``update_one`` by
+  ``_id`` (one commit: a journal flush, the server runs ``--sync-on-commit``)
+  sent with pymongo straight to the same server, no daemon;
 * writes: ``update_rating``, ``gigsService.update`` (price; title), order
   status changes (``ordersService.update_status`` pending -> in_progress ->
   completed);
@@ -172,6 +175,19 @@ def compute_times(db: Any, searches: list[tuple[str, dict, int]]) -> list[float]
     return timings
 
 
+def floor(operation: Any, n: int) -> Result:
+    """``operation()`` ``n`` times with pymongo, no daemon: what one database round trip costs."""
+    result = Result()
+    began = time.perf_counter()
+    for _ in range(n):
+        at = time.perf_counter()
+        operation()
+        result.latencies_ms.append((time.perf_counter() - at) * 1000)
+        result.count += 1
+    result.elapsed = time.perf_counter() - began
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gigs", type=int, default=100_000)
@@ -229,6 +245,11 @@ def main() -> None:
         row("browse everything, relevance, page 1", one_by_one(port, [body("", {}, 1) for _ in range(n)]))
         row("gigsService.get_by_id",
             one_by_one(port, [call_body("gigsService.get_by_id", str(rng.choice(gig_ids))) for _ in range(n * 3)]))
+        # the floors: one round trip to the same server with pymongo, no daemon in between
+        row("floor: pymongo find_one by _id (gigs)",
+            floor(lambda: db.gigs.find_one({"_id": rng.choice(gig_ids)}), n * 3))
+        row("floor: pymongo update_one by _id (1 commit)", floor(
+            lambda: db.benchFloor.update_one({"_id": rng.randrange(1000)}, {"$inc": {"n": 1}}, upsert=True), n * 3))
         row("gigsService.update_rating", one_by_one(port, [
             call_body("gigsService.update_rating", str(rng.choice(gig_ids)), rng.choice([1, 2, 3, 4, 5]))
             for _ in range(n)]))

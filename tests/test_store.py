@@ -111,3 +111,61 @@ async def test_update_and_fetch_in_both_forms(database, db_name, mongo, secantus
             await store.update_and_fetch("gigs", {"status": "active"}, {"$set": {"n": 0}})
     finally:
         await store.stopService()
+
+
+@pytest.mark.parametrize("point_lookup", [True, False], ids=["by-_id-then-checked", "whole-filter"])
+@pytest_twisted.ensureDeferred
+async def test_find_by_id_in_both_forms_answers_as_the_whole_filter(database, db_name, mongo, point_lookup):
+    """find_by_id: SecantusDB's form (read by _id alone, conditions checked in the daemon) and the
+    whole filter a real MongoDB gets; both must answer exactly as the server does for the whole filter."""
+    store = make_store(database, db_name)
+    try:
+        await store.wait_ready()
+        from bson import Decimal128
+        docs = [
+            {"_id": 1, "deletedAt": None, "isActive": True, "status": "open", "n": 1, "tags": ["a", "b"]},
+            {"_id": 2, "isActive": 1, "status": "closed", "n": 1.0, "tags": [None]},  # no deletedAt at all
+            {"_id": 3, "deletedAt": "gone", "isActive": False, "n": Decimal128("1"), "tags": "a"},
+            {"_id": 4, "deletedAt": [None], "isActive": [True], "status": ["open"], "n": True},
+        ]
+        mongo[db_name].things.insert_many(docs)
+        queries = [
+            {"deletedAt": None}, {"isActive": True}, {"isActive": 1}, {"status": "open"},
+            {"status": {"$in": ["open", "closed"]}}, {"n": 1}, {"n": True}, {"tags": "a"}, {"tags": None},
+            {"deletedAt": None, "isActive": True}, {"missing": None}, {"status": {"$in": []}},
+            {"n": {"$gt": 0}},  # not checked in the daemon: goes to the server in both forms
+        ]
+        projections = [None, {"_id": 1}, {"n": 1}, {"deletedAt": 0}, {"status": 0, "tags": 0}, {"_id": 0, "n": 1}]
+        collection = store["things"]
+        assert collection.point_lookups  # the test server is SecantusDB; the other form is forced below
+        collection.point_lookups = point_lookup
+        for query in queries:
+            for projection in projections:
+                for _id in (1, 2, 3, 4, 5):
+                    expected = mongo[db_name].things.find_one({"_id": _id, **query}, projection)
+                    got = await collection.find_by_id(_id, query, projection=projection)
+                    assert got == expected, (query, projection, _id)
+    finally:
+        await store.stopService()
+
+
+@pytest.mark.parametrize("secantus_form", [True, False], ids=["update-then-read", "findAndModify"])
+@pytest_twisted.ensureDeferred
+async def test_update_and_fetch_runs_its_alongside_step_after_a_matching_write_only(
+        database, db_name, mongo, secantus_form):
+    store = make_store(database, db_name)
+    try:
+        await store.wait_ready()
+        store.is_secantus = secantus_form
+        await store["gigs"].insert_one({"_id": 1, "n": 0})
+        seen: list = []
+
+        async def after() -> None:
+            seen.append(mongo[db_name].gigs.find_one({"_id": 1})["n"])  # the write is applied by then
+
+        assert (await store.update_and_fetch("gigs", {"_id": 1}, {"$inc": {"n": 1}}, alongside=after))["n"] == 1
+        assert seen == [1]
+        assert await store.update_and_fetch("gigs", {"_id": 2}, {"$inc": {"n": 1}}, alongside=after) is None
+        assert seen == [1]
+    finally:
+        await store.stopService()

@@ -51,8 +51,8 @@ async def paged(
 
 
 async def get_or_404(collection: Any, _id: ObjectId, what: str, query: dict | None = None, **kwargs: Any) -> dict:
-    """The live (not soft-deleted) document with this id, or NotFound."""
-    doc = await collection.find_one({"_id": _id, **NOT_DELETED, **(query or {})}, **kwargs)
+    """The live (not soft-deleted) document with this id, or NotFound (the store's ``find_by_id``)."""
+    doc = await collection.find_by_id(_id, {**NOT_DELETED, **(query or {})}, **kwargs)
     if doc is None:
         raise NotFound(f"{what} not found")
     return doc

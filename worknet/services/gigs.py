@@ -11,7 +11,7 @@ Search and category browses are answered by the catalogue index
 (:mod:`worknet.catalogue`: roaring bitmaps of the gigs holding each folded
 word -- see :mod:`worknet.search` --, each category, each seller and the
 active gigs, plus sort columns, all kept in the database); every write of a
-gig marks it for that index in the same transaction, so a gig is found by the
+gig marks it for that index once written, before the call returns, so a gig is found by the
 next call after its create or update returns.  Then the page's gigs are read
 by ``_id``.
 Sorts, each with a final tie-breaker on ``_id`` so paging is deterministic:
@@ -42,7 +42,7 @@ from twisted.internet import defer
 
 from worknet import catalogue
 from worknet import validators as v
-from worknet.catalogue import Query, catalogue_of, write_marked
+from worknet.catalogue import Query, catalogue_of, update_marked, write_marked
 from worknet.errors import DomainError, Forbidden, InvalidState, NotFound, ValidationError
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.search import search_terms, words
@@ -204,8 +204,7 @@ async def _live(collection: Any, _id: ObjectId | None, query: dict | None = None
     """The live document ``_id`` of ``collection`` (projection: ``_id``); True when there is no id to check."""
     if _id is None:
         return True
-    found: dict | None = await collection.find_one({"_id": _id, **NOT_DELETED, **(query or {})},
-                                                   projection={"_id": 1})
+    found: dict | None = await collection.find_by_id(_id, {**NOT_DELETED, **(query or {})}, projection={"_id": 1})
     return found
 
 
@@ -334,12 +333,7 @@ class GigsService(ServiceResource):
                 filter_.update({key: current.get(key) for key in TEXT_FIELDS if key not in changes})
             changes["updatedAt"] = now()
 
-            async def write(session: Any, filter_: dict = filter_) -> dict | None:
-                found: dict | None = await self.store.update_and_fetch(
-                    "gigs", filter_, {"$set": changes}, projection=LIST_PROJECTION, session=session)
-                return found
-
-            doc = await write_marked(self.store, [_id], write)
+            doc = await update_marked(self.store, _id, filter_, {"$set": changes}, projection=LIST_PROJECTION)
             if doc is not None:
                 if "categoryId" in changes or changes.get("isActive") is True:
                     await self._still_there(_id, doc.get("userId"), doc.get("categoryId"))
@@ -388,9 +382,8 @@ class GigsService(ServiceResource):
         """One live gig by id, with seller: {id, username, rating} (nil if the seller account is gone). Returns gig."""
         _id = v.object_id(gig_id, "gig_id")
         gig = await get_or_404(self.gigs, _id, "gig", projection=LIST_PROJECTION)
-        seller = await self.store["users"].find_one(
-            {"_id": gig.get("userId"), **NOT_DELETED}, projection={"username": 1, "rating": 1},
-        )
+        seller = await self.store["users"].find_by_id(gig.get("userId"), NOT_DELETED,
+                                                      projection={"username": 1, "rating": 1})
         gig["seller"] = None if seller is None else {
             "id": seller["_id"], "username": seller.get("username", ""), "rating": float(seller.get("rating") or 0),
         }
@@ -464,13 +457,8 @@ class GigsService(ServiceResource):
             [{"t": ticket, "rating": "$rating", "reviewCount": "$reviewCount"}],
         ]}}}]
 
-        async def write(session: Any) -> dict | None:
-            found: dict | None = await self.store.update_and_fetch(
-                "gigs", {"_id": _id, **NOT_DELETED}, fold,
-                projection={"rating": 1, "reviewCount": 1, "ratingLog": 1}, session=session)
-            return found
-
-        doc = await write_marked(self.store, [_id], write)
+        doc = await update_marked(self.store, _id, {"_id": _id, **NOT_DELETED}, fold,
+                                  projection={"rating": 1, "reviewCount": 1, "ratingLog": 1})
         if doc is None:
             raise NotFound("gig not found")
         # the figures this fold produced (the document may already show later folds)

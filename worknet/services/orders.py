@@ -293,7 +293,7 @@ class OrdersService(ServiceResource):
         gig = await get_or_404(self.store["gigs"], gid, "gig")
         if gig.get("isActive") is not True:
             raise InvalidState("the gig is not active")
-        buyer = await self.store["users"].find_one({"_id": bid, **NOT_DELETED}, projection={"_id": 1})
+        buyer = await self.store["users"].find_by_id(bid, NOT_DELETED, projection={"_id": 1})
         if buyer is None:
             raise NotFound("buyer not found", "buyer_id")
         if gig["userId"] == bid:

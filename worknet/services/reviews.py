@@ -148,7 +148,7 @@ class ReviewsService(ServiceResource):
                 return await self._replay(first, request)
         gig_doc = await get_or_404(self.store["gigs"], gig, "gig", projection={"userId": 1, "title": 1})
         if author is not None:
-            user = await self.store["users"].find_one({"_id": author, **NOT_DELETED}, projection={"_id": 1})
+            user = await self.store["users"].find_by_id(author, NOT_DELETED, projection={"_id": 1})
             if user is None:
                 raise NotFound("user not found", "user_id")
             if gig_doc.get("userId") == author:
