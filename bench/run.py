@@ -470,6 +470,13 @@ def write_report(out: Path, rows: list[Row], plan: list[Scenario], meta: dict, m
     if nginx_top and fastest:
         lines.append(f"| generator headroom: nginx ceiling ≥ 10x the fastest server | {nginx_top / fastest:.1f}x "
                      f"({nginx_top:,.0f} vs {fastest:,.0f} req/s) | {'yes' if nginx_top >= 10 * fastest else 'NO'} |")
+    catalogue = out / "catalogue.json"  # written by python -m bench.search (100,000 gigs: beyond this run's budget)
+    if catalogue.exists():
+        figures = json.loads(catalogue.read_text())
+        for t in figures["targets"]:
+            lines.append(f"| catalogue at 100,000 gigs — {t['target']} | {t['figure']} | {'yes' if t['met'] else 'NO'} |")
+        lines += ["", f"The catalogue rows come from [catalogue.md](catalogue.md): `{figures['command']}`, generated "
+                  f"{figures['generated']} ({figures['summary']}), not from this run."]
     lines += ["", "CPU per request (user + system time of the server's processes, threads and workers included, "
               "over the run at 64 connections), and what it allows:", ""]
     rows_at = {(r.scenario, r.server, r.connections): r for r in rows}

@@ -30,6 +30,8 @@ from pathlib import Path
 import pymongo
 import pytest
 
+from worknet.logs import BATCH_SECONDS
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 30.0
@@ -178,6 +180,10 @@ class Daemon:
         return xmlrpc.client.ServerProxy(self.url, allow_none=True, **kwargs)
 
     def log(self) -> str:
+        """The log so far, the lines of every call answered before this one included (the daemon
+        writes call lines in batches, at most ``BATCH_SECONDS`` after the call)."""
+        if self.process is not None and self.process.poll() is None:
+            time.sleep(BATCH_SECONDS + 0.05)
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:

@@ -225,10 +225,8 @@ def test_a_batch_has_one_deadline(make_daemon):
     assert elapsed < 3 + 1, elapsed  # DB_TIMEOUT_SECONDS + 1 s, not 60 bcrypt checks
     codes = [r[0]["code"] for r in results]
     assert len(codes) == 60 and set(codes) <= {"UNAUTHORIZED", "UNAVAILABLE"} and codes[-1] == "UNAVAILABLE"
-    # one log line per sub-call that ran (log lines leave in batches, every 0.2 s)
-    ran = wait_for(lambda: (lambda n: n if n >= codes.count("UNAUTHORIZED") else None)(
-        daemon.log().count("usersService.login")), 5, "the log lines of the batch")
-    assert ran < 60
+    ran = daemon.log().count("usersService.login")  # one log line per sub-call that ran
+    assert ran < 60 and codes.count("UNAUTHORIZED") <= ran
     print(f"batch of 60 logins, deadline 3 s: answered in {elapsed:.2f} s, {ran} ran, "
           f"{codes.count('UNAUTHORIZED')} UNAUTHORIZED")
 

@@ -79,6 +79,8 @@ LEVELS = {
 QUIET_NAMESPACES = ("txmongo",)
 
 request_id: ContextVar[str | None] = ContextVar("worknet_request_id", default=None)
+# A call's log line is written at most this long after the call (its batch's first line).
+BATCH_SECONDS = 0.2
 # The key of an event's message rendered by the caller (see ``info_rendered``).
 RENDERED = "worknet_text"
 
@@ -161,8 +163,9 @@ class BufferedStream:
     characters, and at exit.  ``flush`` does nothing: Twisted's ``FileLogObserver`` calls it
     after every event, which would make every line a system call again."""
 
-    def __init__(self, stream: Any, interval: float = 0.2, limit: int = 65536) -> None:
+    def __init__(self, stream: Any, interval: float | None = None, limit: int = 65536) -> None:
         self.stream = stream
+        interval = BATCH_SECONDS if interval is None else interval
         self.interval = interval
         self.limit = limit
         self.pending: list[str] = []
