@@ -160,13 +160,13 @@ class _SecondClock:
 class BufferedStream:
     """A file-like front for a stream: ``write`` collects, :meth:`drain` writes the batch out --
     ``interval`` seconds after the first line of a batch (a reactor timer), at ``limit``
-    characters, and at exit.  ``flush`` does nothing: Twisted's ``FileLogObserver`` calls it
-    after every event, which would make every line a system call again."""
+    characters, and at exit.  ``flush`` does nothing: file-like callers (Twisted's
+    ``FileLogObserver`` among them) call it after every line, which would make every line a
+    system call again."""
 
     def __init__(self, stream: Any, interval: float | None = None, limit: int = 65536) -> None:
         self.stream = stream
-        interval = BATCH_SECONDS if interval is None else interval
-        self.interval = interval
+        self.interval = BATCH_SECONDS if interval is None else interval
         self.limit = limit
         self.pending: list[str] = []
         self.size = 0
