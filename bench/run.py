@@ -363,7 +363,11 @@ def database_idle(pid: int, limit: float = 20.0, busy: float = 0.05) -> float:
 def process_tree(pid: int) -> list[int]:
     pids = [pid]
     for child in Path(f"/proc/{pid}/task").glob("*/children"):
-        for text in child.read_text().split():
+        try:
+            children = child.read_text().split()
+        except OSError:  # a thread that ended meanwhile (the threaded peers start one per connection)
+            continue
+        for text in children:
             pids.extend(process_tree(int(text)))
     return pids
 
