@@ -16,9 +16,9 @@ daemon's own API, then starts on it, side by side:
   the fastest server measured.
 
 Every scenario runs at each connection count for ``--duration`` seconds, one
-server after the other (all its connection counts in turn); the next server
-starts once the shared database is idle again, so that nobody's abandoned
-queries are measured against somebody else.
+server after the other (the daemons first, each server all its scenarios in
+turn); every block starts once the shared database is idle again, so that no
+server's abandoned queries are measured against another.
 Writes ``results.md`` (requests/s, p50, p99, errors, ratios to each peer,
 the targets met or not, machine and versions) and ``results.png``
 (throughput against connections, one line per server).  Loopback only.
@@ -659,16 +659,16 @@ def main() -> None:
         waited = 0.0
         print(f"{'scenario':<16} {'server':<28} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>9} {'errors':>7}",
               flush=True)
-        for sc in plan:
-            # One database serves every server: a server's abandoned queries (a naive scan per call,
-            # seconds each) must not land on the next server's runs. Each server runs all its
-            # connection counts in turn, and the next one starts once the database is idle.
-            waited += database_idle(database.pid)
-            for server in sc.servers:
-                if server not in bench.ports:
+        # One database serves every server: a server's abandoned queries (the naive peers' searches
+        # are scans of seconds each, a backlog of a minute at 256 connections) must not land on
+        # another server's runs. So one server at a time runs every scenario, each at every
+        # connection count; the daemons first; each block starts once the database is idle.
+        order = [server for server in (DAEMON_1, DAEMON_N, *PEERS, NGINX) if server in bench.ports]
+        for server in order:
+            for sc in plan:
+                if server not in sc.servers:
                     continue
-                if server != sc.servers[0]:
-                    waited += database_idle(database.pid)
+                waited += database_idle(database.pid)
                 for c in connections:
                     server_before, wrk_before = cpu_seconds(bench.pids[server]), generator_cpu_seconds()
                     result = wrk.run(bench.ports[server], sc.script, c, duration)
