@@ -647,7 +647,7 @@ def main() -> None:
         start_peer(bench, STOCK, "stock_twisted", uri, db_name)
         if nginx:
             start_nginx(bench, nginx)
-        plan = scenarios(data, f"b{secrets.token_hex(3)}")
+        plan = scenarios(data, f"b{secrets.token_hex(3)}")  # 7 hex digits: the head of the flows' payment ids
         if args.only:
             wanted = set(args.only.split(","))
             plan = [s for s in plan if s.name in wanted]

@@ -170,6 +170,7 @@ end
 local function str(s) return "<param><value><string>" .. s .. "</string></value></param>" end
 
 function init(args)
+  math.randomseed(os.time() + math.floor(os.clock() * 1000000))  -- every run its own ids
   serial = math.random(0, 2147483647)
 end
 
@@ -181,7 +182,7 @@ function request()
   if #to_pay > 0 then
     local item = table.remove(to_pay)
     serial = serial + 1
-    local pid = string.format("%s-%08x-%d", tag, serial, n)
+    local pid = string.format("%s%08x%09x", tag, serial, n)  -- 24 hex digits: an id the daemon accepts
     return call("paymentsService.create", str(pid) .. str(item[1]) ..
       "<param><value><double>" .. item[2] .. "</double></value></param>" .. str("stripe"))
   end
