@@ -158,11 +158,9 @@ class _SecondClock:
 
 
 class BufferedStream:
-    """A file-like front for a stream: ``write`` collects, :meth:`drain` writes the batch out --
+    """A stream written in batches: ``write`` collects, :meth:`drain` writes the batch out --
     ``interval`` seconds after the first line of a batch (a reactor timer), at ``limit``
-    characters, and at exit.  ``flush`` does nothing: file-like callers (Twisted's
-    ``FileLogObserver`` among them) call it after every line, which would make every line a
-    system call again."""
+    characters, and at exit."""
 
     def __init__(self, stream: Any, interval: float | None = None, limit: int = 65536) -> None:
         self.stream = stream
@@ -191,9 +189,6 @@ class BufferedStream:
                 self.timer = reactor.callLater(self.interval, self.drain)
             else:
                 reactor.callFromThread(reactor.callLater, self.interval, self.drain)  # type: ignore[attr-defined]
-
-    def flush(self) -> None:
-        pass
 
     def drain(self) -> None:
         with self.lock:

@@ -253,9 +253,10 @@ class Dispatcher:
         return result
 
     async def _run(self, method: str, args: tuple, caller_gone: Callable[[], bool] | None, timeout: float) -> Any:
-        procedure = self.procedures.get(method)
-        if procedure is None:
-            return xmlrpc.Fault(METHOD_NOT_FOUND, f"method not found: {method[:100]}")
+        try:
+            procedure = self.procedure(method)
+        except xmlrpc.Fault as unknown:
+            return unknown
         fault = procedure.arity_fault(len(args))
         if fault is not None:
             return fault
