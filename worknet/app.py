@@ -62,6 +62,9 @@ class Health(resource.Resource):
             else:
                 status = "degraded"
             body: dict[str, Any] = {"status": status, "mongodb": "connected" if connected else "disconnected"}
+            warnings = getattr(self.store, "warnings", None)
+            if warnings:
+                body["warnings"] = sorted(warnings.values())
             if not serving and cause:
                 body["cause"] = cause
             elif status == "degraded":

@@ -55,12 +55,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 import numpy as np
 from bson import Binary, Decimal128, ObjectId
-from pymongo import ReplaceOne
+from pymongo import ReplaceOne, UpdateOne
 from pymongo.errors import DuplicateKeyError
 from pyroaring import BitMap
 from twisted.internet import defer, task
@@ -105,10 +106,55 @@ SORT_KEYS: dict[str, list[tuple[str, bool]]] = {
 
 # -- one gig as the index sees it -------------------------------------------------
 
+class LeaseLost(Exception):
+    """A fold's compaction lease ran out and another holder took it: the fold stops writing."""
+
+
+class Malformed(ValueError):
+    """A gig document another writer left in a shape the index cannot read (a string price, no title)."""
+
+
 def cents(value: Any) -> int:
     """Money (Decimal128 or Decimal, at most 2 decimals) as integer cents."""
     amount = value.to_decimal() if isinstance(value, Decimal128) else value
     return int(amount.scaleb(2).to_integral_value())
+
+
+def _stored_cents(value: Any) -> int:
+    """A stored price as cents: Decimal128 as this daemon writes it, or a plain number as another
+    writer may (a Mongoose ``Number``); anything else is malformed.  Never through float arithmetic:
+    a double is read by its shortest decimal form."""
+    if isinstance(value, bool) or value is None:
+        raise Malformed("no price")
+    if isinstance(value, float):
+        value = Decimal(repr(value))
+    elif isinstance(value, int):
+        value = Decimal(value)
+    elif isinstance(value, Decimal128):
+        value = value.to_decimal()
+    if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
+        raise Malformed(f"price is {type(value).__name__}, not a number")
+    return cents(value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def _number(doc: dict, name: str, kind: type, default: Any) -> Any:
+    value = doc.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Malformed(f"{name} is {type(value).__name__}, not a number")
+    return kind(value)
+
+
+def _texts(doc: dict) -> tuple[str, str, list[str]]:
+    title, description, tags = doc.get("title"), doc.get("description") or "", doc.get("tags") or []
+    if not isinstance(title, str) or not title.strip():
+        raise Malformed("no title")
+    if not isinstance(description, str):
+        raise Malformed("description is not a string")
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise Malformed("tags are not a list of strings")
+    return title, description, tags
 
 
 def millis(moment: datetime | None) -> int:
@@ -133,18 +179,41 @@ class Row:
 
     @classmethod
     def of(cls, doc: dict) -> Row:
-        terms = doc.get("searchTerms")
-        if terms is None:
-            terms = search_terms(doc.get("title", ""), doc.get("description", ""), doc.get("tags", []))
-        keys = [f"t:{term}" for term in dict.fromkeys(terms)]
-        if doc.get("categoryId") is not None:
-            keys.append(f"c:{doc['categoryId']}")
-        if doc.get("userId") is not None:
-            keys.append(f"u:{doc['userId']}")
+        """The row of a gig document, whoever wrote it; :class:`Malformed` when a field cannot be read.
+
+        The words come from the title, description and tags themselves, never from the stored
+        ``searchTerms``: another writer (the Node backend, an operator in mongosh) changes the
+        title without them.
+        """
+        title, description, tags = _texts(doc)
+        keys = [f"t:{term}" for term in search_terms(title, description, tags)]
+        for name, prefix in (("categoryId", "c"), ("userId", "u")):
+            ref = doc.get(name)
+            if ref is not None and not isinstance(ref, ObjectId):
+                raise Malformed(f"{name} is {type(ref).__name__}, not an ObjectId")
+            if ref is not None:
+                keys.append(f"{prefix}:{ref}")
+        created = doc.get("createdAt")
+        if created is not None and not isinstance(created, datetime):
+            raise Malformed("createdAt is not a date")
+        row = cls(doc["_id"], keys, _stored_cents(doc.get("price")), _number(doc, "rating", float, 0.0),
+                  _number(doc, "reviewCount", int, 0), millis(created), _number(doc, "deliveryTime", int, 0))
         if doc.get("isActive") is True and doc.get("deletedAt") is None:
             keys.append("live")
-        return cls(doc["_id"], keys, cents(doc.get("price") or Decimal128("0")), float(doc.get("rating") or 0.0),
-                   int(doc.get("reviewCount") or 0), millis(doc.get("createdAt")), int(doc.get("deliveryTime") or 0))
+        return row
+
+    @classmethod
+    def absent(cls, oid: ObjectId) -> Row:
+        """The row of a gig that is not in the index: deleted, or malformed."""
+        return cls(oid, [], 0, 0.0, 0, 0, 0)
+
+    @classmethod
+    def readable(cls, doc: dict) -> Row | None:
+        """``Row.of(doc)``, or None when another writer left it malformed."""
+        try:
+            return cls.of(doc)
+        except Malformed:
+            return None
 
     def sort_key(self, sort: str) -> tuple:
         return tuple(_python_key(self, name, desc) for name, desc in SORT_KEYS[sort])
@@ -361,6 +430,16 @@ class View:
         return self.columns.keep(seqs, query, excluded)
 
 
+def _row_or_warn(doc: dict) -> Row:
+    """The row of a gig for the index; a malformed one is left out of search, with one warning."""
+    try:
+        return Row.of(doc)
+    except Malformed as e:
+        log.warn("gig {gig} is left out of search: {reason} (a document written outside this daemon?)",
+                 gig=str(doc["_id"]), reason=str(e))
+        return Row.absent(doc["_id"])
+
+
 # -- the async side (the daemon, txmongo) -------------------------------------------
 
 def _chunks(items: Sequence[Any], size: int = ID_CHUNK) -> Iterable[Sequence[Any]]:
@@ -374,6 +453,20 @@ async def mark(store: Any, gig_ids: Iterable[ObjectId], session: Any = None) -> 
     for gig_id in gig_ids:
         await store[DIRTY].update_one({"_id": gig_id}, {"$inc": {"rev": 1}, "$min": {"at": moment}},
                                       upsert=True, session=session)
+
+
+async def mark_many(store: Any, gig_ids: Sequence[ObjectId]) -> None:
+    """Mark many gigs at once (the change stream's batches, a reconciliation): parts of ``PART_OPS``
+    upserts, each in one transaction (one commit on the embedded database)."""
+    moment = datetime.now(UTC)
+    for part in _chunks(gig_ids, PART_OPS):
+        ops = [UpdateOne({"_id": gig_id}, {"$inc": {"rev": 1}, "$min": {"at": moment}}, upsert=True)
+               for gig_id in part]
+
+        async def steps(session: Any, ops: list[UpdateOne] = ops) -> None:
+            await store[DIRTY].bulk_write(ops, ordered=False, session=session)
+
+        await store.transaction(steps)
 
 
 PART_OPS = 200
@@ -394,24 +487,6 @@ def _parts(docs: Sequence[dict]) -> Iterable[list[ReplaceOne]]:
         size += weight
     if part:
         yield part
-
-
-async def _replace_all(store: Any, collection: str, docs: Sequence[dict]) -> None:
-    """The compaction's replacements, one transaction per part where the server has transactions.
-
-    Each write command outside a transaction is its own commit, and the
-    embedded database runs with ``--sync-on-commit``: a fold of 100 gigs wrote
-    ~400 documents, so ~400 journal flushes, which starved every concurrent
-    call (measured; see docs/DECISIONS.md, "Catalogue compaction in
-    transactions").  One transaction per part is one commit.  The index stays
-    right either way: every step is idempotent and searches judge marked gigs
-    from their documents until the markers go.
-    """
-    for part in _parts(docs):
-        async def steps(session: Any, part: list[ReplaceOne] = part) -> None:
-            await store[collection].bulk_write(part, ordered=False, session=session)
-
-        await store.transaction(steps)
 
 
 async def _find_by_ids(collection: Any, ids: Sequence[Any], projection: dict | None = None) -> list[dict]:
@@ -438,6 +513,7 @@ class Catalogue:
         self.store = store
         self.view = View()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{ObjectId()}"
+        self.token: ObjectId | None = None  # the fencing token of the lease this daemon holds
         self.compacting = False
 
     async def refresh(self, always_list: bool = False) -> View:
@@ -469,7 +545,8 @@ class Catalogue:
         marked = [doc["_id"] for doc in await self.store[DIRTY].find({}, projection={"_id": 1}, sort=BY_ID)]
         view = await self.refresh()
         await self.load(view, query.keys())
-        changed = [Row.of(doc) for doc in await _find_by_ids(self.store["gigs"], marked, GIG_FIELDS)]
+        changed = [row for doc in await _find_by_ids(self.store["gigs"], marked, GIG_FIELDS)
+                   if (row := Row.readable(doc)) is not None]
         seqs = view.candidates(query, marked)
         extra = sorted((row for row in changed if query.admits(row)), key=lambda r: r.sort_key(query.sort))
         total = len(seqs) + len(extra)
@@ -486,21 +563,70 @@ class Catalogue:
     # -- compaction ----------------------------------------------------------------
 
     async def _take_lease(self) -> bool:
+        """Take (or renew) the compaction lease; each take gets a new fencing token (see :meth:`_fenced`)."""
         moment = datetime.now(UTC)
+        token = ObjectId()
         try:
             result = await self.store[LEASES].update_one(
                 {"_id": "compaction", "$or": [{"until": {"$lt": moment}}, {"holder": self.holder}]},
-                {"$set": {"holder": self.holder, "until": moment + timedelta(seconds=LEASE_SECONDS)}},
+                {"$set": {"holder": self.holder, "token": token,
+                          "until": moment + timedelta(seconds=LEASE_SECONDS)}},
                 upsert=True,
             )
         except DuplicateKeyError:
             return False  # held by another daemon
-        return bool(result.matched_count or result.upserted_id is not None)
+        if result.matched_count or result.upserted_id is not None:
+            self.token = token
+            return True
+        return False
 
     async def _release_lease(self) -> None:
         await self.store[LEASES].update_one(
-            {"_id": "compaction", "holder": self.holder}, {"$set": {"until": datetime.fromtimestamp(0, UTC)}},
+            {"_id": "compaction", "holder": self.holder, "token": self.token},
+            {"$set": {"until": datetime.fromtimestamp(0, UTC)}},
         )
+
+    async def _fenced(self, steps: Callable[[Any], Awaitable[Any]]) -> None:
+        """Run ``steps(session)`` -- writes of the fold -- only while this fold still holds its lease.
+
+        One transaction: it first renews the lease on the condition that the
+        holder and the fencing token are still the ones this fold took, then
+        writes.  A fold that outlived its lease (a slow database, a paused
+        process) and whose lease another daemon took finds another token and
+        stops with :class:`LeaseLost` before writing anything; if the take-over
+        happens while the transaction runs, the two writes of the lease
+        document conflict and the transaction is retried, then stops the same
+        way.  So nothing a later holder wrote is overwritten by an older plan.
+        (A server without transactions runs the check and the writes one after
+        the other: the window is the time between two commands.)
+        """
+        async def guarded(session: Any) -> None:
+            moment = datetime.now(UTC)
+            held = await self.store[LEASES].update_one(
+                {"_id": "compaction", "holder": self.holder, "token": self.token},
+                {"$set": {"until": moment + timedelta(seconds=LEASE_SECONDS)}}, session=session)
+            if held.matched_count == 0:
+                raise LeaseLost("the catalogue lease ran out and another daemon took it; this fold stops")
+            await steps(session)
+
+        await self.store.transaction(guarded)
+
+    async def _replace_all(self, collection: str, docs: Sequence[dict]) -> None:
+        """The compaction's replacements, one fenced transaction per part.
+
+        Each write command outside a transaction is its own commit, and the
+        embedded database runs with ``--sync-on-commit``: a fold of 100 gigs wrote
+        ~400 documents, so ~400 journal flushes, which starved every concurrent
+        call (measured; see docs/DECISIONS.md, "Catalogue compaction in
+        transactions").  One transaction per part is one commit.  The index stays
+        right either way: every step is idempotent and searches judge marked gigs
+        from their documents until the markers go.
+        """
+        for part in _parts(docs):
+            async def steps(session: Any, part: list[ReplaceOne] = part) -> None:
+                await self.store[collection].bulk_write(part, ordered=False, session=session)
+
+            await self._fenced(steps)
 
     async def compact(self, batch: int = BATCH, force: bool = False) -> int:
         """Fold up to ``batch`` marked gigs into the base; returns how many (0: none, or another holds the lease)."""
@@ -542,14 +668,15 @@ class Catalogue:
                 seq = int(old["seq"])
             else:
                 seq, next_seq = next_seq, next_seq + 1
-            row = Row.of(doc) if doc is not None else Row(gig_id, [], 0, 0.0, 0, 0, 0)
+            row = Row.absent(gig_id) if doc is None else _row_or_warn(doc)
             plan.change(seq, old["keys"] if old else [], row.keys)
             plan.columns[seq] = row
             new_rows.append({"_id": gig_id, "seq": seq, "keys": row.keys})
         version = int(state["version"]) + 1
         # reserve the new seqs before anything refers to them
-        await base.update_one({"_id": STATE}, {"$max": {"nextSeq": next_seq},
-                                               "$setOnInsert": {"version": 0, "epoch": epoch}}, upsert=True)
+        await self._fenced(lambda session: base.update_one(
+            {"_id": STATE}, {"$max": {"nextSeq": next_seq}, "$setOnInsert": {"version": 0, "epoch": epoch}},
+            upsert=True, session=session))
         view.next_seq = max(view.next_seq, next_seq)
         await self.load(view, [])  # every column chunk (the compaction rewrites some)
         touched = list(plan.bitmaps)
@@ -569,13 +696,19 @@ class Catalogue:
             doc = view.columns.chunk_doc(epoch, chunk)
             view.loaded_columns.add(chunk)
             writes.append({**doc, "v": version})
-        await _replace_all(self.store, BASE, writes)
-        await _replace_all(self.store, ROWS, new_rows)
-        await base.update_one({"_id": STATE}, {"$set": {"version": version}})
+        await self._replace_all(BASE, writes)
+        await self._replace_all(ROWS, new_rows)
+        await self._fenced(lambda session: base.update_one({"_id": STATE}, {"$set": {"version": version}},
+                                                           session=session))
         view.version = version
         # markers whose rev moved were marked again meanwhile: they stay for the next round
         for part in _chunks(markers):
-            await self.store[DIRTY].delete_many({"$or": [{"_id": m["_id"], "rev": m.get("rev")} for m in part]})
+            unchanged = {"$or": [{"_id": m["_id"], "rev": m.get("rev")} for m in part]}
+
+            async def forget(session: Any, unchanged: dict = unchanged) -> None:
+                await self.store[DIRTY].delete_many(unchanged, session=session)
+
+            await self._fenced(forget)
 
 
 async def write_marked(store: Any, gig_ids: Sequence[ObjectId],
@@ -656,8 +789,8 @@ class Compactor:
                 if await self.store[BASE].find_one({"_id": STATE}) is None and await self.store["gigs"].find_one(
                         {}, projection={"_id": 1}) is not None:
                     log.warn("the catalogue index is missing while the database has gigs (a database from "
-                             "before the index): search finds only gigs written from now on until "
-                             "`python -m worknet.catalogue rebuild` runs")
+                             "before the index): search catches up by itself, gig by gig; "
+                             "`python -m worknet.catalogue rebuild` does it faster")
             while await self.catalogue.compact() >= BATCH and self.loop.running:
                 pass  # behind: the next batch at once (every step awaits the database, so calls go on)
         except Exception as e:  # the database went away, or the daemon is stopping: next round
@@ -724,7 +857,7 @@ def rebuild(db: Any, progress: bool = True, batch: int = 5000) -> dict:
         seq = 0
         bar = tqdm(total=total, desc="reading gigs", unit="gig", unit_scale=True, disable=not progress)
         for doc in db.gigs.find({}, projection=GIG_FIELDS, sort=[("_id", 1)], batch_size=batch):
-            row = Row.of(doc)
+            row = _row_or_warn(doc)
             for key in row.keys:
                 bitmaps.setdefault(bitmap_id(epoch, key, seq // BITMAP_CHUNK), BitMap()).add(seq)
             columns.put(seq, row)

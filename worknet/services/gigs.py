@@ -44,6 +44,7 @@ from worknet import catalogue
 from worknet import validators as v
 from worknet.catalogue import Query, catalogue_of, update_marked, write_marked
 from worknet.errors import DomainError, Forbidden, InvalidState, NotFound, ValidationError
+from worknet.follow import Follower
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.search import search_terms, words
 from worknet.services.common import NOT_DELETED, get_or_404, now, ok, paged
@@ -226,8 +227,10 @@ class GigsService(ServiceResource):
         from twisted.internet import reactor
 
         self.compactor = catalogue.Compactor(store, reactor)
+        self.follower = Follower(store, reactor)  # other writers' gig changes reach search (worknet/follow.py)
         self.category_ids: dict[str, ObjectId] = {}  # search filter: category slug or id -> its id
         reactor.callWhenRunning(self.compactor.start)
+        reactor.callWhenRunning(self.follower.start)
 
     @property
     def gigs(self) -> Any:

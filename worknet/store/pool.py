@@ -186,6 +186,7 @@ class MongoStore(service.Service):
         self.hint: str | None = None  # an uncertain cause (see _connection_problem)
         self._hint_since: float | None = None
         self.index_problem: str | None = None  # a startup index that cannot be created
+        self.warnings: dict[str, str] = {}  # what /health lists while serving (search catching up, ...)
         self._logged_problem: str | None = None
         self._probing = False
         self._probe_started = -1e9
@@ -370,15 +371,22 @@ class MongoStore(service.Service):
         found.point_lookups = self.is_secantus
         return found
 
+    @property
+    def db_timeout_seconds(self) -> float:
+        """The per-call deadline of one database command."""
+        return float(self._settings.db_timeout_seconds)
+
     def open_connections(self) -> int:
         """How many pool connections are established right now."""
         if self._pool is None:
             return 0
         return sum(1 for factory in self._pool.getprotocols() if factory.instance is not None)
 
-    async def command(self, command: dict, timeout: float | None = None) -> dict:
+    async def command(self, command: dict, timeout: float | None = None, session: ClientSession | None = None) -> dict:
+        """``command`` on the daemon's database; ``timeout`` beyond the per-call deadline for a command that
+        waits on the server by design (a change stream's ``getMore``)."""
         return await self.pool.command(
-            self._settings.db_name, command, timeout=timeout or self._settings.db_timeout_seconds
+            self._settings.db_name, command, timeout=timeout or self._settings.db_timeout_seconds, session=session,
         )
 
     async def ping(self) -> bool:
