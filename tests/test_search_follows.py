@@ -174,3 +174,40 @@ def test_a_server_without_change_streams_is_named_and_reconciled(tmp_path, make_
             daemon.stop()
     finally:
         server.stop()
+
+
+def test_a_saved_position_the_server_cannot_resume_from_is_caught_up(rpc, db, world, daemon):
+    """The history after the saved position is gone (here: a position this server cannot read, as after a
+    restore onto another server): a new stream, a reconciliation, the change made meanwhile found."""
+    gig = make_gig(rpc, world, title="A restored lemur gig")
+    wait_for(lambda: db.catalogueLease.find_one({"_id": "stream", "resume": {"$ne": None}}), GIVE_UP,
+             "the stream position to be saved")
+    daemon.stop()
+    db.gigs.update_one({"_id": ObjectId(gig)}, {"$set": {"title": "A restored gibbon gig"}})
+    db.catalogueLease.update_one({"_id": "stream"}, {"$set": {"resume": {"_data": "00"}}})
+    daemon.start()
+    rpc = daemon.proxy()
+    wait_for(lambda: searched(rpc, "gibbon") == [gig], GIVE_UP, "the reconciliation to find the change")
+    log = daemon.log()
+    assert "no longer holds the gigs' change history after the saved position" in log
+    wait_for(lambda: "re-indexed 1 that differed" in daemon.log(), GIVE_UP,
+             "the end of the reconciliation")
+
+
+def test_rebuild_on_a_data_directory_a_daemon_holds_says_so_in_one_line(tmp_path, make_daemon):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    data_dir = tmp_path / "held-data"
+    daemon = make_daemon(mongodb_uri="", DATA_DIR=str(data_dir))
+    done = subprocess.run([sys.executable, "-m", "worknet.catalogue", "rebuild", "--data-dir", str(data_dir),
+                           "--quiet"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("python -m worknet.catalogue rebuild: the data directory"), lines
+    assert "is in use by process" in lines[0] and "stop the daemon first" in lines[0]
+    assert daemon.proxy().ping()["status"] == "ok"

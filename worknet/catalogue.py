@@ -842,7 +842,7 @@ def rebuild(db: Any, progress: bool = True, batch: int = 5000) -> dict:
             break
         time.sleep(0.1)
     else:
-        raise RuntimeError("another process holds the catalogue lease")
+        raise ToolError("another process holds the catalogue lease (a rebuild running elsewhere?)")
     began = time.monotonic()
     try:
         markers = list(db[DIRTY].find({}))
@@ -888,28 +888,44 @@ def rebuild(db: Any, progress: bool = True, batch: int = 5000) -> dict:
     return {"gigs": seq, "bitmaps": len(bitmaps), "version": version, "seconds": time.monotonic() - began}
 
 
+class ToolError(Exception):
+    """A reason the command-line tool stops, said in one line."""
+
+
 def _embedded(data_dir: str) -> tuple[Any, str]:
-    """Start SecantusDB on the embedded database's directory (the daemon must be stopped: it holds it)."""
+    """Start SecantusDB on the embedded database's directory, through the daemon's own launcher (the
+    same lock: a directory a running daemon holds is refused at once, naming the process)."""
     import subprocess
 
     import pymongo
 
+    from worknet.store import lifeline
     from worknet.store.embedded import find_secantusd, free_port
 
     executable = find_secantusd()
     if executable is None:
-        raise RuntimeError("secantusd-py not found (pip install SecantusDB)")
+        raise ToolError("secantusd-py not found: install the embedded database with make run (or "
+                        ".venv/bin/pip install SecantusDB)")
+    if not os.path.isdir(data_dir):
+        raise ToolError(f"no embedded database in {data_dir} (give --data-dir, or --uri for another server)")
     port = free_port()
     process = subprocess.Popen(  # noqa: S603 - our own launcher, found beside the interpreter
-        [executable, "--host", "127.0.0.1", "--port", str(port), "--storage-path", data_dir, "--sync-on-commit",
-         "--log-level", "WARNING"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [sys.executable, lifeline.__file__, data_dir, "--", executable, "--host", "127.0.0.1", "--port", str(port),
+         "--storage-path", data_dir, "--sync-on-commit", "--log-level", "WARNING"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     uri = f"mongodb://127.0.0.1:{port}/"
     probe: pymongo.MongoClient = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500, directConnection=True)
     try:
         for _attempt in range(240):
             if process.poll() is not None:
-                said = process.stderr.read().decode(errors="replace")[-500:] if process.stderr else ""
-                raise RuntimeError(f"secantusd-py exited (is the daemon still running on {data_dir}?) {said}")
+                said = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                if process.returncode == lifeline.HELD:
+                    held = said.strip().splitlines()[-1].split(": ", 1)[-1] if said.strip() else data_dir
+                    raise ToolError(f"{held}: stop the daemon first (it holds the directory), or rebuild through "
+                                    "a running database with --uri")
+                last = said.strip().splitlines()[-1] if said.strip() else "no output"
+                raise ToolError(f"the embedded database did not start on {data_dir} (exit {process.returncode}): "
+                                f"{last}")
             try:
                 probe.admin.command("ping")
                 return process, uri
@@ -918,7 +934,7 @@ def _embedded(data_dir: str) -> tuple[Any, str]:
     finally:
         probe.close()
     process.terminate()
-    raise RuntimeError("secantusd-py did not answer")
+    raise ToolError(f"the embedded database on {data_dir} did not answer within a minute")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -941,10 +957,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = args.uri or env.get("MONGODB_URI")
     embedded = None
     if not uri:
-        embedded, uri = _embedded(args.data_dir or env.get("DATA_DIR") or "var/db")
+        try:
+            embedded, uri = _embedded(args.data_dir or env.get("DATA_DIR") or "var/db")
+        except ToolError as e:
+            print(f"{parser.prog} {args.command}: {e}", file=sys.stderr)
+            return 1
     client: pymongo.MongoClient = pymongo.MongoClient(uri, tz_aware=True)
     try:
         figures = rebuild(client[args.db or env.get("DB_NAME") or "worknet"], progress=not args.quiet)
+    except (ToolError, pymongo.errors.PyMongoError) as e:
+        print(f"{parser.prog} {args.command}: {e}", file=sys.stderr)
+        return 1
     finally:
         client.close()
         if embedded is not None:

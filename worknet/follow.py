@@ -266,8 +266,9 @@ class Follower:
             if self.status == "catching up":
                 self.status = "following"
             if isinstance(result, int):
-                log.info("search caught up with the database: {n} gigs re-indexed after comparing every gig "
-                         "({seconds:.1f} s; {why})", n=result, seconds=time.monotonic() - began, why=why)
+                log.info("search caught up with the database: compared every gig with the index, re-indexed "
+                         "{n} that differed ({seconds:.1f} s; {why})", n=result, seconds=time.monotonic() - began,
+                         why=why)
             else:
                 log.warn("search could not catch up with the database ({reason}); it tries again",
                          reason=result.getErrorMessage()[:200])
