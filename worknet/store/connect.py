@@ -330,8 +330,6 @@ def _target(parsed: dict[str, Any], environment: str, srv: str | None,
     max_pool, min_pool = options.get("maxpoolsize"), options.get("minpoolsize")
     if max_pool and min_pool is not None and min_pool > max_pool:
         raise _refuse("minPoolSize", f"{min_pool} is more than maxPoolSize {max_pool}")
-    if options.get("directconnection") and len(parsed["nodelist"]) > 1:
-        raise _refuse("directConnection", "true names one host only")
     call_timeout, call_option = None, None
     for name in ("timeoutms", "sockettimeoutms"):  # timeoutMS supersedes socketTimeoutMS, as in pymongo
         if name in options:
