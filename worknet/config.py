@@ -10,20 +10,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dotenv import dotenv_values
 
+from worknet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from worknet.store.connect import Target
+
+DEFAULT_DB_NAME = "worknet"
+DEFAULT_DB_TIMEOUT_SECONDS = 5.0
+DB_TIMEOUT_RANGE = (0.1, 120.0)
 DEFAULT_JWT_SECRET = "your-secret-key-change-in-production"  # noqa: S105 - the seed's placeholder, refused outside development
 MIN_JWT_SECRET_BYTES = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENVIRONMENTS = ("development", "test", "production", "staging")
 
 
-class ConfigError(ValueError):
-    """A setting has a value the daemon cannot run with."""
+__all__ = ["ConfigError", "Settings", "database_names", "load_settings", "startup_lines"]
 
 
 @dataclass(frozen=True)
@@ -38,9 +46,9 @@ class Settings:
     rpc_read_timeout_seconds: float = 10.0
     rpc_max_connections: int = 0  # 0: as many as the open-files limit leaves room for
     mongodb_uri: str = field(default="", repr=False)
-    db_name: str = "worknet"
-    mongodb_pool_size: int = 10
-    db_timeout_seconds: float = 5.0
+    db_name: str = DEFAULT_DB_NAME  # DB_NAME, else the URI's path, else worknet (resolved by load_settings)
+    mongodb_pool_size: int = 10  # MONGODB_POOL_SIZE, else the URI's maxPoolSize/minPoolSize, else 10
+    db_timeout_seconds: float = DEFAULT_DB_TIMEOUT_SECONDS  # DB_TIMEOUT_SECONDS, else timeoutMS/socketTimeoutMS
     data_dir: str = "var/db"
     jwt_secret: str = field(default=DEFAULT_JWT_SECRET, repr=False)
     jwt_expires_in_days: int = 7
@@ -127,7 +135,7 @@ _PARSERS = {
     "MONGODB_URI": ("mongodb_uri", lambda n, v: v.strip()),
     "DB_NAME": ("db_name", lambda n, v: v.strip()),
     "MONGODB_POOL_SIZE": ("mongodb_pool_size", lambda n, v: _int(n, v, 1, 200)),
-    "DB_TIMEOUT_SECONDS": ("db_timeout_seconds", lambda n, v: _float(n, v, 0.1, 120)),
+    "DB_TIMEOUT_SECONDS": ("db_timeout_seconds", lambda n, v: _float(n, v, *DB_TIMEOUT_RANGE)),
     "DATA_DIR": ("data_dir", lambda n, v: v.strip()),
     "JWT_SECRET": ("jwt_secret", lambda n, v: v),
     "JWT_EXPIRES_IN_DAYS": ("jwt_expires_in_days", lambda n, v: _int(n, v, 1, 365)),
@@ -177,16 +185,96 @@ def load_settings(
         if value is not None:
             kwargs[attr] = value
     settings = Settings(**kwargs)  # type: ignore[arg-type]
+    settings = _from_uri(settings, explicit=set(kwargs))
     check(settings)
     return settings
 
 
+def _target(settings: Settings) -> Target | None:
+    """What ``MONGODB_URI`` says (parsed once, cached), or None for the embedded database."""
+    if not settings.mongodb_uri:
+        return None
+    from worknet.store.connect import parse  # parsed once (cached): the store reuses the result
+
+    return parse(settings.mongodb_uri, settings.node_env)
+
+
+def _from_uri(settings: Settings, explicit: set[str]) -> Settings:
+    """The database name, pool size and call deadline the URI gives, where no variable or option set them."""
+    target = _target(settings)
+    if target is None:
+        return settings
+    from worknet.store import connect
+
+    changes: dict[str, object] = {}
+    if "db_name" not in explicit:
+        changes["db_name"] = target.database or DEFAULT_DB_NAME
+    if "mongodb_pool_size" not in explicit:
+        changes["mongodb_pool_size"] = connect.pool_size(target)[0]
+    if "db_timeout_seconds" not in explicit:
+        changes["db_timeout_seconds"] = connect.call_timeout(target, DEFAULT_DB_TIMEOUT_SECONDS, *DB_TIMEOUT_RANGE)[0]
+    return replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def database_names(uri: str | None, db_name: str | None = None, environment: str = "development") -> tuple[str, str | None]:
+    """``(database, auth_database)``: where the data is, and where the URI's user authenticates (None: no user).
+
+    The database is ``db_name`` (``DB_NAME``) when given, else the URI's
+    path (as Mongoose and pymongo's ``get_default_database`` read it), else
+    ``worknet``.  The user authenticates against ``authSource``, else the
+    URI's path, else ``admin`` (``$external`` for X.509); for a
+    ``mongodb+srv://`` URI the TXT record may still name another
+    ``authSource`` (read when the daemon connects).  ``environment`` only
+    matters to the TLS checks the parse makes (``tlsInsecure`` & co. are
+    refused outside development/test).
+    """
+    target = None
+    if uri:
+        from worknet.store.connect import parse
+
+        target = parse(uri, environment)
+    database = db_name or (target.database if target is not None else None) or DEFAULT_DB_NAME
+    return database, target.authenticates_against if target is not None else None
+
+
+def startup_lines(settings: Settings) -> list[str]:
+    """The lines the daemon logs once at startup about ``MONGODB_URI``: options accepted and ignored,
+    values bounded or overridden, and which database holds the data and which authenticates."""
+    target = _target(settings)
+    if target is None:
+        return []
+    from worknet.store import connect
+
+    lines = list(target.notices)
+    size, note = connect.pool_size(target)
+    if (target.max_pool_size is not None or target.min_pool_size is not None) and settings.mongodb_pool_size != size:
+        lines.append(f"MONGODB_POOL_SIZE / --pool-size sets the pool ({settings.mongodb_pool_size} connections), "
+                     "not the URI's maxPoolSize/minPoolSize")
+    elif note:
+        lines.append(note)
+    deadline, note = connect.call_timeout(target, DEFAULT_DB_TIMEOUT_SECONDS, *DB_TIMEOUT_RANGE)
+    if target.call_timeout is not None and settings.db_timeout_seconds != deadline:
+        lines.append(f"DB_TIMEOUT_SECONDS sets the per-call deadline ({settings.db_timeout_seconds:g} s), "
+                     f"not the URI's {target.call_timeout_option}")
+    elif note:
+        lines.append(note)
+    auth = target.authenticates_against
+    if auth is not None and target.srv and not target.auth_source:
+        auth += f" unless the TXT record of {target.srv} names an authSource (Atlas's names admin)"
+    if target.database and settings.db_name != target.database:
+        lines.append(f"database {settings.db_name} (DB_NAME) holds the data; the URI's path {target.database} "
+                     "is not used for data" + (f"; the user authenticates against {auth}" if auth else ""))
+    elif target.database:
+        lines.append(f"database {settings.db_name}, as the URI's path names it"
+                     + (f"; the user authenticates against {auth}" if auth else ""))
+    elif auth:
+        lines.append(f"database {settings.db_name}; the user authenticates against {auth}")
+    return lines
+
+
 def check(settings: Settings) -> None:
     """Refuse settings that are unsafe outside development."""
-    if settings.mongodb_uri:
-        from worknet.store.connect import parse  # parsed once (cached): the store reuses the result
-
-        parse(settings.mongodb_uri, settings.node_env)
+    _target(settings)  # the URI's checks (refused options, files): parsed once, cached
     if not settings.db_name or any(c in settings.db_name for c in '/\\. "$'):
         raise ConfigError(f"DB_NAME must be a plain database name, got {settings.db_name!r}")
     if not settings.development:

@@ -4,9 +4,19 @@ Raised anywhere in the domain code; turned into the
 ``{"success": false, "error": ..., "code": ...}`` envelope in one place
 (:mod:`worknet.rpc.dispatch`).  Messages are human sentences meant for the
 caller: never a stack trace, a type name, a database message or a secret.
+
+``ConfigError`` is the one error that is not a call's: a setting the daemon
+cannot start with (it stops with that one line).  It lives here, beside the
+others, so that the settings (:mod:`worknet.config`) and the connection
+string's reader (:mod:`worknet.store.connect`) both import it from a module
+that imports neither.
 """
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A setting has a value the daemon cannot run with."""
 
 
 class DomainError(Exception):

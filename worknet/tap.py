@@ -26,11 +26,12 @@ class Options(usage.Options):
          "Twisted endpoint string to listen on (default tcp:$RPC_PORT:interface=$RPC_HOST, "
          "i.e. tcp:8000:interface=127.0.0.1); e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem"],
         ["mongodb-uri", None, None, "MongoDB connection string (default $MONGODB_URI; unset: embedded database)"],
-        ["db-name", None, None, "database name (default $DB_NAME or worknet)"],
+        ["db-name", None, None, "database name (default $DB_NAME, else the path of the MongoDB URI, else worknet)"],
         ["env-file", None, None, "read settings from this file instead of ./.env"],
         ["log-level", None, None, "DEBUG, INFO, WARNING, ERROR or CRITICAL (default $LOG_LEVEL or INFO)"],
         ["data-dir", None, None, "data directory of the embedded database (default $DATA_DIR or ./var/db)"],
-        ["pool-size", None, None, "database connections in the pool (default $MONGODB_POOL_SIZE or 10)"],
+        ["pool-size", None, None,
+         "database connections in the pool (default $MONGODB_POOL_SIZE, else the URI's maxPoolSize, else 10)"],
         ["workers", None, None,
          "reactor processes sharing the listening socket: a number or auto (one per CPU); "
          "default $RPC_WORKERS or 1. More than one needs a tcp: or tcp6: --listen endpoint"],
@@ -125,31 +126,42 @@ def _option_int(option: str, raw: str) -> int:
 def check_config(settings: Settings) -> None:
     """``--check-config``: after the startup checks (settings, listen endpoint, data directory), the database; exit.
 
-    Runs before the reactor, so a blocking pymongo ping is fine here.  Never
-    prints the database URI (it may hold a password): only its hosts.
+    Runs before the reactor, so a blocking pymongo ping (and the SRV/TXT
+    lookup of a ``+srv`` URI) is fine here.  It waits ``serverSelectionTimeoutMS``
+    when the URI gives it, else ``DB_TIMEOUT_SECONDS``.  Never prints the
+    database URI (it may hold a password): its hosts, the database that holds
+    the data and the one the user authenticates against.
     """
     if settings.embedded_database:
-        where = f"embedded database under {os.path.abspath(settings.data_dir)}"
+        where = f"embedded database under {os.path.abspath(settings.data_dir)}; database {settings.db_name}"
     else:
         import pymongo
-        from pymongo.uri_parser import parse_uri
 
+        from worknet.store import connect
+
+        target = connect.parse(settings.mongodb_uri, settings.node_env)
         try:
-            hosts = ",".join(f"{h}:{p}" for h, p in parse_uri(settings.mongodb_uri)["nodelist"])
-        except Exception as e:  # noqa: BLE001 - pymongo's InvalidURI / ConfigurationError
-            _stop(f"worknet-rpc: configuration error: MONGODB_URI is not a valid MongoDB URI ({type(e).__name__})")
-        timeout_ms = int(settings.db_timeout_seconds * 1000)
+            target = connect.resolve(target)
+        except Exception as e:  # noqa: BLE001 - DNS: no such name, no answer
+            _stop(f"worknet-rpc: database {target.where}: the SRV/TXT lookup failed ({type(e).__name__})")
+        hosts = ",".join(f"{h}:{p}" for h, p in target.hosts)
+        wait = target.server_selection_timeout
+        if wait is None:
+            wait = settings.db_timeout_seconds
+        timeout_ms = max(1, int(wait * 1000))
         client: Any = pymongo.MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=timeout_ms,
-                                          connectTimeoutMS=timeout_ms)
+                                          connectTimeoutMS=int((target.connect_timeout or wait) * 1000))
         try:
             client[settings.db_name].command("ping")
         except pymongo.errors.OperationFailure as e:
             _stop(f"worknet-rpc: database {hosts}: refused ({e.code}): check the credentials in MONGODB_URI")
         except pymongo.errors.PyMongoError:
-            _stop(f"worknet-rpc: database {hosts}: not reachable within {settings.db_timeout_seconds:g} s")
+            _stop(f"worknet-rpc: database {hosts}: not reachable within {wait:g} s")
         finally:
             client.close()
-        where = f"database {hosts} answers"
+        auth = target.authenticates_against
+        where = (f"database {hosts} answers; data in database {settings.db_name}"
+                 + (f", user authenticated against {auth}" if auth else ", no user"))
     print(f"worknet-rpc {__version__}: configuration ok ({where}; listen {settings.listen})")
     raise SystemExit(0)
 
@@ -230,7 +242,7 @@ def makeService(options: Options) -> service.MultiService:
 
     from worknet import logs
     from worknet.app import DrainService, GracefulTermination, build_site, freeze_startup_objects
-    from worknet.config import weak_secret
+    from worknet.config import startup_lines, weak_secret
     from worknet.store import MongoStore
     from worknet.store.embedded import EmbeddedDatabase
 
@@ -273,6 +285,8 @@ def makeService(options: Options) -> service.MultiService:
              mode=mode, n=settings.rpc_workers, s="" if settings.rpc_workers == 1 else "s",
              listen=settings.listen, db=settings.db_name,
              where="embedded SecantusDB" if settings.embedded_database else "MONGODB_URI")
+    for line in startup_lines(settings):  # once per daemon, not per worker
+        log.info("{line}", line=line)
     if settings.development and weak_secret(settings):
         log.warn("!!! DEVELOPMENT MODE with a weak JWT_SECRET: tokens are forgeable. "
                  "Never run like this in production. !!!")

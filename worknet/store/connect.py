@@ -29,31 +29,70 @@ from __future__ import annotations
 import functools
 import platform
 import urllib.parse
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from worknet.config import ConfigError
+from worknet.errors import ConfigError
 
-# Options honoured (lower case, as compared).  Anything else is refused by name.
+# Every option pymongo's URI parser validates (``pymongo.common.URI_OPTIONS_VALIDATOR_MAP``, lower
+# case) is in exactly one of HONOURED, NOTICES and REFUSED (tests/test_uri.py checks it against the
+# installed pymongo).  An option a later pymongo adds is accepted with a notice naming it.
 HONOURED = frozenset({
     "tls", "ssl", "tlscafile", "tlscertificatekeyfile", "tlsallowinvalidcertificates",
     "tlsallowinvalidhostnames", "tlsinsecure", "authsource", "authmechanism", "replicaset",
-    "w", "journal", "wtimeoutms", "readpreference", "appname", "srvservicename", "srvmaxhosts",
-    # not applied by the driver (it never retries by itself); accepted with a startup notice, see NOTICES
-    "retrywrites", "retryreads",
+    "w", "journal", "wtimeoutms", "fsync", "readpreference", "appname",
+    "srvservicename", "srvmaxhosts", "srvallowedhostssuffix",
+    "maxpoolsize", "minpoolsize", "connecttimeoutms", "serverselectiontimeoutms", "sockettimeoutms",
+    "timeoutms", "directconnection", "readconcernlevel", "maxidletimems", "heartbeatfrequencyms",
+    "uuidrepresentation",
 })
-# pymongo adds this one itself when tlsInsecure is given
+# pymongo adds this one itself when tlsInsecure is given (a notice only when the URI names it)
 IMPLIED = frozenset({"tlsdisableocspendpointcheck"})
-MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "MONGODB-X509")
-INSECURE_ENVIRONMENTS = ("development", "test")
+# Accepted; they cannot matter to this daemon: one startup line each, saying why.
 NOTICES = {
-    "retrywrites": "retryWrites: the driver does not retry writes itself; a write cut off by a failover "
-                   "answers UNAVAILABLE and the caller retries it with its idempotency key / client id",
-    "retryreads": "retryReads: the driver does not retry reads itself; a read cut off by a failover answers "
-                  "UNAVAILABLE and the caller retries it",
+    "retrywrites": "the driver does not retry writes itself; a write cut off by a failover answers UNAVAILABLE "
+                   "and the caller retries it with its idempotency key / client id",
+    "retryreads": "the driver does not retry reads itself; a read cut off by a failover answers UNAVAILABLE "
+                  "and the caller retries it",
+    "enableoverloadretargeting": "the driver does not retry (a call answers UNAVAILABLE for its caller to retry)",
+    "maxadaptiveretries": "the driver does not retry (a call answers UNAVAILABLE for its caller to retry)",
+    "compressors": "connections are not compressed (txmongo has no wire compression)",
+    "zlibcompressionlevel": "connections are not compressed (txmongo has no wire compression)",
+    "localthresholdms": "reads go to the primary only, so there is no latency window to choose in",
+    "readpreferencetags": "reads go to the primary only; tags select secondaries",
+    "maxstalenessseconds": "reads go to the primary only; staleness applies to secondaries",
+    "waitqueuetimeoutms": "calls share the pool's connections (pipelined), no call waits for a free one; "
+                          "the per-call deadline bounds every wait",
+    "waitqueuemultiple": "calls share the pool's connections (pipelined), there is no wait queue",
+    "maxconnecting": "the pool opens its connections at startup",
+    "connect": "the daemon connects at startup",
+    "servermonitoringmode": "the pool checks each server by polling every heartbeatFrequencyMS",
+    "authmechanismproperties": "only the GSSAPI, AWS and OIDC mechanisms use them, and those are not supported",
+    "tlsdisableocspendpointcheck": "the daemon does not query OCSP responders",
+    "tz_aware": "a pymongo client option: the daemon decodes dates itself (UTC)",
+    "datetime_conversion": "a pymongo client option: the daemon decodes dates itself (UTC)",
+    "unicode_decode_error_handler": "a pymongo client option: the daemon decodes strings itself (strict UTF-8)",
 }
+# Unsafe to ignore (or impossible to honour): the daemon stops with one line saying why.
+REFUSED = {
+    "tlscertificatekeyfilepassword": "is not supported: an encrypted client key cannot be used, and its password "
+                                     "would sit in the URI; give an unencrypted key file only the daemon's user can read",
+    "tlscrlfile": "is not supported: the daemon cannot check certificate revocation lists, and ignoring one would "
+                  "trust a revoked certificate",
+    "loadbalanced": "is not supported: the daemon does not pin cursors and transactions to one connection "
+                    "behind a load balancer",
+}
+# Options pymongo validates that a connection string cannot carry (keyword arguments of MongoClient only).
+NOT_IN_URI = frozenset({"driver", "server_api"})
+MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "MONGODB-X509")
+READ_CONCERNS = ("local", "available", "majority", "linearizable", "snapshot")
+INSECURE_ENVIRONMENTS = ("development", "test")
+SRV_ONLY = ("srvservicename", "srvmaxhosts", "srvallowedhostssuffix")
+DEFAULT_CONNECT_TIMEOUT = 0.5  # txmongo's connection and handshake timeout without connectTimeoutMS (seconds)
+DEFAULT_HEARTBEAT = 5.0  # txmongo's pinger interval without heartbeatFrequencyMS (seconds)
 
 
 @dataclass(frozen=True)
@@ -80,6 +119,19 @@ class Target:
     wtimeout_ms: int | None = None
     app_name: str | None = None
     notices: tuple[str, ...] = ()
+    # What the connection string says about the pool and its timeouts (seconds; None: not given).
+    max_pool_size: int | None = None  # 0: no limit
+    min_pool_size: int | None = None
+    connect_timeout: float | None = None
+    server_selection_timeout: float | None = None
+    call_timeout: float | None = None  # timeoutMS, else socketTimeoutMS; 0: no limit
+    call_timeout_option: str | None = None  # which of the two gave it
+    max_idle: float | None = None
+    heartbeat: float | None = None
+    direct: bool = False
+    read_concern: str | None = None
+    uuid_representation: int | None = None
+    srv_allowed_hosts_suffix: str | None = None
 
     @property
     def where(self) -> str:
@@ -99,6 +151,11 @@ class Target:
         return self.auth_source or self.database or "admin"
 
     @property
+    def authenticates_against(self) -> str | None:
+        """The database the user authenticates against, or None without credentials."""
+        return self.auth_database if self.authenticates else None
+
+    @property
     def write_concern(self) -> dict[str, Any]:
         """The pool's write concern: ``w: majority``, journaled, unless the URI says otherwise."""
         concern: dict[str, Any] = {"w": self.w}
@@ -115,6 +172,83 @@ class Target:
         return f"mongodb://{hosts}/" + (f"?{urllib.parse.urlencode(query)}" if query else "")
 
 
+DEFAULT_POOL_SIZE = 10
+MAX_POOL_SIZE = 200  # MONGODB_POOL_SIZE's ceiling too
+
+
+def pool_size(target: Target | None) -> tuple[int, str | None]:
+    """The pool size the URI asks for (``maxPoolSize``, raised to ``minPoolSize``), and a notice when it is bounded.
+
+    txmongo's pool is fixed: it opens every connection at startup and
+    pipelines calls over them.  So ``maxPoolSize`` is the size (0, "no
+    limit": the default size), ``minPoolSize`` a floor, and both are held to
+    1..200.
+    """
+    if target is None:
+        return DEFAULT_POOL_SIZE, None
+    wanted = target.max_pool_size or DEFAULT_POOL_SIZE
+    if target.min_pool_size is not None:
+        wanted = max(wanted, target.min_pool_size)
+    size = max(1, min(MAX_POOL_SIZE, wanted))
+    if size != wanted:
+        return size, f"MONGODB_URI asks for a pool of {wanted} connections: the pool has {size} (at most {MAX_POOL_SIZE})"
+    return size, None
+
+
+def call_timeout(target: Target | None, default: float, low: float, high: float) -> tuple[float, str | None]:
+    """The per-call deadline the URI asks for (``timeoutMS``, else ``socketTimeoutMS``), held to low..high."""
+    if target is None or target.call_timeout is None:
+        return default, None
+    wanted = target.call_timeout
+    if wanted == 0:
+        return high, f"MONGODB_URI option {target.call_timeout_option}=0 (no limit): calls get the longest deadline, {high:g} s"
+    value = max(low, min(high, wanted))
+    if value != wanted:
+        return value, (f"MONGODB_URI option {target.call_timeout_option}={wanted * 1000:g}: the per-call deadline is "
+                       f"{value:g} s (between {low:g} and {high:g} s)")
+    return value, None
+
+
+_READS = (b"find", b"aggregate", b"count", b"distinct")
+
+
+def with_read_concern(body: bytes, element: bytes) -> bytes | None:
+    """An OP_MSG command body with ``element`` (an encoded ``readConcern``) appended, or None to send it as it is.
+
+    Only reads (find, aggregate, count, distinct) that carry no read concern
+    of their own get it; an aggregate that writes ($out, $merge) or opens a
+    change stream is left alone.  The caller leaves transactions alone (their
+    first statement carries ``snapshot``).  The command name is read from the
+    raw bytes, so other commands cost nothing.
+    """
+    end = body.find(b"\x00", 5)
+    if end < 0 or body[5:end] not in _READS:
+        return None
+    from bson.raw_bson import RawBSONDocument
+
+    command = RawBSONDocument(body)
+    if "readConcern" in command:
+        return None
+    if body[5:end] == b"aggregate":
+        stages = [next(iter(stage), "") for stage in command.get("pipeline", [])]
+        if {"$out", "$merge", "$changeStream"} & set(stages):
+            return None
+    size = len(body) - 1 + len(element) + 1
+    return size.to_bytes(4, "little", signed=True) + body[4:-1] + element + b"\x00"
+
+
+def read_concern_element(level: str) -> bytes:
+    """``readConcern: {level}`` as the raw BSON element :func:`with_read_concern` appends."""
+    import bson
+
+    return bson.encode({"readConcern": {"level": level}})[4:-1]
+
+
+def direct_hello(reply: dict) -> dict:
+    """A ``hello`` reply without the other members it lists: with ``directConnection=true`` none is dialled."""
+    return {k: v for k, v in reply.items() if k not in ("hosts", "passives", "arbiters")}
+
+
 def _flag(options: dict[str, Any], *names: str) -> bool | None:
     for name in names:
         if name in options:
@@ -126,17 +260,24 @@ def _refuse(name: str, why: str) -> ConfigError:
     return ConfigError(f"MONGODB_URI option {name} {why}")
 
 
-def _target(parsed: dict[str, Any], environment: str, srv: str | None) -> Target:
-    """Check the options of one parsed URI (pymongo's ``parse_uri`` result) and build the Target."""
+def _target(parsed: dict[str, Any], environment: str, srv: str | None,
+            given: Mapping[str, str] | None = None) -> Target:
+    """Check the options of one parsed URI (pymongo's ``parse_uri`` result) and build the Target.
+
+    ``given``: the options written in the URI (lower case -> as written), as opposed to those pymongo implies.
+    """
+    given = given or {}
     options = {str(k).lower(): v for k, v in parsed["options"].items()}
-    spelled = {str(k).lower(): str(k) for k in parsed["options"]}
-    unknown = sorted(set(options) - HONOURED - IMPLIED)
-    if unknown:
-        names = ", ".join(spelled[name] for name in unknown)
-        raise ConfigError(f"MONGODB_URI option {names} is not supported by this daemon "
-                          "(remove it; pool size and timeouts are MONGODB_POOL_SIZE and DB_TIMEOUT_SECONDS)")
+    spelled = {str(k).lower(): given.get(str(k).lower(), str(k)) for k in parsed["options"]}
+    for name, why in REFUSED.items():
+        if name in options:
+            raise _refuse(spelled[name], why)
     if parsed.get("collection"):
         raise ConfigError("MONGODB_URI names a collection after the database; give a database name only")
+    notices = [f"MONGODB_URI option {spelled[name]} is accepted and ignored: {why}"
+               for name, why in NOTICES.items() if name in options and (name not in IMPLIED or name in given)]
+    notices += [f"MONGODB_URI option {spelled[name]} is not known to this daemon; ignored"
+                for name in sorted(set(options) - HONOURED - IMPLIED - set(NOTICES))]
 
     tls = bool(_flag(options, "tls", "ssl")) or srv is not None and _flag(options, "tls", "ssl") is not False
     insecure = bool(_flag(options, "tlsinsecure"))
@@ -173,28 +314,48 @@ def _target(parsed: dict[str, Any], environment: str, srv: str | None) -> Target
 
     read_preference = str(options.get("readpreference", "primary"))
     if read_preference not in ("primary", "primaryPreferred"):
-        raise _refuse("readPreference", f"{read_preference} is not supported: the daemon reads from the primary "
+        raise _refuse("readPreference", f"{read_preference} is not supported: the daemon reads from the primary only "
                       "(its money checks must see the latest writes)")
+    read_concern = options.get("readconcernlevel")
+    if read_concern is not None and read_concern not in READ_CONCERNS:
+        raise _refuse("readConcernLevel", f"{read_concern} is not a read concern level (one of {', '.join(READ_CONCERNS)})")
 
     w = options.get("w", "majority")
     if w == 0:
-        raise _refuse("w", "0 (unacknowledged) is not supported: every write must be acknowledged")
+        raise _refuse("w", "0 (unacknowledged) is not supported: every write must be acknowledged, money included")
     journal = options.get("journal")
     if journal is None:
-        journal = True if "w" not in options else None
-    notices = tuple(NOTICES[name] for name in ("retrywrites", "retryreads") if options.get(name))
+        # fsync=true asks for the write on disk: with WiredTiger that is the journal (j: true)
+        journal = True if "w" not in options or options.get("fsync") else None
+    max_pool, min_pool = options.get("maxpoolsize"), options.get("minpoolsize")
+    if max_pool and min_pool is not None and min_pool > max_pool:
+        raise _refuse("minPoolSize", f"{min_pool} is more than maxPoolSize {max_pool}")
+    call_timeout, call_option = None, None
+    for name in ("timeoutms", "sockettimeoutms"):  # timeoutMS supersedes socketTimeoutMS, as in pymongo
+        if name in options:
+            value = options[name]
+            call_timeout, call_option = (0.0 if not value else float(value)), spelled[name]
+            break
     return Target(
         hosts=tuple((str(h), int(p)) for h, p in parsed["nodelist"]),
         srv=srv,
         srv_service_name=options.get("srvservicename"),
         srv_max_hosts=options.get("srvmaxhosts"),
+        srv_allowed_hosts_suffix=options.get("srvallowedhostssuffix"),
         username=username, password=password, database=parsed.get("database"),
         auth_source=options.get("authsource"), mechanism=mechanism,
         tls=tls, ca_file=str(ca_file) if ca_file else None, cert_key_file=str(cert_key_file) if cert_key_file else None,
         allow_invalid_certificates=invalid_certs, allow_invalid_hostnames=invalid_names,
         replica_set=options.get("replicaset"),
         w=w, journal=journal, wtimeout_ms=options.get("wtimeoutms"),
-        app_name=options.get("appname"), notices=notices,
+        app_name=options.get("appname"), notices=tuple(notices),
+        max_pool_size=max_pool, min_pool_size=min_pool,
+        connect_timeout=options.get("connecttimeoutms"),
+        server_selection_timeout=options.get("serverselectiontimeoutms"),
+        call_timeout=call_timeout, call_timeout_option=call_option,
+        max_idle=options.get("maxidletimems"), heartbeat=options.get("heartbeatfrequencyms"),
+        direct=bool(options.get("directconnection")), read_concern=read_concern,
+        uuid_representation=options.get("uuidrepresentation"),
     )
 
 
@@ -220,13 +381,13 @@ def parse(uri: str, environment: str) -> Target:
 
     srv = None
     text = uri
+    srv_only: dict[str, Any] = {}
     if uri.startswith("mongodb+srv://"):
         # Check the syntax now without DNS: the same URI with the plain scheme and no SRV-only options.
         rest = uri[len("mongodb+srv://"):]
         head, _, query = rest.partition("?")
-        kept = [(k, v) for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True)
-                if k.lower() not in ("srvservicename", "srvmaxhosts")]
-        srv_only = {k.lower(): v for k, v in urllib.parse.parse_qsl(query) if k.lower() in ("srvservicename", "srvmaxhosts")}
+        kept = [(k, v) for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True) if k.lower() not in SRV_ONLY]
+        srv_only = {k.lower(): v for k, v in urllib.parse.parse_qsl(query) if k.lower() in SRV_ONLY}
         hostpart = head.partition("/")[0].rpartition("@")[2]
         if "," in hostpart or ":" in hostpart:
             raise ConfigError("MONGODB_URI: a mongodb+srv:// URI names one host, without a port")
@@ -234,13 +395,19 @@ def parse(uri: str, environment: str) -> Target:
         text = "mongodb://" + head + ("?" + urllib.parse.urlencode(kept) if kept else "")
     elif not uri.startswith("mongodb://"):
         raise ConfigError("MONGODB_URI must start with mongodb:// or mongodb+srv://")
+    written = {k.lower(): k for k, _ in urllib.parse.parse_qsl(uri.partition("?")[2])}
     given = {k.lower(): v for k, v in urllib.parse.parse_qsl(text.partition("?")[2])}
+    for name, why in REFUSED.items():  # before pymongo, which may read the files they name
+        if name in written:
+            raise _refuse(written[name], why)
     for name in ("tlsCAFile", "tlsCertificateKeyFile"):  # before pymongo, whose message would not name the option
         if name.lower() in given:
             _check_pem(name, given[name.lower()], key=name == "tlsCertificateKeyFile")
     try:
-        parsed = parse_uri(text)
-    except (PyMongoError, ValueError, OSError) as e:
+        with warnings.catch_warnings():  # e.g. "compressors=zstd: not available": the notice says more
+            warnings.simplefilter("ignore")
+            parsed = parse_uri(text)
+    except (PyMongoError, ValueError, TypeError, OSError) as e:
         raise ConfigError(f"MONGODB_URI is not a valid connection string: {_without_secret(str(e), uri)}") from None
     if srv is not None:
         parsed["options"].update(srv_only)
@@ -249,7 +416,7 @@ def parse(uri: str, environment: str) -> Target:
                 parsed["options"]["srvmaxhosts"] = int(srv_only["srvmaxhosts"])
             except ValueError:
                 raise _refuse("srvMaxHosts", "must be a whole number") from None
-    return _target(parsed, environment, srv)
+    return _target(parsed, environment, srv, written)
 
 
 def _without_secret(message: str, uri: str) -> str:
@@ -275,6 +442,8 @@ def resolve(target: Target) -> Target:
         query["srvServiceName"] = target.srv_service_name
     if target.srv_max_hosts:
         query["srvMaxHosts"] = target.srv_max_hosts
+    if target.srv_allowed_hosts_suffix:  # pymongo's resolver refuses SRV hosts outside it
+        query["srvAllowedHostsSuffix"] = target.srv_allowed_hosts_suffix
     parsed = parse_uri(f"mongodb+srv://{target.srv}/" + (f"?{urllib.parse.urlencode(query)}" if query else ""))
     options = {str(k).lower(): v for k, v in parsed["options"].items()}
     if options.get("loadbalanced"):
@@ -414,17 +583,51 @@ def describe_failure(reason: Any, *, tls: bool, answered: bool, host: str) -> tu
     return None
 
 
-def protocol_class(target: Target, observer: Observer) -> type:
-    """The ``MongoProtocol`` subclass the pool's factories build (``factory.protocol``)."""
-    from pymongo.errors import ConfigurationError, ConnectionFailure
+def protocol_class(target: Target, observer: Observer, clock: Any = None) -> type:
+    """The ``MongoProtocol`` subclass the pool's factories build (``factory.protocol``).
+
+    ``clock`` (the store's reactor) stamps each connection's last use, for ``maxIdleTimeMS``.
+    """
+    from pymongo.errors import AutoReconnect, ConfigurationError, ConnectionFailure
     from twisted.internet import defer, threads
     from twisted.internet.defer import CancelledError
     from twisted.internet.error import ConnectionDone, ConnectionLost
     from txmongo.protocol import MongoAuthenticationError, MongoProtocol
 
+    if clock is None:
+        from twisted.internet import reactor as clock
+
+    concern = read_concern_element(target.read_concern) if target.read_concern else None
+
     class Protocol(MongoProtocol):
         answered = False
         lost = False
+        in_flight = 0  # requests sent and not yet answered (maxIdleTimeMS closes only idle connections)
+        last_used = 0.0  # reactor time of the last request or answer
+
+        def _track(self, d: Any) -> Any:
+            self.in_flight += 1
+            self.last_used = clock.seconds()
+
+            def done(result: Any) -> Any:
+                self.in_flight -= 1
+                self.last_used = clock.seconds()
+                return result
+
+            return d.addBoth(done)
+
+        def send_msg(self, msg: Any, codec_options: Any, session: Any, **kwargs: Any) -> Any:
+            if concern is not None and not (session is not None and session.in_transaction()):
+                body = with_read_concern(msg.body, concern)  # readConcernLevel on every read outside transactions
+                if body is not None:
+                    msg = replace(msg, body=body)
+            return self._track(super().send_msg(msg, codec_options, session, **kwargs))
+
+        def send_op_query_command(self, database: Any, query: Any) -> Any:
+            d = self._track(super().send_op_query_command(database, query))
+            if target.direct and dict(query) == {"ismaster": 1}:  # txmongo's discovery reads the members here
+                d.addCallback(direct_hello)
+            return d
 
         @property
         def host(self) -> str:
@@ -441,6 +644,7 @@ def protocol_class(target: Target, observer: Observer) -> type:
             super().dataReceived(data)
 
         def connectionReady(self) -> Any:
+            self.last_used = clock.seconds()
             d = super().connectionReady()
             if target.app_name:
                 d.addCallback(lambda _: self._greet())
@@ -478,6 +682,9 @@ def protocol_class(target: Target, observer: Observer) -> type:
                 if "replicaSet" in text:
                     text = f"the server is not a member of replica set {target.replica_set!r} (replicaSet in the URI)"
                 observer.on_problem(f"{self.host}: {text.removeprefix('TxMongo: ')}", True)
+            elif target.direct and isinstance(reason, AutoReconnect) and "is not master" in str(reason):
+                observer.on_problem(f"{self.host} is not the primary, and directConnection=true connects to that "
+                                    "host only (the daemon writes: it needs the primary)", True)
             if self.transport is not None and not self.lost:
                 self.transport.loseConnection()
 

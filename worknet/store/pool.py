@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from bson import Decimal128, ObjectId
+from bson.codec_options import CodecOptions
 from pymongo import ReturnDocument
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.write_concern import WriteConcern
@@ -191,6 +192,7 @@ class MongoStore(service.Service):
         self._probing = False
         self._probe_started = -1e9
         self._probe_waiters: list[defer.Deferred[bool]] = []
+        self._idle_sweep: task.LoopingCall | None = None
 
     # -- service life -------------------------------------------------------
 
@@ -199,19 +201,30 @@ class MongoStore(service.Service):
         self._preparing = defer.ensureDeferred(self._prepare())
 
     def _connect(self, target: connect.Target) -> ConnectionPool:
-        """The txmongo pool for ``target``: our TLS creator, our protocol (SCRAM-SHA-256, X.509, causes)."""
+        """The txmongo pool for ``target``: our TLS creator, our protocol (SCRAM-SHA-256, X.509, causes).
+
+        From the URI: ``connectTimeoutMS`` is txmongo's ``retry_delay``, which
+        txmongo uses as the TCP connect timeout and the handshake's ``hello``
+        deadline (and as the first reconnect delay, capped by ``max_delay``);
+        ``heartbeatFrequencyMS`` its pingers' interval; ``uuidRepresentation``
+        its codec's.
+        """
         self._observer = connect.Observer(self._connection_problem, self._connection_answered)
+        codec: dict[str, Any] = {}
+        if target.uuid_representation is not None:
+            codec["codec_options"] = CodecOptions(uuid_representation=target.uuid_representation)
         pool = ConnectionPool(
             target.txmongo_uri(),
             pool_size=self._settings.mongodb_pool_size,
             ssl_context_factory=connect.tls_creator(target),
-            retry_delay=0.5,
+            retry_delay=target.connect_timeout or connect.DEFAULT_CONNECT_TIMEOUT,
             max_delay=2.0,
-            ping_interval=5,
+            ping_interval=target.heartbeat or connect.DEFAULT_HEARTBEAT,
             ping_timeout=5,
+            **codec,
             **target.write_concern,
         )
-        protocol = connect.protocol_class(target, self._observer)
+        protocol = connect.protocol_class(target, self._observer, self._reactor)
         for factory in pool.getprotocols():
             factory.noisy = False  # no "Starting factory" line per reconnect
             factory.protocol = protocol  # built on the first connection, after this returns
@@ -265,15 +278,27 @@ class MongoStore(service.Service):
         """Wait until the database answers, then create indexes and probe transactions."""
         target = await self._target()
         self.target = target
-        for notice in target.notices:
-            log.info("MONGODB_URI {notice}", notice=notice)
         self._pool = self._connect(target)
+        if target.max_idle is not None:
+            self._idle_sweep = task.LoopingCall(self._close_idle, target.max_idle)
+            self._idle_sweep.clock = self._reactor
+            self._idle_sweep.start(max(0.05, min(target.max_idle / 4, 5.0)), now=False)
         attempt = 0
+        started = self._reactor.seconds()
+        selection = target.server_selection_timeout  # serverSelectionTimeoutMS: how long startup waits
         while self.running:
+            waited = self._reactor.seconds() - started
+            timeout = self._settings.db_timeout_seconds
+            if selection is not None and self.problem is None:
+                timeout = min(timeout, max(0.1, selection - waited))
             try:
-                hello = await self.command({"hello": 1})
+                hello = await self.command({"hello": 1}, timeout=timeout)
             except Exception as e:  # the database is not up yet (or refuses us: see _connection_problem)
                 attempt += 1
+                waited = self._reactor.seconds() - started
+                if selection is not None and waited >= selection and self.problem is None:
+                    self._connection_problem(f"no answer from {target.where} within {selection:g} s "
+                                             "(serverSelectionTimeoutMS); still trying")
                 if self.cause is None and (attempt in (1, 20) or attempt % 120 == 0):
                     log.warn("waiting for the database at {where} ({reason})", where=target.where,
                              reason=type(e).__name__)
@@ -306,9 +331,13 @@ class MongoStore(service.Service):
                     "changes run step by step, each step guarded so that a retry completes it"
                 )
             self.connected = True
-            log.info("database ready: {db} at {where} ({mode}, writes {concern})", db=self._settings.db_name,
-                     where=target.where, mode="transactions" if self.supports_transactions else "no transactions",
-                     concern=target.write_concern)
+            auth = target.authenticates_against
+            log.info("database ready: {db} at {where} ({mode}, writes {concern}{reads}{auth})",
+                     db=self._settings.db_name, where=target.where,
+                     mode="transactions" if self.supports_transactions else "no transactions",
+                     concern=target.write_concern,
+                     reads=f", reads {target.read_concern}" if target.read_concern else "",
+                     auth=f", user authenticated against {auth}" if auth else "")
             self.is_ready = True
             waiting, self._waiting = self._waiting, []
             for d in waiting:
@@ -340,8 +369,28 @@ class MongoStore(service.Service):
         self._waiting.append(d)
         return d
 
+    def _close_idle(self, max_idle: float) -> None:
+        """``maxIdleTimeMS``: close each pool connection unused that long; its slot reconnects at once.
+
+        Only a connection with no request in flight is closed, and it is taken
+        out of its slot first, so no call is sent on it while it closes.
+        """
+        if self._pool is None:
+            return
+        now = self._reactor.seconds()
+        for factory in self._pool.getprotocols():
+            protocol = factory.instance
+            if protocol is None or protocol.in_flight or now - protocol.last_used < max_idle:
+                continue
+            factory.setInstance(None)  # new calls wait for the slot's next connection
+            factory.delay = 0  # ReconnectingClientFactory: reconnect now, not after a backoff
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
+
     async def stopService(self) -> None:
         super().stopService()
+        if self._idle_sweep is not None and self._idle_sweep.running:
+            self._idle_sweep.stop()
         if self._pool is not None:
             await self._pool.disconnect()
             self._pool = None
