@@ -944,7 +944,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     build = commands.add_parser("rebuild", help="rebuild the index from the gigs collection (safe while daemons run)")
     build.add_argument("--uri", default=None, help="MongoDB URI (default: MONGODB_URI from the environment or .env; "
                        "without one, the embedded database in --data-dir)")
-    build.add_argument("--db", default=None, help="database name (default: DB_NAME, else worknet)")
+    build.add_argument("--db", default=None, help="database name (default: DB_NAME, else the URI's path, else worknet)")
     build.add_argument("--data-dir", default=None,
                        help="the embedded database's directory (default: DATA_DIR, else var/db); "
                        "stop the daemon first, it holds the directory")
@@ -952,6 +952,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import pymongo
     from dotenv import dotenv_values
+
+    from worknet.config import database_names
+    from worknet.errors import ConfigError
 
     env = {**{k: v for k, v in dotenv_values(".env").items() if v is not None}, **os.environ}
     uri = args.uri or env.get("MONGODB_URI")
@@ -964,8 +967,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     client: pymongo.MongoClient = pymongo.MongoClient(uri, tz_aware=True)
     try:
-        figures = rebuild(client[args.db or env.get("DB_NAME") or "worknet"], progress=not args.quiet)
-    except (ToolError, pymongo.errors.PyMongoError) as e:
+        database, _auth = database_names(uri, args.db or env.get("DB_NAME"), env.get("NODE_ENV") or "development")
+        figures = rebuild(client[database], progress=not args.quiet)
+    except (ToolError, ConfigError, pymongo.errors.PyMongoError) as e:
         print(f"{parser.prog} {args.command}: {e}", file=sys.stderr)
         return 1
     finally:
