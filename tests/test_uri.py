@@ -333,7 +333,7 @@ def metric(daemon: Daemon, name: str) -> float:
 def test_max_pool_size_is_the_pool_the_daemon_opens(make_daemon, database):
     daemon = make_daemon(mongodb_uri=database + "?maxPoolSize=3&minPoolSize=2")
     assert metric(daemon, "worknet_db_pool_size") == 3
-    wait_for(lambda: metric(daemon, "worknet_db_pool_connected") == 3, 15, "3 pool connections")
+    wait_for(lambda: metric(daemon, "worknet_db_pool_connections_up") == 3, 15, "3 pool connections")
     floor = make_daemon(mongodb_uri=database + "?minPoolSize=12")
     assert metric(floor, "worknet_db_pool_size") == 12
     overridden = make_daemon(mongodb_uri=database + "?maxPoolSize=3", MONGODB_POOL_SIZE="4")
