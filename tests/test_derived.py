@@ -9,11 +9,14 @@ the call that repairs the derived value.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
-from bson import ObjectId
+from bson import Decimal128, ObjectId
 
+from tests.money_support import dec, earnings, ledger_sum
 from tests.test_gigs import make_category, make_gig, seed_user
+from tests.test_payments import paid_order
 
 
 @pytest.fixture
@@ -93,3 +96,59 @@ def test_a_gig_moved_to_another_seller_takes_its_reviews_along(rpc, db, market):
     assert figures(db, "users", heir) == (4.0, 2)
     assert figures(db, "users", seller) == (0.0, 0)
     assert db.reviews.count_documents({"sellerId": ObjectId(heir)}) == 2
+
+
+def earnings_from_the_ledger(db, seller):
+    """docs/DATA_MODEL.md's check and repair of ``totalEarnings`` (mongosh there), step by step:
+    ``(user as read, the ledger's figure, the repair's conditional update)``."""
+    _id = ObjectId(seller)
+    user = db.users.find_one({"_id": _id}, {"ledgerApplied": 1, "totalEarnings": 1})
+    done = user.get("ledgerApplied") or []
+    rows = list(db.ledger.aggregate([
+        {"$match": {"sellerId": _id}},
+        {"$match": {"$or": [{"applied": True}, {"_id": {"$in": done}}]}},
+        {"$group": {"_id": None, "total": {"$sum": {"$cond": [
+            {"$eq": ["$kind", "debit"]}, {"$subtract": [Decimal128("0"), "$amount"]}, "$amount"]}}}},
+    ]))
+    total = rows[0]["total"] if rows else Decimal128("0.00")
+
+    def repair():
+        window = user["ledgerApplied"] if user.get("ledgerApplied") is not None else {"$exists": False}
+        return db.users.update_one({"_id": _id, "ledgerApplied": window}, {"$set": {"totalEarnings": total}})
+
+    return user, total, repair
+
+
+def test_the_documented_earnings_repair_restores_the_ledgers_figure(rpc, db):
+    seller, oid, pid = paid_order(rpc, db, "33.33")
+    assert rpc.ordersService.update_status(oid, "completed")["success"]
+    assert rpc.paymentsService.refund(pid, 10)["success"]
+    owed = ledger_sum(db, seller)
+    assert earnings(db, seller) == owed and owed > 0
+    db.users.update_one({"_id": ObjectId(seller)}, {"$set": {"totalEarnings": Decimal128("999.99")}})  # mongosh
+    assert dec(rpc.usersService.get_stats(seller)["stats"]["totalEarnings"]) == Decimal("999.99")
+
+    user, total, repair = earnings_from_the_ledger(db, seller)
+    assert dec(user["totalEarnings"]) == Decimal("999.99") and dec(total) == owed
+    assert repair().matched_count == 1
+    assert earnings(db, seller) == owed
+    assert dec(rpc.usersService.get_stats(seller)["stats"]["totalEarnings"]) == owed
+
+    # an entry applied by an attempt that stopped before marking it (still applied: false, its id in
+    # the seller's window) is counted
+    entry = db.ledger.find_one({"sellerId": ObjectId(seller), "kind": "credit"})
+    db.ledger.update_one({"_id": entry["_id"]}, {"$set": {"applied": False}})
+    assert dec(earnings_from_the_ledger(db, seller)[1]) == owed
+
+
+def test_the_earnings_repair_writes_nothing_when_a_sale_came_between_its_reads(rpc, db):
+    seller, oid, _pid = paid_order(rpc, db, "20.00")
+    db.users.update_one({"_id": ObjectId(seller)}, {"$set": {"totalEarnings": Decimal128("5.00")}})
+    _user, total, repair = earnings_from_the_ledger(db, seller)
+    assert dec(total) == 0
+    assert rpc.ordersService.update_status(oid, "completed")["success"]  # credits 16.00 on 5.00
+    assert repair().matched_count == 0  # the window changed: the figure read is out of date
+    assert earnings(db, seller) == Decimal("21.00")
+    _user, total, repair = earnings_from_the_ledger(db, seller)  # run again
+    assert repair().matched_count == 1
+    assert earnings(db, seller) == Decimal("16.00") == ledger_sum(db, seller)
