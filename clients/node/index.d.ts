@@ -111,9 +111,9 @@ export interface GigsService<Throw extends boolean = false> {
   search(query?: string | null, filters?: Struct | null, page?: number | null, limit?: number | null): Promise<Outcome<{ gigs: any[]; total: number; page: number; limit: number; pages: number }, Throw>>;
   /** Update a gig: title, description, category (slug or id of an active category), price, deliveryTime, revisionNumber, images, features, tags (same rules as create) and isActive. The owner and the rating counters cannot be changed. Returns gig. */
   update(gig_id: string, updates: Struct): Promise<Outcome<{ gig: Struct }, Throw>>;
-  /** Fold one rating (a number 1-5) into the gig's average atomically: rating = (rating * reviewCount + new_rating) / (reviewCount + 1), reviewCount + 1, in one update. With new_rating nil, recompute rating and reviewCount from the reviews collection. Returns rating, reviewCount. */
+  /** Fold one rating (a number 1-5) into the gig's average atomically: rating = (rating * reviewCount + new_rating) / (reviewCount + 1), reviewCount + 1, in one update. With new_rating nil, recompute rating and reviewCount from the reviews collection (this also repairs figures another writer left behind), and the seller's rating and reviewCount from the reviews of all the seller's gigs. Returns rating, reviewCount (the gig's). */
   update_rating(gig_id: string, new_rating?: number | string | null): Promise<Outcome<{ rating: number; reviewCount: number }, Throw>>;
-  /** Fold one rating (a number 1-5) into the gig's average atomically: rating = (rating * reviewCount + new_rating) / (reviewCount + 1), reviewCount + 1, in one update. With new_rating nil, recompute rating and reviewCount from the reviews collection. Returns rating, reviewCount. */
+  /** Fold one rating (a number 1-5) into the gig's average atomically: rating = (rating * reviewCount + new_rating) / (reviewCount + 1), reviewCount + 1, in one update. With new_rating nil, recompute rating and reviewCount from the reviews collection (this also repairs figures another writer left behind), and the seller's rating and reviewCount from the reviews of all the seller's gigs. Returns rating, reviewCount (the gig's). */
   updateRating(gig_id: string, new_rating?: number | string | null): Promise<Outcome<{ rating: number; reviewCount: number }, Throw>>;
 }
 

@@ -27,7 +27,8 @@ Sorts, each with a final tie-breaker on ``_id`` so paging is deterministic:
 Ratings: ``update_rating(gig_id, r)`` folds one rating into the running
 average with a single atomic pipeline update (no read-modify-write), and
 ``update_rating(gig_id, nil)`` recomputes ``rating``/``reviewCount`` from the
-reviews collection (:func:`recompute_rating`, also used by reviewsService).
+reviews collection, and the seller's figures too (:func:`recompute_rating`, also
+used by reviewsService after every review write).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from worknet import validators as v
 from worknet.catalogue import Query, catalogue_of, update_marked, write_marked
 from worknet.errors import DomainError, Forbidden, InvalidState, NotFound, ValidationError
 from worknet.follow import Follower
+from worknet.money import average_rating
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.search import search_terms, words
 from worknet.services.common import NOT_DELETED, get_or_404, now, ok, paged
@@ -150,24 +152,62 @@ async def find_category(store: Any, ref: str, field: str = "category") -> dict |
     return found
 
 
+async def recompute_seller_rating(store: Any, seller_id: ObjectId) -> dict | None:
+    """Set the seller's ``rating`` and ``reviewCount`` from the reviews of all the seller's gigs.
+
+    The reviews are those whose ``sellerId`` is the seller (:func:`recompute_rating`
+    gives a gig's reviews their gig's owner first).  ``rating`` is stored as shown: the average rounded
+    half up to 2 decimals (:func:`worknet.money.average_rating`), 0 when there is no review.
+    Concurrent recomputations for one seller are ordered like the gigs' ones:
+    each takes a ticket (``ratingSeq`` on the user, incremented atomically)
+    before reading the reviews and writes only while no later ticket was taken,
+    so a view read before a concurrent review never overwrites one read after
+    it.  Returns ``{"rating", "reviewCount"}`` as computed (None when the user
+    document is gone).
+    """
+    ticket = await store.update_and_fetch("users", {"_id": seller_id}, {"$inc": {"ratingSeq": 1}},
+                                          projection={"ratingSeq": 1})
+    if ticket is None:
+        return None
+    figures = await store["reviews"].aggregate([
+        {"$match": {"sellerId": seller_id}},
+        {"$group": {"_id": None, "sum": {"$sum": "$rating"}, "count": {"$sum": 1}}},
+    ])
+    count = int(figures[0]["count"]) if figures else 0
+    rating = average_rating(figures[0]["sum"], count) if count else 0.0
+    await store["users"].update_one(
+        {"_id": seller_id, "ratingSeq": ticket["ratingSeq"]},
+        {"$set": {"rating": rating, "reviewCount": count}},
+    )
+    return {"rating": rating, "reviewCount": count}
+
+
 async def recompute_rating(store: Any, gig_id: ObjectId) -> dict | None:
-    """Set the gig's ``rating`` and ``reviewCount`` from its reviews (one aggregation).
+    """Set the gig's ``rating`` and ``reviewCount`` from its reviews (one aggregation), then its seller's.
 
     Concurrent recomputations of one gig are ordered by ``ratingTicket``: each
     sets a fresh ticket before reading the reviews and writes only if no later
     ticket was set, so an older view never overwrites a newer one.
-    Returns ``{"rating", "reviewCount"}`` as computed (None if the gig is gone).
+
+    Then the seller's figures (:func:`recompute_seller_rating`), which count
+    reviews by their ``sellerId``: a review of this gig whose ``sellerId`` is
+    not the gig's owner -- one written by another writer (the Node backend, a
+    migration) without it -- gets the owner's id first, and a seller it named
+    instead is recomputed as well.  The same aggregation tells whether there is
+    any, so a recomputation costs no more round trips than before.
+    Returns the gig's ``{"rating", "reviewCount"}`` as computed (None if the gig is gone).
     """
     ticket = ObjectId()
-    taken = await store["gigs"].update_one({"_id": gig_id}, {"$set": {"ratingTicket": ticket}})
-    if taken.matched_count == 0:
+    gig = await store.update_and_fetch("gigs", {"_id": gig_id}, {"$set": {"ratingTicket": ticket}},
+                                       projection={"userId": 1})
+    if gig is None:
         return None
-    figures = await store["reviews"].aggregate([
+    groups = await store["reviews"].aggregate([
         {"$match": {"gigId": gig_id}},
-        {"$group": {"_id": None, "sum": {"$sum": "$rating"}, "count": {"$sum": 1}}},
+        {"$group": {"_id": "$sellerId", "sum": {"$sum": "$rating"}, "count": {"$sum": 1}}},
     ])
-    count = int(figures[0]["count"]) if figures else 0
-    rating = figures[0]["sum"] / count if count else 0.0
+    count = sum(int(group["count"]) for group in groups)
+    rating = sum(group["sum"] for group in groups) / count if count else 0.0
 
     async def write(session: Any) -> None:
         await store["gigs"].update_one(
@@ -176,6 +216,13 @@ async def recompute_rating(store: Any, gig_id: ObjectId) -> dict | None:
         )
 
     await write_marked(store, [gig_id], write)
+    owner = gig.get("userId")
+    if isinstance(owner, ObjectId):
+        strays = [group["_id"] for group in groups if group["_id"] != owner]
+        for stray in strays:  # {"sellerId": None} also matches reviews without the field
+            await store["reviews"].update_many({"gigId": gig_id, "sellerId": stray}, {"$set": {"sellerId": owner}})
+        for seller in [owner, *(stray for stray in strays if isinstance(stray, ObjectId))]:
+            await recompute_seller_rating(store, seller)
     return {"rating": float(rating), "reviewCount": count}
 
 
@@ -437,7 +484,7 @@ class GigsService(ServiceResource):
 
     @signature("struct", "string", "double", returns={"rating": "double", "reviewCount": "int"})
     async def xmlrpc_update_rating(self, gig_id: Any, new_rating: Any = None) -> dict:
-        """Fold one rating (a number 1-5) into the gig's average atomically: rating = (rating * reviewCount + new_rating) / (reviewCount + 1), reviewCount + 1, in one update. With new_rating nil, recompute rating and reviewCount from the reviews collection. Returns rating, reviewCount."""
+        """Fold one rating (a number 1-5) into the gig's average atomically: rating = (rating * reviewCount + new_rating) / (reviewCount + 1), reviewCount + 1, in one update. With new_rating nil, recompute rating and reviewCount from the reviews collection (this also repairs figures another writer left behind), and the seller's rating and reviewCount from the reviews of all the seller's gigs. Returns rating, reviewCount (the gig's)."""
         _id = v.object_id(gig_id, "gig_id")
         if new_rating is None:
             await get_or_404(self.gigs, _id, "gig", projection={"_id": 1})

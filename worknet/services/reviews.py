@@ -15,8 +15,10 @@ notifies twice.  After every change the gig's ``rating``/``reviewCount`` are
 recomputed from the reviews collection with one aggregation
 (:func:`worknet.services.gigs.recompute_rating`), and so are the seller's
 ``rating``/``reviewCount`` over the reviews of all the seller's gigs
-(:func:`recompute_seller_rating`, what ``gigsService.get_by_id`` shows as
-``seller.rating``).
+(:func:`~worknet.services.gigs.recompute_seller_rating`, what
+``gigsService.get_by_id`` shows as ``seller.rating``).  A review another
+writer stored without ``sellerId`` gets its gig's owner then, so it counts
+for the seller from its gig's next recomputation on.
 
 ``gig_rating`` in results is the gig's new average (2 decimals, 0 when it has
 no review) and ``review_count`` its number of reviews.
@@ -59,35 +61,6 @@ EXTRA = {"user_id": v.object_id, "order_id": v.object_id, "comment": _comment}
 UPDATES = {"rating": _rating, "comment": _comment}
 
 
-async def recompute_seller_rating(store: Any, seller_id: ObjectId) -> dict | None:
-    """Set the seller's ``rating`` and ``reviewCount`` from the reviews of all the seller's gigs.
-
-    ``rating`` is stored as shown: the average rounded half up to 2 decimals
-    (:func:`worknet.money.average_rating`), 0 when there is no review.
-    Concurrent recomputations for one seller are ordered like the gigs' ones:
-    each takes a ticket (``ratingSeq`` on the user, incremented atomically)
-    before reading the reviews and writes only while no later ticket was taken,
-    so a view read before a concurrent review never overwrites one read after
-    it.  Returns ``{"rating", "reviewCount"}`` as computed (None when the user
-    document is gone).
-    """
-    ticket = await store.update_and_fetch("users", {"_id": seller_id}, {"$inc": {"ratingSeq": 1}},
-                                          projection={"ratingSeq": 1})
-    if ticket is None:
-        return None
-    figures = await store["reviews"].aggregate([
-        {"$match": {"sellerId": seller_id}},
-        {"$group": {"_id": None, "sum": {"$sum": "$rating"}, "count": {"$sum": 1}}},
-    ])
-    count = int(figures[0]["count"]) if figures else 0
-    rating = average_rating(figures[0]["sum"], count) if count else 0.0
-    await store["users"].update_one(
-        {"_id": seller_id, "ratingSeq": ticket["ratingSeq"]},
-        {"$set": {"rating": rating, "reviewCount": count}},
-    )
-    return {"rating": rating, "reviewCount": count}
-
-
 class ReviewsService(ServiceResource):
     """reviewsService.*"""
 
@@ -98,9 +71,6 @@ class ReviewsService(ServiceResource):
     async def _gig_rating(self, gig_id: ObjectId) -> dict:
         """``gig_rating`` and ``review_count`` for a result, after recomputing them on the gig and its seller."""
         figures = await recompute_rating(self.store, gig_id)
-        gig = await self.store["gigs"].find_one({"_id": gig_id}, projection={"userId": 1})
-        if gig is not None and gig.get("userId") is not None:
-            await recompute_seller_rating(self.store, gig["userId"])
         if figures is None:  # the gig document is gone (never happens with soft deletes)
             figures = {"rating": 0.0, "reviewCount": 0}
         return {"gig_rating": rounded(figures["rating"]), "review_count": figures["reviewCount"]}
