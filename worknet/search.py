@@ -1,9 +1,11 @@
 """Search terms: the words a gig is found by, and the words of a query.
 
-No ``$text`` index (not every compatible server has one): each gig stores a
-``searchTerms`` array (multikey index) holding the distinct words of its
-title, description and tags, folded the same way as the words of a query, and
-a search matches with ``{"searchTerms": {"$all": [...query words...]}}``.
+No ``$text`` index (not every compatible server has one): the catalogue index
+(:mod:`worknet.catalogue`) keeps a bitmap per word of the gigs' titles,
+descriptions and tags, folded here the same way as the words of a query.
+Gigs written by this daemon also store their words in ``searchTerms`` (for
+the Node backend's own queries); the index computes them from the texts, so a
+title changed by another writer is found by its new words.
 
 Folding: Unicode NFKD, combining marks dropped (``é`` -> ``e``), case folded
 (``Straße`` -> ``strasse``); words are the runs of letters and digits
