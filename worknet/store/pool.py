@@ -26,7 +26,7 @@ from txmongo.database import Database
 from txmongo.sessions import ClientSession
 
 from worknet.config import Settings
-from worknet.errors import Conflict, Unavailable
+from worknet.errors import Unavailable
 from worknet.logs import logger
 from worknet.store import connect
 from worknet.store.indexes import INDEXES
@@ -483,7 +483,11 @@ class MongoStore(service.Service):
     async def transaction(self, steps: Callable[[ClientSession | None], Awaitable[T]]) -> T:
         """Run ``steps(session)`` as one transaction, retried with a jittered backoff on transient errors.
 
-        When every attempt hits a write conflict the caller gets a CONFLICT ("try again").
+        When every attempt hits a write conflict the caller gets UNAVAILABLE
+        ("try again shortly"): the conflict is transient -- a concurrent
+        transaction, or one a killed daemon left open on the server until it
+        is aborted -- and CONFLICT is kept for a real duplicate, so a caller
+        can tell "retry" from "already exists".
 
         Without transaction support ``steps(None)`` runs once, as plain
         writes: callers order and guard their steps (compare-and-set,
@@ -506,4 +510,4 @@ class MongoStore(service.Service):
             # a write conflict with a concurrent transaction: back off (jittered) and run again
             await task.deferLater(self._reactor, random.uniform(0, 0.005 * 2 ** min(attempt, 6)),  # noqa: S311
                                   lambda: None)
-        raise Conflict("the data changed at the same time too often; try again")
+        raise Unavailable("The data changed at the same time too often; try again shortly.")
