@@ -30,6 +30,7 @@ from worknet.errors import Unavailable
 from worknet.logs import logger
 from worknet.store import connect
 from worknet.store.indexes import INDEXES
+from worknet.store.sessions import Leases, NamedSessions, SessionPool
 
 T = TypeVar("T")
 
@@ -190,6 +191,8 @@ class MongoStore(service.Service):
         self._probing = False
         self._probe_started = -1e9
         self._probe_waiters: list[defer.Deferred[bool]] = []
+        self.sessions = NamedSessions(on_lost=self._kill_lost_sessions)
+        self.leases = Leases(self, self.sessions, reactor)
 
     # -- service life -------------------------------------------------------
 
@@ -200,7 +203,7 @@ class MongoStore(service.Service):
     def _connect(self, target: connect.Target) -> ConnectionPool:
         """The txmongo pool for ``target``: our TLS creator, our protocol (SCRAM-SHA-256, X.509, causes)."""
         self._observer = connect.Observer(self._connection_problem, self._connection_answered)
-        pool = ConnectionPool(
+        pool = SessionPool(
             target.txmongo_uri(),
             pool_size=self._settings.mongodb_pool_size,
             ssl_context_factory=connect.tls_creator(target),
@@ -210,6 +213,7 @@ class MongoStore(service.Service):
             ping_timeout=5,
             **target.write_concern,
         )
+        pool.sessions = self.sessions  # named server sessions (see worknet/store/sessions.py)
         protocol = connect.protocol_class(target, self._observer)
         for factory in pool.getprotocols():
             factory.noisy = False  # no "Starting factory" line per reconnect
@@ -309,6 +313,8 @@ class MongoStore(service.Service):
                      where=target.where, mode="transactions" if self.supports_transactions else "no transactions",
                      concern=target.write_concern)
             self.is_ready = True
+            if self.supports_transactions:
+                self.leases.start()  # a daemon killed with transactions open: any other one ends them
             waiting, self._waiting = self._waiting, []
             for d in waiting:
                 if not d.called:  # a caller that gave up (timeout) cancelled its own Deferred only
@@ -342,6 +348,7 @@ class MongoStore(service.Service):
     async def stopService(self) -> None:
         super().stopService()
         if self._pool is not None:
+            await self.leases.stop()
             await self._pool.disconnect()
             self._pool = None
 
@@ -376,10 +383,15 @@ class MongoStore(service.Service):
             return 0
         return sum(1 for factory in self._pool.getprotocols() if factory.instance is not None)
 
-    async def command(self, command: dict, timeout: float | None = None) -> dict:
+    async def command(self, command: dict, timeout: float | None = None, database: str | None = None) -> dict:
         return await self.pool.command(
-            self._settings.db_name, command, timeout=timeout or self._settings.db_timeout_seconds
+            database or self._settings.db_name, command, timeout=timeout or self._settings.db_timeout_seconds
         )
+
+    def _kill_lost_sessions(self, ids: list) -> None:
+        """Sessions whose connection broke mid-command may hold a transaction open on the server: end it."""
+        if self._pool is not None and self.running:
+            defer.ensureDeferred(self.leases.kill(ids)).addErrback(lambda f: None)
 
     async def ping(self) -> bool:
         """True when the database answered a ``ping`` recently. Never raises.
