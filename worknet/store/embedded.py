@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import socket
 import sys
 from collections import deque
@@ -88,8 +89,19 @@ class _DatabaseProcess(protocol.ProcessProtocol):
 
     def processEnded(self, reason: Any) -> None:
         code = getattr(reason.value, "exitCode", None)
-        self.owner._ended(code, list(self.tail))
+        self.owner._ended(code, list(self.tail), getattr(reason.value, "signal", None))
         self.ended.callback(None)
+
+
+def how_it_ended(code: int | None, signum: int | None) -> str:
+    """``exited unexpectedly (exit code 3)``, ``was killed by SIGKILL (signal 9)``: a process's end, for a log line."""
+    if signum is not None:
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            return f"was killed by signal {signum}"
+        return f"was killed by {name} (signal {signum})"
+    return f"exited unexpectedly (exit code {code})"
 
 
 class EmbeddedDatabase(service.Service):
@@ -146,12 +158,14 @@ class EmbeddedDatabase(service.Service):
         log.info("embedded database (SecantusDB) starting on 127.0.0.1:{port}, data in {path}",
                  port=self.port, path=self.data_dir)
 
-    def _ended(self, code: int | None, tail: list[str]) -> None:
+    def _ended(self, code: int | None, tail: list[str], signum: int | None = None) -> None:
         self._transport = None
         if self._stopping:
             log.info("embedded database stopped")
             return
-        reason = next((line for line in reversed(tail) if "Error" in line), tail[-1] if tail else "no output")
+        how = how_it_ended(code, signum)
+        reason = next((line for line in reversed(tail) if "Error" in line), tail[-1] if tail else "")
+        said = f": {reason}" if reason else ""
         if code == HELD and self._failures == 0:
             self._fail(reason.partition(": ")[2] or reason)  # another daemon's directory: restarting cannot help
             return
@@ -159,12 +173,12 @@ class EmbeddedDatabase(service.Service):
             self._failures = 0
         self._failures += 1
         if self._failures > MAX_RESTARTS or not self.running:
-            self._fail(f"the embedded database exited unexpectedly (exit code {code}) and was restarted "
-                       f"{self._failures - 1} times: {reason}")
+            self._fail(f"the embedded database {how} and was restarted "
+                       f"{self._failures - 1} times{said}")
             return
         delay = RESTART_DELAYS[min(self._failures, len(RESTART_DELAYS)) - 1]
-        log.warn("the embedded database exited unexpectedly (exit code {code}): {reason}; restarting it in "
-                  "{delay} s (restart {n} of {most})", code=code, reason=reason, delay=delay,
+        log.warn("the embedded database {how}{said}; restarting it in "
+                  "{delay} s (restart {n} of {most})", how=how, said=said, delay=delay,
                   n=self._failures, most=MAX_RESTARTS)
         self._restart = self._reactor.callLater(delay, self._spawn)
 
