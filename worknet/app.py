@@ -30,7 +30,9 @@ class Health(resource.Resource):
     created, ``"degraded"`` while the database cannot be used; then ``cause``
     says why when the daemon knows (wrong credentials, a TLS failure, a
     plaintext connection to a TLS server, a startup index that cannot be
-    created), in the same words as the log line.  Open to all.
+    created, a full disk), in the same words as the log line; ``warning``
+    says what will stop the database if nobody acts (low free space in the
+    embedded database's directory), at any status.  Open to all.
     """
 
     isLeaf = True
@@ -66,6 +68,9 @@ class Health(resource.Resource):
                 body["cause"] = cause
             elif status == "degraded":
                 body["cause"] = "the database does not answer"
+            warning = getattr(self.store, "warning", None)
+            if warning:  # e.g. low free space in the embedded database's directory, before it is full
+                body["warning"] = warning
             request.write(json.dumps(body).encode())
             request.finish()
 

@@ -249,7 +249,7 @@ def makeService(options: Options) -> service.MultiService:
     GracefulTermination(reactor).setServiceParent(top)
     freeze_startup_objects(reactor)
     if settings.embedded_database:
-        embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor)
+        embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor, min_free_mb=settings.data_dir_min_free_mb)
         embedded.setServiceParent(top)
         uri = lambda: embedded.uri  # noqa: E731 - the port is chosen when the service starts
     else:
@@ -259,7 +259,8 @@ def makeService(options: Options) -> service.MultiService:
 
         WorkerPool(settings, uri, reactor=reactor, log=observer).setServiceParent(top)
     else:
-        store = MongoStore(settings, uri, reactor=reactor)
+        store = MongoStore(settings, uri, reactor=reactor,
+                           data_dir=settings.data_dir if settings.embedded_database else None)
         store.setServiceParent(top)
         site = build_site(store, settings, reactor=reactor)
         DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
