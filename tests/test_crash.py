@@ -13,8 +13,8 @@ describe.
 A transaction the killed daemon had open stays open on the server until its
 lifetime runs out (60 s on MongoDB and SecantusDB; closing the connection does
 not abort it), and the documents it wrote are held until then: a retry of that
-call answers CONFLICT ("try again") meanwhile, so ``settle`` retries for up to
-``RETRY_FOR`` seconds.
+call answers UNAVAILABLE ("try again shortly") meanwhile, so ``settle`` retries
+for up to ``RETRY_FOR`` seconds.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def settle(proxy, db, flow: Flow) -> None:
         deadline = time.monotonic() + RETRY_FOR
         while True:
             result = flow.call(proxy, step)
-            if result["success"] or result["code"] != "CONFLICT" or time.monotonic() > deadline:
+            if result["success"] or result["code"] != "UNAVAILABLE" or time.monotonic() > deadline:
                 break
             time.sleep(0.5)  # a transaction the killed daemon left open still holds the documents
         if not result["success"]:

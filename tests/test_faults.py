@@ -170,6 +170,7 @@ def test_the_embedded_database_killed_under_load_is_restarted_in_place(tmp_path,
     assert not missing, f"{len(missing)} acknowledged writes are missing"
     line = next(line for line in daemon.log().splitlines() if "restarting it in" in line)
     assert "restart 1 of" in line
+    assert "the embedded database was killed by SIGKILL (signal 9); restarting it in" in line, line
 
 
 def test_kill_9_of_the_daemon_leaves_no_database_behind_and_a_restart_serves_the_data(tmp_path, make_daemon):

@@ -30,7 +30,10 @@ class Health(resource.Resource):
     created, ``"degraded"`` while the database cannot be used; then ``cause``
     says why when the daemon knows (wrong credentials, a TLS failure, a
     plaintext connection to a TLS server, a startup index that cannot be
-    created), in the same words as the log line.  Open to all.
+    created, a full disk), in the same words as the log line; ``warnings``
+    lists what the operator should know while it serves (low free space in
+    the embedded database's directory, before it stops the database; search
+    catching up with other writers), at any status.  Open to all.
     """
 
     isLeaf = True
@@ -62,13 +65,13 @@ class Health(resource.Resource):
             else:
                 status = "degraded"
             body: dict[str, Any] = {"status": status, "mongodb": "connected" if connected else "disconnected"}
-            warnings = getattr(self.store, "warnings", None)
-            if warnings:
-                body["warnings"] = sorted(warnings.values())
             if not serving and cause:
                 body["cause"] = cause
             elif status == "degraded":
                 body["cause"] = "the database does not answer"
+            warnings = list(getattr(self.store, "health_warnings", []))
+            if warnings:  # low free space before the disk is full, search catching up with other writers
+                body["warnings"] = warnings
             request.write(json.dumps(body).encode())
             request.finish()
 

@@ -50,6 +50,7 @@ class Settings:
     mongodb_pool_size: int = 10  # MONGODB_POOL_SIZE, else the URI's maxPoolSize/minPoolSize, else 10
     db_timeout_seconds: float = DEFAULT_DB_TIMEOUT_SECONDS  # DB_TIMEOUT_SECONDS, else timeoutMS/socketTimeoutMS
     data_dir: str = "var/db"
+    data_dir_min_free_mb: int = 256  # below this, /health warns (embedded database); 0: no warning
     jwt_secret: str = field(default=DEFAULT_JWT_SECRET, repr=False)
     jwt_expires_in_days: int = 7
     jwt_refresh_expires_in_days: int = 30
@@ -137,6 +138,7 @@ _PARSERS = {
     "MONGODB_POOL_SIZE": ("mongodb_pool_size", lambda n, v: _int(n, v, 1, 200)),
     "DB_TIMEOUT_SECONDS": ("db_timeout_seconds", lambda n, v: _float(n, v, *DB_TIMEOUT_RANGE)),
     "DATA_DIR": ("data_dir", lambda n, v: v.strip()),
+    "DATA_DIR_MIN_FREE_MB": ("data_dir_min_free_mb", lambda n, v: _int(n, v, 0, 100_000_000)),
     "JWT_SECRET": ("jwt_secret", lambda n, v: v),
     "JWT_EXPIRES_IN_DAYS": ("jwt_expires_in_days", lambda n, v: _int(n, v, 1, 365)),
     "JWT_REFRESH_EXPIRES_IN_DAYS": ("jwt_refresh_expires_in_days", lambda n, v: _int(n, v, 1, 3650)),

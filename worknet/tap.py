@@ -111,6 +111,24 @@ class Options(usage.Options):
             check_config(self.settings)
 
 
+LISTEN_BACKLOG = 1024  # as the --workers parent's socket (worknet/workers.py)
+
+
+def with_backlog(endpoint: str) -> str:
+    """``endpoint`` with a listen backlog of ``LISTEN_BACKLOG`` unless it names one.
+
+    Twisted listens with a backlog of 50: a burst of new connections (a
+    client pool warming up, 2,000 opened one after another) fills that queue
+    faster than the reactor accepts, and every further SYN is dropped until
+    the client resends it a second later (2,000 idle connections took 19.6 s
+    here, 1.3 s with 1024).  The kernel caps it at ``net.core.somaxconn``.
+    """
+    kind = endpoint.partition(":")[0]
+    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={LISTEN_BACKLOG}"
+    return endpoint
+
+
 def _stop(line: str) -> None:
     sys.stderr.write(line + "\n")
     raise SystemExit(2)
@@ -261,7 +279,7 @@ def makeService(options: Options) -> service.MultiService:
     GracefulTermination(reactor).setServiceParent(top)
     freeze_startup_objects(reactor)
     if settings.embedded_database:
-        embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor)
+        embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor, min_free_mb=settings.data_dir_min_free_mb)
         embedded.setServiceParent(top)
         uri = lambda: embedded.uri  # noqa: E731 - the port is chosen when the service starts
     else:
@@ -271,11 +289,12 @@ def makeService(options: Options) -> service.MultiService:
 
         WorkerPool(settings, uri, reactor=reactor, log=observer).setServiceParent(top)
     else:
-        store = MongoStore(settings, uri, reactor=reactor)
+        store = MongoStore(settings, uri, reactor=reactor,
+                           data_dir=settings.data_dir if settings.embedded_database else None)
         store.setServiceParent(top)
         site = build_site(store, settings, reactor=reactor)
         DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
-        listener = endpoint_service(settings.listen, site, reactor=reactor)
+        listener = endpoint_service(with_backlog(settings.listen), site, reactor=reactor)
         listener.setName("xmlrpc")
         listener.setServiceParent(top)
         _Notify(store, listener).setServiceParent(top)

@@ -105,6 +105,7 @@ def encode_settings(settings: Settings, uri: str, log_format: str = "text", sysl
     values.update(mongodb_uri=uri, rpc_workers=1, log_file="")
     values["platform_fee_percent"] = str(settings.platform_fee_percent)
     values["logging"] = {"format": log_format, "syslog_prefix": syslog_prefix}
+    values["embedded_data_dir"] = settings.data_dir if settings.embedded_database else None  # its free space is watched
     return json.dumps(values).encode() + b"\n"
 
 
@@ -405,7 +406,7 @@ def worker_main(number: int) -> None:
     globalLogBeginner.beginLoggingTo([sink], redirectStandardIO=False)
 
     top = SequentialMultiService()
-    store = MongoStore(settings, lambda: settings.mongodb_uri, reactor=reactor)
+    store = MongoStore(settings, lambda: settings.mongodb_uri, reactor=reactor, data_dir=values.get("embedded_data_dir"))
     store.setServiceParent(top)
     site = build_site(store, settings, reactor=reactor)
     CloseConnections(site, reactor).setServiceParent(top)

@@ -281,8 +281,10 @@ class Dispatcher:
             return fault
         except DATABASE_DOWN:
             return unavailable()
-        except Exception:
+        except Exception as e:
             if store is not None and not store.running:  # the pool closed under the call (shutdown)
+                return unavailable()
+            if store is not None and store.storage_failure(e):  # a full disk: the cause is in /health and logged once
                 return unavailable()
             reference = secrets.token_hex(4)
             log.failure("internal error in {method} (ref {ref})", Failure(), method=method, ref=reference)

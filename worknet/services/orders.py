@@ -27,7 +27,7 @@ from pymongo.errors import DuplicateKeyError
 
 from worknet import money
 from worknet import validators as v
-from worknet.errors import Conflict, Forbidden, InvalidState, NotFound, ValidationError
+from worknet.errors import Conflict, Forbidden, InvalidState, NotFound, Unavailable, ValidationError
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, notify, now, ok, paged, request_hash
 
@@ -69,13 +69,16 @@ FILTERS = {
 
 
 async def run_guarded(store: Any, steps: Any, what: str = "order") -> Any:
-    """``steps(session)`` in a transaction, run again (reading afresh) while a compare-and-set loses."""
+    """``steps(session)`` in a transaction, run again (reading afresh) while a compare-and-set loses.
+
+    Losing every time is transient (others keep changing it): UNAVAILABLE, never CONFLICT.
+    """
     for _ in range(ATTEMPTS):
         try:
             return await store.transaction(steps)
         except Lost:
             continue
-    raise Conflict(f"the {what} changed at the same time; try again")
+    raise Unavailable(f"The {what} changed at the same time too often; try again shortly.")
 
 
 async def transition(
@@ -308,8 +311,9 @@ class OrdersService(ServiceResource):
                 return await self._place(gig, bid, qty, unit, total, key, fingerprint)
             except Lost:  # the same key at the same time: read the first call's result again
                 continue
-        raise Conflict("a call with this idempotency key is still in progress; try again",
-                       "options.idempotency_key")
+        # transient: a retry with the key answers the first call's order
+        raise Unavailable("A call with this idempotency key is still in progress; try again shortly.",
+                          "options.idempotency_key")
 
     async def _place(
         self, gig: dict, bid: ObjectId, qty: int, unit: Decimal, total: Decimal, key: str | None, fingerprint: str,

@@ -15,6 +15,15 @@ UNAVAILABLE meanwhile -- and each restart is logged.  After
 count), or when another process holds the data directory, the daemon stops
 with a message saying why: it cannot serve without its database.
 
+A full disk is waited out instead (``worknet.store.space``): WiredTiger
+panics when a write finds no space ("WT_PANIC ... the process must exit and
+restart") and then fails every command.  Seen in the database's output, the
+panic is logged once; as soon as the data directory has room again (at least
+``DATA_DIR_MIN_FREE_MB``, and 16 MB) the database is restarted, and its
+recovery replays the journal (``--sync-on-commit``: every acknowledged write
+is in it).  A database that exits while the directory is that low on space
+is not counted as a failed restart: it is started again once there is room.
+
 The child gets only the environment it needs (``CHILD_ENVIRONMENT``): never
 the daemon's secrets.
 """
@@ -24,6 +33,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import socket
 import sys
 from collections import deque
@@ -36,10 +46,13 @@ from twisted.internet import defer, error, protocol
 from worknet.logs import logger
 from worknet.store import lifeline
 from worknet.store.lifeline import HELD
+from worknet.store.space import DiskSpace
 
 log = logger(__name__)
 
 STOP_GRACE_SECONDS = 30.0
+BOUNCE_GRACE_SECONDS = 5.0  # a panicked database restarted: SIGTERM, then SIGKILL after this
+PANIC_MARKS = ("WT_PANIC", "No space left on device")  # in the database's output: it must be restarted
 MAX_RESTARTS = 5
 RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 STABLE_SECONDS = 60.0
@@ -82,14 +95,27 @@ class _DatabaseProcess(protocol.ProcessProtocol):
             if line.strip():
                 self.tail.append(line.rstrip())
                 log.debug("secantusd: {line}", line=line.rstrip())
+                if any(mark in line for mark in PANIC_MARKS):
+                    self.owner._panicked(line.strip())
 
     outReceived = _lines
     errReceived = _lines
 
     def processEnded(self, reason: Any) -> None:
         code = getattr(reason.value, "exitCode", None)
-        self.owner._ended(code, list(self.tail))
+        self.owner._ended(code, list(self.tail), getattr(reason.value, "signal", None))
         self.ended.callback(None)
+
+
+def how_it_ended(code: int | None, signum: int | None) -> str:
+    """``exited unexpectedly (exit code 3)``, ``was killed by SIGKILL (signal 9)``: a process's end, for a log line."""
+    if signum is not None:
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            return f"was killed by signal {signum}"
+        return f"was killed by {name} (signal {signum})"
+    return f"exited unexpectedly (exit code {code})"
 
 
 class EmbeddedDatabase(service.Service):
@@ -97,7 +123,8 @@ class EmbeddedDatabase(service.Service):
 
     name = "embedded-database"
 
-    def __init__(self, data_dir: str, reactor: Any = None, executable: str | None = None) -> None:
+    def __init__(self, data_dir: str, reactor: Any = None, executable: str | None = None,
+                 min_free_mb: int = 256) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -112,6 +139,9 @@ class EmbeddedDatabase(service.Service):
         self._failures = 0  # unexpected exits in a row
         self._started_at = 0.0
         self._restart: Any = None
+        self.space = DiskSpace(self.data_dir, min_free_mb, reactor)
+        self.wedged: str | None = None  # why the database must be restarted once there is room (a panic)
+        self._bouncing = False  # stopping a panicked database to start it again at once
 
     @property
     def uri(self) -> str:
@@ -128,7 +158,44 @@ class EmbeddedDatabase(service.Service):
             self._fail(f"cannot create the data directory {self.data_dir}: {e.strerror}")
             return
         self.port = free_port()
+        self.space.on_reading.append(self._space_read)
+        self.space.start()
         self._spawn()
+
+    def _panicked(self, line: str) -> None:
+        """The database's output says it cannot go on (a full disk): restart it once there is room."""
+        if self.wedged is not None or self._stopping:
+            return
+        self.wedged = line[-300:]
+        log.error("the embedded database stopped writing ({line}); {free} MB free in {path}: it is restarted as soon "
+                  "as there are {floor} MB free", line=self.wedged, free=self.space.free_mb, path=self.data_dir,
+                  floor=max(self.space.min_free_mb, 16))
+        self._space_read()
+
+    def _space_read(self) -> None:
+        if self.wedged is None or self._stopping or not self.space.roomy_enough_to_restart:
+            return
+        if self._transport is not None and not self._bouncing:
+            log.warn("restarting the embedded database: {free} MB free in {path} again", free=self.space.free_mb,
+                     path=self.data_dir)
+            self._bouncing = True
+            self._signal("TERM")
+            self._reactor.callLater(BOUNCE_GRACE_SECONDS, self._kill_bounced, self._transport)
+        elif self._transport is None and (self._restart is None or not self._restart.active()):
+            log.warn("starting the embedded database again: {free} MB free in {path}", free=self.space.free_mb,
+                     path=self.data_dir)
+            self.wedged = None
+            self._spawn()
+
+    def _signal(self, name: str) -> None:
+        try:
+            self._transport.signalProcess(name)
+        except (error.ProcessExitedAlready, AttributeError):
+            pass
+
+    def _kill_bounced(self, transport: Any) -> None:
+        if self._transport is transport and self._bouncing:
+            self._signal("KILL")
 
     def _spawn(self) -> None:
         self._restart = None
@@ -146,12 +213,29 @@ class EmbeddedDatabase(service.Service):
         log.info("embedded database (SecantusDB) starting on 127.0.0.1:{port}, data in {path}",
                  port=self.port, path=self.data_dir)
 
-    def _ended(self, code: int | None, tail: list[str]) -> None:
+    def _ended(self, code: int | None, tail: list[str], signum: int | None = None) -> None:
         self._transport = None
         if self._stopping:
             log.info("embedded database stopped")
             return
-        reason = next((line for line in reversed(tail) if "Error" in line), tail[-1] if tail else "no output")
+        how = how_it_ended(code, signum)
+        reason = next((line for line in reversed(tail) if "Error" in line), tail[-1] if tail else "")
+        said = f": {reason}" if reason else ""
+        if self._bouncing:  # stopped on purpose after a panic, with room again: start it at once
+            self._bouncing = False
+            self.wedged = None
+            self._spawn()
+            return
+        no_room = self.space.free is not None and not self.space.roomy_enough_to_restart
+        if self.running and (no_room or any("No space left on device" in line for line in tail)):
+            # out of space: wait for room, do not count it as a failed restart
+            if self.wedged is None:
+                self.wedged = reason or how
+                log.error("the embedded database {how}{said}; {free} MB free in {path}: it is started again as "
+                          "soon as there are {floor} MB free", how=how, said=said, free=self.space.free_mb,
+                          path=self.data_dir, floor=max(self.space.min_free_mb, 16))
+            self._space_read()
+            return
         if code == HELD and self._failures == 0:
             self._fail(reason.partition(": ")[2] or reason)  # another daemon's directory: restarting cannot help
             return
@@ -159,12 +243,12 @@ class EmbeddedDatabase(service.Service):
             self._failures = 0
         self._failures += 1
         if self._failures > MAX_RESTARTS or not self.running:
-            self._fail(f"the embedded database exited unexpectedly (exit code {code}) and was restarted "
-                       f"{self._failures - 1} times: {reason}")
+            self._fail(f"the embedded database {how} and was restarted "
+                       f"{self._failures - 1} times{said}")
             return
         delay = RESTART_DELAYS[min(self._failures, len(RESTART_DELAYS)) - 1]
-        log.warn("the embedded database exited unexpectedly (exit code {code}): {reason}; restarting it in "
-                  "{delay} s (restart {n} of {most})", code=code, reason=reason, delay=delay,
+        log.warn("the embedded database {how}{said}; restarting it in "
+                  "{delay} s (restart {n} of {most})", how=how, said=said, delay=delay,
                   n=self._failures, most=MAX_RESTARTS)
         self._restart = self._reactor.callLater(delay, self._spawn)
 
@@ -180,6 +264,7 @@ class EmbeddedDatabase(service.Service):
 
     async def stopService(self) -> None:
         super().stopService()
+        self.space.stop()
         if self._restart is not None and self._restart.active():
             self._restart.cancel()
         if self._transport is None or self._process is None:

@@ -27,10 +27,12 @@ from txmongo.database import Database
 from txmongo.sessions import ClientSession
 
 from worknet.config import Settings
-from worknet.errors import Conflict, Unavailable
+from worknet.errors import Unavailable
 from worknet.logs import logger
 from worknet.store import connect
 from worknet.store.indexes import INDEXES
+from worknet.store.sessions import Leases, NamedSessions, SessionPool
+from worknet.store.space import DiskSpace
 
 T = TypeVar("T")
 
@@ -42,6 +44,9 @@ TRANSACTION_ATTEMPTS = 12  # write conflicts under contention: back off and run 
 UNCERTAIN_SECONDS = 3.0  # a connection closed before answering, again and again this long: a real cause
 INDEX_RETRY_SECONDS = 5.0  # a conflicting index is checked again this often (fixed by hand, the daemon goes on)
 SNAPSHOT_COLLECTION = "idempotency"  # read by _id (never matches) to give each transaction its read concern
+PROBE_COLLECTION = "storageProbe"  # one document rewritten to see whether the database writes again
+OUT_OF_DISK_SPACE = 14031  # MongoDB's code for a write refused for lack of disk space
+INTERNAL_ERROR = 1  # what SecantusDB answers every command once WiredTiger has panicked (a full disk)
 
 
 class Collection(txmongo_collection.Collection):
@@ -168,7 +173,9 @@ class MongoStore(service.Service):
 
     name = "mongodb"
 
-    def __init__(self, settings: Settings, uri: Callable[[], str], reactor: Any = None) -> None:
+    def __init__(self, settings: Settings, uri: Callable[[], str], reactor: Any = None,
+                 data_dir: str | None = None) -> None:
+        """``data_dir``: the embedded database's directory, whose free space is watched (None: an external one)."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -193,12 +200,66 @@ class MongoStore(service.Service):
         self._probe_started = -1e9
         self._probe_waiters: list[defer.Deferred[bool]] = []
         self._idle_sweep: task.LoopingCall | None = None
+        self.sessions = NamedSessions(on_lost=self._kill_lost_sessions)
+        self.leases = Leases(self, self.sessions, reactor)
+        self.storage_problem: str | None = None  # the database cannot write (a full disk), until a write succeeds
+        self.space = DiskSpace(data_dir, settings.data_dir_min_free_mb, reactor) if data_dir else None
+        self._space_warned = False
 
     # -- service life -------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
+        if self.space is not None:
+            self.space.on_reading.append(self._space_read)
+            self.space.start()
         self._preparing = defer.ensureDeferred(self._prepare())
+
+    def _space_read(self) -> None:
+        """Log the low-space warning once when it starts, and once when it ends."""
+        if self.space is None:
+            return
+        warning = self.space.warning()
+        if warning and not self._space_warned:
+            log.warn("{warning}", warning=warning)
+        elif not warning and self._space_warned:
+            log.info("free space in {path} is back above DATA_DIR_MIN_FREE_MB ({mb} MB free)",
+                     path=self.space.path, mb=self.space.free_mb)
+        self._space_warned = bool(warning)
+
+    @property
+    def health_warnings(self) -> list[str]:
+        """What ``/health`` lists under ``warnings``: low free space (before it stops the database), and the
+        notes other parts leave in ``warnings`` (search catching up with other writers)."""
+        space = self.space.warning() if self.space is not None else None
+        return ([space] if space else []) + sorted(self.warnings.values())
+
+    def storage_failure(self, error: BaseException) -> bool:
+        """Whether ``error`` is the database failing for lack of disk space; if so it is the cause until a write succeeds.
+
+        MongoDB refuses a write with code 14031 or an ENOSPC message;
+        SecantusDB's WiredTiger panics and then answers every command with an
+        internal error (code 1), which means "no space" when the embedded
+        database's directory is low on space, and goes on meaning it until the
+        database is restarted (see ``EmbeddedDatabase``).  The cause is logged
+        once, not per call.
+        """
+        if not isinstance(error, OperationFailure):
+            return False
+        text = str((error.details or {}).get("errmsg") or error)
+        full = error.code == OUT_OF_DISK_SPACE or "No space left on device" in text or "ENOSPC" in text
+        low = self.space is not None and self.space.low
+        if not full and not (error.code == INTERNAL_ERROR and (low or self.storage_problem is not None)):
+            return False
+        if self.storage_problem is None:
+            if self.space is not None:
+                cause = (f"the database cannot write: its directory {self.space.path} is full "
+                         f"({self.space.free_mb} MB free); free space there and the daemon recovers by itself")
+            else:
+                cause = "the database refuses writes for lack of disk space (No space left on device)"
+            self.storage_problem = cause
+            log.error("cannot use the database: {cause}", cause=cause)
+        return True
 
     def _connect(self, target: connect.Target) -> ConnectionPool:
         """The txmongo pool for ``target``: our TLS creator, our protocol (SCRAM-SHA-256, X.509, causes).
@@ -213,7 +274,7 @@ class MongoStore(service.Service):
         codec: dict[str, Any] = {}
         if target.uuid_representation is not None:
             codec["codec_options"] = CodecOptions(uuid_representation=target.uuid_representation)
-        pool = ConnectionPool(
+        pool = SessionPool(
             target.txmongo_uri(),
             pool_size=self._settings.mongodb_pool_size,
             ssl_context_factory=connect.tls_creator(target),
@@ -224,6 +285,7 @@ class MongoStore(service.Service):
             **codec,
             **target.write_concern,
         )
+        pool.sessions = self.sessions  # named server sessions (see worknet/store/sessions.py)
         protocol = connect.protocol_class(target, self._observer, self._reactor)
         for factory in pool.getprotocols():
             factory.noisy = False  # no "Starting factory" line per reconnect
@@ -339,6 +401,8 @@ class MongoStore(service.Service):
                      reads=f", reads {target.read_concern}" if target.read_concern else "",
                      auth=f", user authenticated against {auth}" if auth else "")
             self.is_ready = True
+            if self.supports_transactions:
+                self.leases.start()  # a daemon killed with transactions open: any other one ends them
             waiting, self._waiting = self._waiting, []
             for d in waiting:
                 if not d.called:  # a caller that gave up (timeout) cancelled its own Deferred only
@@ -353,7 +417,13 @@ class MongoStore(service.Service):
     @property
     def cause(self) -> str | None:
         """Why the database cannot be used right now (for /health), or None."""
-        return self.refused or self.hint
+        if self.refused or self.storage_problem:
+            return self.refused or self.storage_problem
+        if self.hint:
+            return self.hint
+        if not self.connected and self.space is not None and self.space.low:
+            return self.space.warning()  # the embedded database stopped for lack of space
+        return None
 
     def wait_ready(self) -> defer.Deferred[None]:
         """A new Deferred that fires once the indexes exist (at once afterwards).
@@ -391,7 +461,10 @@ class MongoStore(service.Service):
         super().stopService()
         if self._idle_sweep is not None and self._idle_sweep.running:
             self._idle_sweep.stop()
+        if self.space is not None:
+            self.space.stop()
         if self._pool is not None:
+            await self.leases.stop()
             await self._pool.disconnect()
             self._pool = None
 
@@ -431,12 +504,19 @@ class MongoStore(service.Service):
             return 0
         return sum(1 for factory in self._pool.getprotocols() if factory.instance is not None)
 
-    async def command(self, command: dict, timeout: float | None = None, session: ClientSession | None = None) -> dict:
-        """``command`` on the daemon's database; ``timeout`` beyond the per-call deadline for a command that
-        waits on the server by design (a change stream's ``getMore``)."""
+    async def command(self, command: dict, timeout: float | None = None, database: str | None = None,
+                      session: ClientSession | None = None) -> dict:
+        """``command`` on the daemon's database (or ``database``); ``timeout`` beyond the per-call deadline
+        for a command that waits on the server by design (a change stream's ``getMore``)."""
         return await self.pool.command(
-            self._settings.db_name, command, timeout=timeout or self._settings.db_timeout_seconds, session=session,
+            database or self._settings.db_name, command, timeout=timeout or self._settings.db_timeout_seconds,
+            session=session,
         )
+
+    def _kill_lost_sessions(self, ids: list) -> None:
+        """Sessions whose connection broke mid-command may hold a transaction open on the server: end it."""
+        if self._pool is not None and self.running:
+            defer.ensureDeferred(self.leases.kill(ids)).addErrback(lambda f: None)
 
     async def ping(self) -> bool:
         """True when the database answered a ``ping`` recently. Never raises.
@@ -471,6 +551,8 @@ class MongoStore(service.Service):
                 connected = True
             except Exception:
                 connected = False
+        if connected and self.storage_problem is not None:  # a ping needs no disk: does it write again?
+            connected = await self._writes()
         self.connected = connected
         if connected and self.is_ready:
             self.problem = self.hint = self._hint_since = self._logged_problem = None
@@ -479,6 +561,18 @@ class MongoStore(service.Service):
         for d in waiting:
             if not d.called:
                 d.callback(connected)
+
+    async def _writes(self) -> bool:
+        """One small write; clears the storage problem when it succeeds."""
+        try:
+            await self.command({"update": PROBE_COLLECTION, "updates": [
+                {"q": {"_id": "probe"}, "u": {"$inc": {"n": 1}}, "upsert": True}]}, timeout=PING_TIMEOUT_SECONDS)
+        except Exception:
+            return False
+        if self.storage_problem is not None:
+            log.info("the database writes again")
+            self.storage_problem = None
+        return True
 
     async def update_and_fetch(
         self, collection: str, filter: dict, update: dict | list, *,
@@ -540,7 +634,11 @@ class MongoStore(service.Service):
     async def transaction(self, steps: Callable[[ClientSession | None], Awaitable[T]]) -> T:
         """Run ``steps(session)`` as one transaction, retried with a jittered backoff on transient errors.
 
-        When every attempt hits a write conflict the caller gets a CONFLICT ("try again").
+        When every attempt hits a write conflict the caller gets UNAVAILABLE
+        ("try again shortly"): the conflict is transient -- a concurrent
+        transaction, or one a killed daemon left open on the server until it
+        is aborted -- and CONFLICT is kept for a real duplicate, so a caller
+        can tell "retry" from "already exists".
 
         Without transaction support ``steps(None)`` runs once, as plain
         writes: callers order and guard their steps (compare-and-set,
@@ -563,4 +661,4 @@ class MongoStore(service.Service):
             # a write conflict with a concurrent transaction: back off (jittered) and run again
             await task.deferLater(self._reactor, random.uniform(0, 0.005 * 2 ** min(attempt, 6)),  # noqa: S311
                                   lambda: None)
-        raise Conflict("the data changed at the same time too often; try again")
+        raise Unavailable("The data changed at the same time too often; try again shortly.")
