@@ -214,3 +214,110 @@ def test_hostile_bodies_are_refused_with_little_memory(make_daemon, rounds):
 def test_xmlrpc_client_still_works_after_abuse(daemon):
     proxy = xmlrpc.client.ServerProxy(daemon.url)
     assert proxy.paymentsService.calculateFees("10.00")["success"] is True
+
+
+# -- the work one body can cost (issue 18, finding 4) -----------------------------------------------
+
+MIB = 1024 * 1024
+_CALL_HEAD = b"<?xml version='1.0'?><methodCall><methodName>ping</methodName><params><param><value>"
+_CALL_TAIL = b"</value></param></params></methodCall>"
+
+
+def _one_mib(head: bytes, unit: bytes, tail: bytes) -> bytes:
+    """``unit`` repeated between ``head`` and ``tail``, as many times as 1 MiB (RPC_MAX_BODY's default) holds."""
+    return head + unit * ((MIB - len(head) - len(tail)) // len(unit)) + tail
+
+
+# The audit's bodies: 131,054 empty values (276 ms of parsing on the reactor thread), a struct of 32,764 empty
+# members (448 ms); and two floods of elements that are not values.
+CHEAP_TO_SEND = {
+    "empty values": _one_mib(_CALL_HEAD + b"<array><data>", b"<value/>", b"</data></array>" + _CALL_TAIL),
+    "empty members": _one_mib(_CALL_HEAD + b"<struct>", b"<member><name/><value/></member>", b"</struct>" + _CALL_TAIL),
+    "empty params": _one_mib(b"<methodCall><methodName>ping</methodName><params>", b"<param/>", b"</params></methodCall>"),
+    "nils in one value": _one_mib(_CALL_HEAD, b"<nil/>", _CALL_TAIL),
+}
+
+
+def _fault(payload: bytes) -> tuple[int, str]:
+    try:
+        xmlrpc.client.loads(payload)
+    except xmlrpc.client.Fault as fault:
+        return fault.faultCode, fault.faultString
+    raise AssertionError(f"not a fault: {payload[:200]!r}")
+
+
+def _post(port: int, body: bytes, timeout: float = 60) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/RPC2", body=body, headers={"Content-Type": "text/xml"})
+        return conn.getresponse().read()
+    finally:
+        conn.close()
+
+
+def ping_during(port: int, body: bytes, senders: int, seconds: float, every: float = 0.025) -> tuple[list[float], int]:
+    """Latencies (s) of pings sent every ``every`` seconds (each on its own connection, so that a slow answer
+    does not delay the next ping: the samples are spread evenly over time) while ``senders`` clients post
+    ``body`` back to back for ``seconds``; and the number of bodies posted."""
+    stop = threading.Event()
+    latencies: list[float] = []
+    posted = [0]
+    ping = xmlrpc.client.dumps((), "ping").encode()
+
+    def one_ping() -> None:
+        started = time.perf_counter()
+        _post(port, ping)
+        latencies.append(time.perf_counter() - started)
+
+    def sender() -> None:
+        while not stop.is_set():
+            _post(port, body)
+            posted[0] += 1
+
+    attackers = [threading.Thread(target=sender) for _ in range(senders)]
+    for t in attackers:
+        t.start()
+    pings: list[threading.Thread] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pings.append(threading.Thread(target=one_ping))
+        pings[-1].start()
+        time.sleep(every)
+    stop.set()
+    for t in attackers + pings:
+        t.join()
+    return latencies, posted[0]
+
+
+def p99(latencies: list[float]) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def test_a_body_of_too_many_values_is_refused_before_it_is_all_parsed(make_daemon):
+    """Before RPC_MAX_VALUES each of these bodies parsed whole on the reactor thread (then -32602: ping takes no
+    parameter); four senders of the first one pushed a concurrent ping's median to 1,016 ms in the audit."""
+    daemon = make_daemon()
+    medians = {}
+    for name in ("empty values", "empty members"):
+        latencies, posted = ping_during(daemon.port, CHEAP_TO_SEND[name], senders=4, seconds=4)
+        medians[name] = statistics.median(latencies)
+        print(f"\nping every 25 ms during 4 s of 4 senders of 1 MiB of {name} ({posted} bodies): n={len(latencies)} "
+              f"median {medians[name] * 1000:.1f} ms p99 {p99(latencies) * 1000:.1f} ms "
+              f"max {max(latencies) * 1000:.1f} ms")
+    for name, body in CHEAP_TO_SEND.items():
+        code, text = _fault(_post(daemon.port, body))
+        assert code == -32600 and "10000" in text and "RPC_MAX_VALUES" in text, (name, code, text)
+    # Before: medians of 760-1,840 ms (values) and 980-1,630 ms (members) on the shared 2-core machine, after
+    # 24-95 ms and 136-300 ms (the members stop at 10,000 values too, but after three times as many elements).
+    assert medians["empty values"] < 0.4, medians
+    assert daemon.proxy().ping()["status"] == "ok"
+
+
+def test_rpc_max_values_is_a_setting(make_daemon):
+    daemon = make_daemon(RPC_MAX_VALUES="100")
+    rpc = daemon.proxy()
+    assert len(rpc.system.multicall([{"methodName": "ping", "params": []}] * 33)) == 33  # 1 + 3 x 33 = 100 values
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        rpc.system.multicall([{"methodName": "ping", "params": []}] * 34)
+    assert caught.value.faultCode == -32600 and "at most 100 values" in caught.value.faultString

@@ -18,7 +18,7 @@ import pytest
 from bson import Decimal128, Int64, ObjectId
 
 from tests.conftest import wait_for
-from tests.support import seed_user
+from tests.support import MISSING, seed_user
 from tests.test_transport import fault_of, post
 
 CALL = b"<?xml version='1.0'?><methodCall><methodName>%s</methodName><params>%s</params></methodCall>"
@@ -105,6 +105,24 @@ def test_bodies_that_escaped_the_parser_are_faults(daemon):
         assert status == 200, (body, payload[:200])
         assert fault_of(payload) == code, body
         assert b"Traceback" not in payload
+
+
+# Numbers Python's int() / float() read but XML-RPC does not allow (issue 18): before, each was taken as 100 or 10.
+NON_SPEC_NUMBERS = [b"<int>\xd9\xa1\xd9\xa0\xd9\xa0</int>", b"<int>1_000</int>", b"<i4>\xef\xbc\x91\xef\xbc\x90</i4>",
+                    b"<i8>1_0</i8>", b"<double>1_0</double>", b"<double>\xd9\xa1\xd9\xa0</double>",
+                    b"<int>\xc2\xa0100</int>", b"<double>10\xe2\x80\x83</double>"]
+
+
+def test_numbers_outside_the_spec_are_invalid_params(daemon):
+    answers = [answer_of(post(daemon, call_body("paymentsService.calculate_fees", number))[1])
+               for number in NON_SPEC_NUMBERS]
+    print(f"\nnumbers outside the spec: {answers}")
+    assert answers == [-32602] * len(NON_SPEC_NUMBERS)
+    # as the spec writes them, and as Python's client writes doubles, they are numbers
+    for number, fee in ((b"<int>+100</int>", 20.0), (b"<i8>100</i8>", 20.0), (b"<double>1e2</double>", 20.0),
+                        (b"<double>-1.5E+3</double>", None), (b"<double> 12.5 </double>", 2.5)):
+        result = answer_of(post(daemon, call_body("paymentsService.calculate_fees", number))[1])
+        assert result["success"] is (fee is not None) and result.get("platform_fee", None) == fee, (number, result)
 
 
 def test_namespaced_extensions_within_the_spec_still_parse(daemon):
@@ -397,3 +415,74 @@ def test_introspection_and_ping_do_not_wait_for_the_database(daemon_without_data
 def test_calculate_fees_does_not_wait_for_the_database(daemon_without_database):
     elapsed, result = _timed(daemon_without_database, "paymentsService.calculate_fees", "100")
     assert elapsed < 0.5 and result["success"] is True and result["platform_fee"] == 20.0
+
+
+# -- ids with a trailing newline (issue 18, finding 1) ----------------------------------------------
+
+NEWLINE_ID = "6b1126a21daf647fd2dad068\n"  # passed ``^[0-9a-fA-F]{24}$`` ($ matches before a final newline)
+
+
+def id_calls(bad: str) -> list[tuple[str, list, str]]:
+    """A call of every method that takes an id, with ``bad`` as that id: (method, params, the id's field)."""
+    return [
+        ("categoriesService.get_by_id", [bad], "category_id"),
+        ("categoriesService.get_stats", [bad], "category_id"),
+        ("categoriesService.update", [bad, {"name": "New name"}], "category_id"),
+        ("categoriesService.delete", [bad], "category_id"),
+        ("usersService.get_by_id", [bad], "user_id"),
+        ("usersService.get_stats", [bad], "user_id"),
+        ("usersService.update_profile", [bad, {"bio": "x"}], "user_id"),
+        ("usersService.change_password", [bad, "password123", "password456"], "user_id"),
+        ("usersService.delete_user", [bad], "user_id"),
+        ("gigsService.get_by_id", [bad], "gig_id"),
+        ("gigsService.get_by_user", [bad, 1, 10], "user_id"),
+        ("gigsService.update", [bad, {"title": "A new title for the gig"}], "gig_id"),
+        ("gigsService.update_rating", [bad, 4], "gig_id"),
+        ("gigsService.delete", [bad], "gig_id"),
+        ("gigsService.create", [bad, {"title": "A gig title here", "description": "d" * 60, "category": MISSING, "price": 10, "deliveryTime": 3}], "user_id"),
+        ("gigsService.search", ["x", {"seller_id": bad}], "seller_id"),
+        ("messagesService.get_conversation", [bad, 1, 10], "conversation_id"),
+        ("messagesService.get_unread_count", [bad], "user_id"),
+        ("messagesService.mark_as_read", [bad, MISSING], "message_id"),
+        ("messagesService.start_conversation", [bad, MISSING], "user_a"),
+        ("notificationsService.get_unread_count", [bad], "user_id"),
+        ("notificationsService.mark_as_read", [bad], "notification_id"),
+        ("reviewsService.calculate_rating", [bad], "gig_id"),
+        ("reviewsService.update", [bad, {"rating": 4}], "review_id"),
+        ("reviewsService.delete", [bad], "review_id"),
+        ("ordersService.get_by_id", [bad], "order_id"),
+        ("ordersService.cancel", [bad, "changed my mind"], "order_id"),
+        ("ordersService.update_status", [bad, "completed", ""], "order_id"),
+        ("ordersService.get_analytics", [bad, "month"], "user_id"),
+        ("ordersService.get_all", [{"buyer_id": bad}], "buyer_id"),
+        ("ordersService.create", [bad, MISSING, 1, 10], "gig_id"),
+        ("paymentsService.get_status", [bad], "payment_id"),
+        ("paymentsService.process", [bad, "completed"], "payment_id"),
+        ("paymentsService.create", [bad, MISSING, 10, "stripe"], "payment_id"),
+    ]
+
+
+def test_an_id_with_a_trailing_newline_is_a_validation_error_and_one_log_line(daemon, rpc):
+    """Before: fault -32603 and a critical traceback (about 1,400 log bytes) per call, in every method taking an id."""
+    calls = id_calls(NEWLINE_ID)
+    batch = [{"methodName": calls[i % len(calls)][0], "params": calls[i % len(calls)][1]} for i in range(1000)]
+    logged = len(daemon.log().encode())
+    results = rpc.system.multicall(batch)
+    added = daemon.log().encode()[logged:]
+    lines = added.count(b"\n")
+    print(f"\n1,000 calls with an id ending in a newline: {len(added)} log bytes, {lines} lines "
+          f"= {len(added) / 1000:.0f} bytes and {lines / 1000:.2f} lines per bad call")
+    for i, result in enumerate(results):
+        method, _, field = calls[i % len(calls)]
+        assert isinstance(result, list), (method, result)
+        assert result[0]["code"] == "VALIDATION_ERROR" and result[0]["field"] == field, (method, result)
+    assert lines <= 1000 + 1  # one line per sub-call, one for the batch
+    assert b"Traceback" not in added and b"#critical]" not in added
+    # the same id written as a character reference in the body
+    status, payload = post(daemon, call_body("usersService.get_by_id", b"<string>6b1126a21daf647fd2dad068&#10;</string>"))
+    assert answer_of(payload)["code"] == "VALIDATION_ERROR"
+    assert NEWLINE_ID in rpc.notificationsService.send_bulk([MISSING, NEWLINE_ID], "system", "hello", "")["invalid_ids"]
+    # the same id without the newline names nothing, it is not malformed
+    for method, params, field in id_calls(NEWLINE_ID.strip()):
+        result = getattr(rpc, method)(*params)
+        assert result.get("code") != "VALIDATION_ERROR" or result.get("field") != field, (method, result)

@@ -90,6 +90,43 @@ def test_tampered_tokens_are_refused(daemon, rpc, db):
     assert rpc.usersService.refresh_token(login["refresh_token"])["code"] == "UNAUTHORIZED"
 
 
+def test_every_correctly_signed_token_with_bad_times_is_unauthorized(daemon, rpc):
+    """Before (issue 18): exp = 10**20 was fault -32603 (OverflowError) with a traceback in the log, and a token
+    not valid before next year, or issued in an hour, was accepted."""
+    created = register(rpc)
+    secret = daemon.env["JWT_SECRET"]
+    access = jwt.decode(created["token"], secret, algorithms=["HS256"])
+    refresh = jwt.decode(created["refresh_token"], secret, algorithms=["HS256"])
+    now = int(time.time())
+    changes = {
+        "exp 10**20": {"exp": 10**20}, "exp 2**63": {"exp": 2**63}, "exp 10**400": {"exp": 10**400},
+        "exp year 10000": {"exp": 253402300800}, "exp negative": {"exp": -1}, "exp a double": {"exp": now + 3600.5},
+        "exp a string": {"exp": str(now + 3600)}, "exp before iat": {"iat": now + 10, "exp": now + 5},
+        "iat 10**20": {"iat": 10**20}, "iat -10**20": {"iat": -(10**20)}, "iat in an hour": {"iat": now + 3600},
+        "iat a double": {"iat": now + 0.5}, "nbf next year": {"nbf": now + 365 * DAY},
+        "nbf in a minute": {"nbf": now + 60}, "nbf 10**20": {"nbf": 10**20}, "nbf a string": {"nbf": "0"},
+        "nbf null": {"nbf": None}, "nbf true": {"nbf": True},
+    }
+    calls = []
+    for claims, method in ((access, "usersService.verify_token"), (refresh, "usersService.refresh_token")):
+        for change in changes.values():
+            calls.append({"methodName": method, "params": [jwt.encode({**claims, **change}, secret, algorithm="HS256")]})
+    results = rpc.system.multicall(calls)
+    outcomes = [r[0].get("code", "ok") if isinstance(r, list) else f"fault {r['faultCode']}" for r in results]
+    names = list(changes) * 2
+    wrong = [(name, outcome) for name, outcome in zip(names, outcomes, strict=True) if outcome != "UNAUTHORIZED"]
+    print(f"\n{len(wrong)} of {len(outcomes)} tokens with bad times not UNAUTHORIZED: {wrong}")
+    assert not wrong
+    # within the allowed clock skew (30 s) a token is fine
+    for change in ({"iat": now + 20}, {"nbf": now + 20}, {"nbf": now - 3600}):
+        token = jwt.encode({**access, **change}, secret, algorithm="HS256")
+        assert rpc.usersService.verify_token(token)["success"] is True, change
+        token = jwt.encode({**refresh, **change}, secret, algorithm="HS256")
+        assert rpc.usersService.refresh_token(token)["success"] is True, change
+        refresh = jwt.decode(rpc.usersService.login("alice@example.com", PASSWORD)["refresh_token"], secret,
+                             algorithms=["HS256"])  # a refresh token is used once
+
+
 def test_tokens_expire_by_the_clock(rpc, clock_file):
     created = register(rpc)
     clock_file.write_text(str(7 * DAY - 60))

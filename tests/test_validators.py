@@ -46,7 +46,8 @@ def test_object_ids():
     oid = ObjectId()
     assert v.object_id(str(oid), "id") == oid
     assert v.object_id(str(oid).upper(), "id") == oid
-    for bad in ("", "123", "z" * 24, str(oid) + "0", 12, None, {"$ne": None}, [str(oid)]):
+    for bad in ("", "123", "z" * 24, str(oid) + "0", 12, None, {"$ne": None}, [str(oid)], str(oid) + "\n",
+                "\n" + str(oid), str(oid) + "\r", str(oid)[:23] + "\n"):
         with pytest.raises(ValidationError):
             v.object_id(bad, "id")
     assert v.client_id("", "id") is None and v.client_id(None, "id") is None
@@ -118,9 +119,24 @@ def test_parser_refuses_what_it_must():
         with pytest.raises(NotWellFormed):
             parse_call(body)
     for body in (b"<methodResponse><params/></methodResponse>", b"<methodCall><params/></methodCall>",
-                 b"<methodCall><methodName>x</methodName><params><param><value><int>zz</int></value></param></params></methodCall>"):
+                 b"<methodCall><methodName>x</methodName><params><param><value><boolean>2</boolean></value></param></params></methodCall>"):
         with pytest.raises(NotAnXmlRpcCall):
             parse_call(body)
+
+
+def test_patterns_match_whole_strings():
+    """``$`` also matches before a final newline: every pattern is applied with fullmatch (issue 18)."""
+    import re
+
+    lower = re.compile(r"^[a-z]+$")  # written the old way on purpose: text() must not depend on the anchors
+    assert v.text("abc", "f", pattern=lower) == "abc"
+    for bad in ("abc\n", "abc\nabc"):
+        with pytest.raises(ValidationError):
+            v.text(bad, "f", pattern=lower, strip=False)
+    with pytest.raises(ValidationError):
+        v.email("someone@example.com\nx")
+    with pytest.raises(ValidationError):
+        v.slug("web\nx")
 
 
 def test_settings_from_env_file_environment_and_overrides(tmp_path):
@@ -217,3 +233,67 @@ def test_parser_holds_calls_to_the_spec():
     assert parse_call(one(b"<value><i8>9223372036854775807</i8></value>"))[1] == (2**63 - 1,)
     assert parse_call(one(b"<value><struct><member><name>a</name><value><ex:nil xmlns:ex='e'/></value></member>"
                           b"</struct></value>"))[1] == ({"a": None},)
+
+
+def _one(value: bytes) -> bytes:
+    return b"<methodCall><methodName>m</methodName><params><param>" + value + b"</param></params></methodCall>"
+
+
+@pytest.mark.parametrize("kind", ["int", "i4", "i8", "ex:i8 xmlns:ex='e'"])
+@pytest.mark.parametrize("text", ["١٠٠", "1_000", "１２", "१२", "0x10", "1.0", "1e3", "+-1", "- 1", "", "zz", "1 2",
+                                  "\u00a012", "12\u2003"])
+def test_integers_are_ascii_digits_with_an_optional_sign(kind, text):
+    """Python's int() reads all of these; XML-RPC allows none (issue 18)."""
+    from worknet.rpc.parsing import BadValue
+
+    close = kind.split()[0]
+    with pytest.raises(BadValue):
+        parse_call(_one(f"<value><{kind}>{text}</{close}></value>".encode()))
+
+
+@pytest.mark.parametrize("text", ["1_0", "١٠", "１.５", "1,5", "0x1p3", "1.5f", "1e", "e5", ".", "", "--1", "1e1.5",
+                                  "\u00a01.5", "infinity", "nan", "1d5"])
+def test_doubles_are_ascii_digits_a_point_and_an_exponent(text):
+    from worknet.rpc.parsing import BadValue
+
+    with pytest.raises(BadValue):
+        parse_call(_one(f"<value><double>{text}</double></value>".encode()))
+
+
+def test_numbers_as_clients_write_them_still_parse():
+    values = {b"<int>-12</int>": -12, b"<int>+7</int>": 7, b"<i4>007</i4>": 7, b"<int> 5\n</int>": 5,
+              b"<i8>-9223372036854775808</i8>": -(2**63), b"<double>1e-05</double>": 1e-05,
+              b"<double>-1.5E+3</double>": -1500.0, b"<double>.5</double>": 0.5, b"<double>5.</double>": 5.0,
+              b"<double>+0.0</double>": 0.0, b"<double>19.99</double>": 19.99, b"<double>42</double>": 42.0}
+    for xml, expected in values.items():
+        assert parse_call(_one(b"<value>" + xml + b"</value>"))[1] == (expected,), xml
+    for number in (1e-05, 1e16, -0.1, 2.5e-300, 1.7976931348623157e308, 123456789.125):
+        assert parse_call(xmlrpc.client.dumps((number,), "m").encode())[1] == (number,)
+
+
+def test_a_request_holds_at_most_max_values_values(tmp_path):
+    from worknet.config import MIN_MAX_VALUES, Settings
+    from worknet.rpc.parsing import ELEMENTS_PER_VALUE, MAX_VALUES
+
+    assert Settings().rpc_max_values == MAX_VALUES == 10_000
+    batch = [{"methodName": "ping", "params": []}] * 3333  # 1 + 3 x 3,333 = 10,000 values
+    assert len(parse_call(xmlrpc.client.dumps((batch,), "system.multicall").encode())[1][0]) == 3333
+    with pytest.raises(NotAnXmlRpcCall, match="at most 10000 values"):
+        parse_call(xmlrpc.client.dumps((batch + batch[:1],), "system.multicall").encode())
+    # the largest single call: gigsService.create with every list full
+    gig = {"title": "t" * 80, "description": "d" * 200, "category": "web", "price": "1", "deliveryTime": 3,
+           "revisionNumber": 1, "images": ["https://example.com/a.png"] * 10, "features": ["f"] * 20, "tags": ["t"] * 10}
+    body = xmlrpc.client.dumps(("0" * 24, gig), "gigsService.create").encode()
+    assert body.count(b"<value>") <= MIN_MAX_VALUES and parse_call(body, MIN_MAX_VALUES)[0] == "gigsService.create"
+    # a value with the most elements a value can bring (member, name, value, array, data) is within the bound
+    members = b"<member><name/><value><array><data/></array></value></member>" * 99
+    assert parse_call(_one(b"<value><struct>" + members + b"</struct></value>"), 100)[1] == ({"": []},)
+    # elements that are not values count too: a flood of them stops at the bound
+    flood = b"<methodCall><methodName>m</methodName><params>" + b"<param/>" * (ELEMENTS_PER_VALUE * 100 + 1)
+    with pytest.raises(NotAnXmlRpcCall, match="RPC_MAX_VALUES"):
+        parse_call(flood + b"</params></methodCall>", 100)
+    with pytest.raises(NotAnXmlRpcCall, match="at most 100 values"):
+        parse_call(_one(b"<value><array><data>" + b"<value/>" * 100 + b"</data></array></value>"), 100)
+    (tmp_path / "none.env").write_text("")
+    with pytest.raises(ConfigError, match="RPC_MAX_VALUES"):
+        load_settings({"RPC_MAX_VALUES": "99", "NODE_ENV": "development"}, env_file=str(tmp_path / "none.env"))

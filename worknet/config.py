@@ -27,6 +27,8 @@ DEFAULT_DB_TIMEOUT_SECONDS = 5.0
 DB_TIMEOUT_RANGE = (0.1, 120.0)
 DEFAULT_JWT_SECRET = "your-secret-key-change-in-production"  # noqa: S105 - the seed's placeholder, refused outside development
 MIN_JWT_SECRET_BYTES = 32
+# RPC_MAX_VALUES at least: room for the largest single call (gigsService.create with every list full: 51 values).
+MIN_MAX_VALUES = 100
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENVIRONMENTS = ("development", "test", "production", "staging")
 
@@ -42,6 +44,7 @@ class Settings:
     rpc_auth_token: str = field(default="", repr=False)
     rpc_max_body: int = 1024 * 1024
     rpc_max_multicall: int = 1000
+    rpc_max_values: int = 10_000
     rpc_idle_timeout_seconds: float = 120.0
     rpc_read_timeout_seconds: float = 10.0
     rpc_max_connections: int = 0  # 0: as many as the open-files limit leaves room for
@@ -130,6 +133,7 @@ _PARSERS = {
     "RPC_AUTH_TOKEN": ("rpc_auth_token", lambda n, v: v.strip()),
     "RPC_MAX_BODY": ("rpc_max_body", lambda n, v: _int(n, v, 1024, 64 * 1024 * 1024)),
     "RPC_MAX_MULTICALL": ("rpc_max_multicall", lambda n, v: _int(n, v, 1, 100_000)),
+    "RPC_MAX_VALUES": ("rpc_max_values", lambda n, v: _int(n, v, MIN_MAX_VALUES, 10_000_000)),
     "RPC_IDLE_TIMEOUT_SECONDS": ("rpc_idle_timeout_seconds", lambda n, v: _float(n, v, 0.5, 86400)),
     "RPC_READ_TIMEOUT_SECONDS": ("rpc_read_timeout_seconds", lambda n, v: _float(n, v, 0.5, 3600)),
     "RPC_MAX_CONNECTIONS": ("rpc_max_connections", lambda n, v: _int(n, v, 0, 10_000_000)),

@@ -14,8 +14,13 @@
   ``ver`` (the user's ``tokenVersion``: bumping it revokes every older token);
   refresh tokens also carry a unique ``jti``.  Decoding pins
   ``algorithms=["HS256"]`` (no ``alg: none``, no algorithm confusion); the
-  type and the expiry are checked here, the version and the user's existence
-  by the caller (:mod:`worknet.services.users`) against the database.
+  type and the times are checked here, the version and the user's existence
+  by the caller (:mod:`worknet.services.users`) against the database.  The
+  times are whole seconds between 1970 and 9999: ``exp`` must be later than
+  now and than ``iat``; ``iat`` and ``nbf`` (optional) no later than now plus
+  :data:`CLOCK_SKEW_SECONDS` (30 s: room for the clocks of two daemons
+  sharing ``JWT_SECRET``).  Every token that fails any check, however
+  strange its claims, is ``UNAUTHORIZED``.
 * Clock: token expiry and login lockouts read the time through a
   :class:`Clock`.  Only when ``NODE_ENV=test`` *and* the environment variable
   ``WORKNET_TEST_CLOCK_FILE`` names a file does the clock add the number of
@@ -36,7 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import bcrypt
 import jwt
@@ -54,6 +59,8 @@ ACCESS, REFRESH = "access", "refresh"
 TEST_CLOCK_VARIABLE = "WORKNET_TEST_CLOCK_FILE"
 BUSY = "The server is busy; try again in a moment."
 BAD_TOKEN = "The token is invalid or has expired."  # noqa: S105 - an error message, not a secret
+CLOCK_SKEW_SECONDS = 30  # how far in the future a token's iat / nbf may be
+LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: the last moment a datetime holds
 
 # A well-formed bcrypt hash of a random password nobody knows: logins for an
 # unknown e-mail are checked against it (with the configured cost) so that
@@ -345,16 +352,23 @@ class Tokens:
             raise Unauthorized(BAD_TOKEN) from None
         sub, role, version, exp, iat = (claims.get(k) for k in ("sub", "role", "ver", "exp", "iat"))
         jti = claims.get("jti")
+        now = moment.timestamp()
         if (
             claims.get("type") != kind
             or not isinstance(sub, str) or len(sub) != 24
             or not isinstance(role, str)
             or isinstance(version, bool) or not isinstance(version, int)
-            or isinstance(exp, bool) or not isinstance(exp, int)
-            or isinstance(iat, bool) or not isinstance(iat, int)
+            or not _seconds(exp) or not _seconds(iat)
             or (kind == REFRESH and not isinstance(jti, str))
-            or exp <= moment.timestamp()
+            or exp <= now or exp <= iat
+            or iat > now + CLOCK_SKEW_SECONDS
+            or ("nbf" in claims and not (_seconds(claims["nbf"]) and claims["nbf"] <= now + CLOCK_SKEW_SECONDS))
         ):
             raise Unauthorized(BAD_TOKEN)
         return Claims(sub, role, kind, version, datetime.fromtimestamp(iat, UTC),
                       datetime.fromtimestamp(exp, UTC), jti)
+
+
+def _seconds(value: Any) -> TypeGuard[int]:
+    """True for a time claim as tokens carry it: whole seconds from 1970 to the end of year 9999."""
+    return type(value) is int and 0 <= value <= LAST_SECOND

@@ -28,18 +28,20 @@ MAX_AMOUNT = Decimal("1000000")
 MAX_PAGE_LIMIT = 100
 DEFAULT_PAGE_LIMIT = 20
 
-_HEX24 = re.compile(r"^[0-9a-fA-F]{24}$")
+# Patterns are applied with ``fullmatch`` (never ``match`` with ``$``, which also matches before a final
+# newline: "6b1126a21daf647fd2dad068\n" would pass as an id and then crash ``ObjectId``).
+_HEX24 = re.compile(r"[0-9a-fA-F]{24}")
 _FORBIDDEN_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
-_SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-_AMOUNT = re.compile(r"^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
-_DATE_ONLY = re.compile(r"^[0-9]{4}-?[0-9]{2}-?[0-9]{2}\Z")
+_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
+_SLUG = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+_AMOUNT = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+_DATE_ONLY = re.compile(r"[0-9]{4}-?[0-9]{2}-?[0-9]{2}")
 LAST_MILLISECOND = timedelta(days=1, milliseconds=-1)
 
 
 def object_id(value: Any, field: str) -> ObjectId:
     """A 24-hex id string; anything else is a validation error."""
-    if isinstance(value, str) and _HEX24.match(value):
+    if isinstance(value, str) and _HEX24.fullmatch(value):
         return ObjectId(value)
     raise ValidationError(field, f"{field} must be a 24-character hexadecimal id")
 
@@ -74,7 +76,7 @@ def text(
         raise ValidationError(field, f"{field} must be at least {min_len} characters")
     if len(value) > max_len:
         raise ValidationError(field, f"{field} must be at most {max_len} characters")
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not pattern.fullmatch(value):
         raise ValidationError(field, f"{field} {pattern_hint or 'has an invalid format'}")
     return value
 
@@ -119,7 +121,7 @@ def money(value: Any, field: str) -> Decimal:
         amount = Decimal(repr(value))
     elif isinstance(value, str):
         raw = value.strip(" \t\r\n")
-        if not _AMOUNT.match(raw):
+        if not _AMOUNT.fullmatch(raw):
             raise ValidationError(field, f"{field} must be an amount (digits with an optional '.')")
         amount = Decimal(raw)
     else:
@@ -142,7 +144,7 @@ def cents(amount: Decimal) -> Decimal:
 
 def email(value: Any, field: str = "email") -> str:
     address = text(value, field, 3, 254).lower()
-    if not _EMAIL.match(address):
+    if not _EMAIL.fullmatch(address):
         raise ValidationError(field, f"{field} is not a valid email address")
     return address
 
@@ -185,7 +187,7 @@ def iso_datetime(value: Any, field: str) -> datetime:
         moment = moment.replace(tzinfo=UTC)
     try:
         moment = moment.astimezone(UTC)
-        if field == "to" and _DATE_ONLY.match(raw):
+        if field == "to" and _DATE_ONLY.fullmatch(raw):
             moment += LAST_MILLISECOND
     except OverflowError:
         raise ValidationError(field, f"{field} must be a date between the years 1 and 9999 (UTC)") from None

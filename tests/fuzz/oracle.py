@@ -16,6 +16,19 @@ LEAKS = re.compile(
 )
 LOG_PROBLEMS = re.compile(r"#critical\]|#error\]|Traceback|Unhandled error")
 
+# Numbers as XML-RPC writes them (ASCII digits, optional sign; doubles also a point and an exponent), XML blanks
+# around; and the values one request may hold (RPC_MAX_VALUES' default).
+_NUMBER = re.compile(rb"<(?:[^\s<>/:]+:)?(int|i4|i8|double)>([^<]*)</")
+_BLANK = "[ \t\r\n]*"
+_SPEC = {
+    b"int": re.compile(_BLANK + r"[+-]?[0-9]+" + _BLANK),
+    b"double": re.compile(_BLANK + r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?" + _BLANK),
+}
+_SPEC[b"i4"] = _SPEC[b"i8"] = _SPEC[b"int"]
+_CHAR_REF = re.compile(r"&#(x[0-9a-fA-F]+|[0-9]+);")
+_VALUE_TAG = re.compile(rb"<(?:[^\s<>/:]+:)?value[\s/>]")
+MAX_VALUES = 10_000
+
 
 class Bad(AssertionError):
     """An answer the oracle refuses (the message says why)."""
@@ -94,3 +107,43 @@ def judge(status: int, payload: bytes, method: str | None) -> None:
 def _echo(s: str) -> bool:
     """Help texts and method names are the daemon's own words (they may say "error")."""
     return len(s) > 40 and s[0].isupper() and "Traceback" not in s and 'File "' not in s
+
+
+def _xml_text(raw: bytes) -> str | None:
+    """The character data of ``raw`` (character references and the five entities resolved), None if unreadable."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+    def char(m: re.Match) -> str:
+        code = int(m.group(1)[1:], 16) if m.group(1)[0] == "x" else int(m.group(1))
+        return chr(code) if code <= 0x10FFFF else "\ufffd"
+
+    text = _CHAR_REF.sub(char, text)
+    for entity, character in (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&amp;", "&")):
+        text = text.replace(entity, character)
+    return text
+
+
+def must_fail(body: bytes) -> str | None:
+    """Why ``body`` must not be answered with a result, judged from its bytes alone (None: no reason known).
+
+    A number XML-RPC does not allow anywhere in the call, or more than MAX_VALUES values.  Bodies with a
+    comment or CDATA section are not judged (their text may look like markup).
+    """
+    if b"<!--" in body or b"<![CDATA[" in body:
+        return None
+    for m in _NUMBER.finditer(body):
+        text = _xml_text(m.group(2))
+        if text is not None and not _SPEC[m.group(1)].fullmatch(text):
+            return f"<{m.group(1).decode()}>{text[:40]!r} is not an XML-RPC number"
+    values = len(_VALUE_TAG.findall(body))
+    if values > MAX_VALUES:
+        return f"{values} values (more than {MAX_VALUES})"
+    return None
+
+
+def refused(status: int, payload: bytes) -> bool:
+    """True when the answer is an HTTP error or a fault (not a result)."""
+    return status != 200 or b"<fault>" in payload[:200]

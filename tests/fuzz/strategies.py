@@ -11,8 +11,11 @@ from __future__ import annotations
 import inspect
 import random
 import re
+import secrets
+import time
 from xml.sax.saxutils import escape
 
+import jwt
 from hypothesis import strategies as st
 
 from worknet.rpc.dispatch import camel_case
@@ -49,6 +52,22 @@ method_names = st.one_of(
 
 HEX = "0123456789abcdef"
 object_ids = st.text(alphabet=HEX, min_size=24, max_size=24)
+
+# The fuzzed daemon's JWT_SECRET, so that tokens with hostile claims can be correctly signed.
+JWT_SECRET = secrets.token_urlsafe(48)
+
+
+def _token(kind: str, **claims: object) -> str:
+    now = int(time.time())
+    base = {"sub": "0" * 24, "role": "client", "type": kind, "iat": now, "exp": now + 3600, "ver": 0, "jti": "j" * 22}
+    return jwt.encode({**base, **claims}, JWT_SECRET, algorithm="HS256")
+
+
+# Correctly signed tokens whose times are out of range or in the future (issue 18: exp = 10**20 was -32603).
+TOKENS = [_token(kind, **claims) for kind in ("access", "refresh") for claims in (
+    {}, {"exp": 10**20}, {"exp": 2**63}, {"exp": -1}, {"exp": 1.5}, {"iat": 10**20}, {"iat": -(10**20)},
+    {"iat": int(time.time()) + 3600}, {"nbf": 10**20}, {"nbf": int(time.time()) + 3600}, {"nbf": "x"},
+)]
 PLAUSIBLE = [
     "", " ", "0" * 24, "ffffffffffffffffffffffff", "x", "client", "freelancer", "admin", "pending", "in_progress",
     "completed", "cancelled", "disputed", "refunded", "stripe", "paypal", "week", "month", "year", "all", "order",
@@ -57,6 +76,10 @@ PLAUSIBLE = [
     "2026-01-31", "2026-01-31T12:00:00Z", "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00",
     "$gt", "$where", "a.b", ".*", "(a+)+$", "https://example.com/x.png", "javascript:alert(1)",
     "Café Zoë 東京", "\u202e", "\ufeff", "x" * 5001, "valid-slug", "UPPER", "eyJhbGciOiJIUzI1NiJ9.e30.x",
+    # ids that ``^...$`` took (it matches before a final newline), issue 18
+    "6b1126a21daf647fd2dad068\n", "000000000000000000000000\n", "\n6b1126a21daf647fd2dad068",
+    "valid-slug\n", "a@example.com\n", "19.99\n", "2026-01-31\n",
+    *TOKENS,
 ]
 
 
@@ -64,15 +87,20 @@ def _string_xml(text: str) -> bytes:
     return escape(text).encode("utf-8", "surrogatepass")
 
 
-ints = st.one_of(
+int_values = st.one_of(
     st.integers(-(2**31), 2**31 - 1),
     st.integers(-(2**70), 2**70),
     st.sampled_from([0, 1, -1, 5, 6, 100, 101, 2**31, -(2**31) - 1, 2**53 + 1, 2**63 - 1, 2**63, -(2**63) - 1,
                      10**400, -(10**400)]),
 )
+# Number texts Python's int() / float() read but XML-RPC does not allow (issue 18), and the forms it does allow.
+ODD_INTS = ["١٠٠", "1_000", "１２", "१२", " 5 ", "+5", "-0", "007", "0x10", "", "1.0", "1e3", "\u00a05", "5\u2003"]
+ODD_DOUBLES = ["١٠", "1_0", "１.５", "1e-05", "1E+3", ".5", "5.", "+1.5", "1,5", "0x1p3", "\u00a01.5", "1e"]
+ints = st.one_of(int_values.map(str), st.sampled_from(ODD_INTS))
 doubles = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["nan", "NaN", "inf", "-inf", "1e999", "-0.0", "1_0", " 1 ", "0x10", "", "1e-400", "19.99"]),
+    st.sampled_from(ODD_DOUBLES),
 )
 strings = st.one_of(
     st.sampled_from(PLAUSIBLE).map(_string_xml),
@@ -81,7 +109,8 @@ strings = st.one_of(
     st.text(alphabet=st.characters(codec="utf-8"), max_size=30).map(_string_xml),
     st.binary(max_size=30).map(lambda b: b.replace(b"<", b"").replace(b"&", b"")),  # invalid UTF-8
     st.sampled_from([b"&#1;", b"&#xD800;", b"&#xFFFE;", b"&#0;", b"&#x1F600;", b"&amp;", b"&lt;", b"&bogus;",
-                     b"<![CDATA[x]]>", b"<!-- c -->"]),
+                     b"<![CDATA[x]]>", b"<!-- c -->", b"6b1126a21daf647fd2dad068&#10;", b"6b1126a21daf647fd2dad068&#xA;",
+                     b"6b1126a21daf647fd2dad068&#13;"]),
 )
 
 
@@ -90,10 +119,10 @@ def scalar(kind: str, body: bytes) -> bytes:
 
 
 scalars = st.one_of(
-    ints.map(lambda n: scalar("int", str(n).encode())),
-    ints.map(lambda n: scalar("i4", str(n).encode())),
-    ints.map(lambda n: scalar("i8", str(n).encode())),
-    doubles.map(lambda d: scalar("double", d.encode())),
+    ints.map(lambda n: scalar("int", _string_xml(n))),
+    ints.map(lambda n: scalar("i4", _string_xml(n))),
+    ints.map(lambda n: scalar("i8", _string_xml(n))),
+    doubles.map(lambda d: scalar("double", _string_xml(d))),
     strings.map(lambda s: scalar("string", s)),
     strings.map(lambda s: b"<value>" + s + b"</value>"),
     st.sampled_from([b"<value><nil/></value>", b"<value><ex:nil xmlns:ex='x'/></value>", b"<value></value>",
@@ -150,7 +179,19 @@ def deep(depth: int, kind: str) -> bytes:
             + b"</member></struct></value>" * depth)
 
 
+# Bodies cheap to send and costly to parse (issue 18): tens of thousands of values or other elements; past
+# RPC_MAX_VALUES (10,000 values) they are refused before they are all parsed.
+EMPTY_UNITS = [b"<value/>", b"<value></value>", b"<value><nil/></value>", b"<value><int>1</int></value>"]
+floods = st.one_of(
+    st.tuples(st.integers(9_000, 140_000), st.sampled_from(EMPTY_UNITS)).map(
+        lambda t: b"<value><array><data>" + t[1] * t[0] + b"</data></array></value>"),
+    st.integers(3_000, 35_000).map(lambda n: b"<value><struct>" + b"<member><name/><value/></member>" * n
+                                   + b"</struct></value>"),
+    st.integers(9_000, 60_000).map(lambda n: b"<value>" + b"<nil/>" * n + b"</value>"),
+)
+
 huge_values = st.one_of(
+    floods,
     st.tuples(st.integers(1, 90), st.sampled_from(["array", "struct"])).map(lambda t: deep(*t)),
     st.integers(1000, 300_000).map(lambda n: scalar("string", b"x" * n)),
     st.integers(100, 20_000).map(lambda n: b"<value><array><data>" + b"<value><int>7</int></value>" * n
@@ -262,7 +303,8 @@ RETAGS = [(b"string>", b"int>"), (b"string>", b"double>"), (b"int>", b"i8>"), (b
 _STRING = re.compile(rb"<string>[^<]*</string>")
 _INT = re.compile(rb"<int>[^<]*</int>")
 SWAP_STRINGS = [_string_xml(t) for t in PLAUSIBLE]
-SWAP_INTS = [b"0", b"1", b"5", b"20", b"100", b"101", b"-1", b"2147483648", b"9223372036854775808", b"9" * 400]
+SWAP_INTS = [b"0", b"1", b"5", b"20", b"100", b"101", b"-1", b"2147483648", b"9223372036854775808", b"9" * 400,
+             *(_string_xml(n) for n in ODD_INTS)]
 
 
 def _swap_value(body: bytes, rng: random.Random) -> bytes:
@@ -273,6 +315,8 @@ def _swap_value(body: bytes, rng: random.Random) -> bytes:
         return body
     hit = rng.choice(found)
     new = rng.choice(choices) if rng.random() < 0.8 else "".join(rng.choices(HEX, k=24)).encode()
+    if tag == b"string" and len(new) == 24 and rng.random() < 0.2:
+        new += rng.choice([b"\n", b"&#10;", b"&#13;"])  # an id with a trailing newline was -32603 (issue 18)
     return body[:hit.start()] + b"<%s>%s</%s>" % (tag, new, tag) + body[hit.end():]
 
 

@@ -18,8 +18,8 @@ import time
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz.oracle import LOG_PROBLEMS, Bad, judge
-from tests.fuzz.strategies import bodies, variant
+from tests.fuzz.oracle import LOG_PROBLEMS, Bad, judge, must_fail, refused
+from tests.fuzz.strategies import JWT_SECRET, bodies, variant
 from worknet.rpc.parsing import parse_call
 
 CASES = int(os.environ.get("FUZZ_CASES", "2000"))
@@ -79,7 +79,7 @@ def method_of(body: bytes) -> str | None:
 
 
 def test_fuzz_the_daemon(make_daemon):
-    daemon = make_daemon(BCRYPT_ROUNDS="4", DB_TIMEOUT_SECONDS="3")
+    daemon = make_daemon(BCRYPT_ROUNDS="4", DB_TIMEOUT_SECONDS="3", JWT_SECRET=JWT_SECRET)
     target = Target(daemon)
     count = {"cases": 0, "4xx": 0, "faults": 0, "envelopes": 0}
 
@@ -94,6 +94,9 @@ def test_fuzz_the_daemon(make_daemon):
             status, payload = target.send(body)
             try:
                 judge(status, payload, method_of(body))
+                reason = must_fail(body)
+                if reason and not refused(status, payload):
+                    raise Bad(f"answered with a result: {reason}")
                 problems = target.new_log_problems()
                 if problems:
                     raise Bad("the daemon logged:\n" + "\n".join(problems[:10]))

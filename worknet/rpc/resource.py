@@ -265,7 +265,7 @@ class RPCRoot(xmlrpc.XMLRPC):
         content = request.content
         body = content.getvalue() if isinstance(content, BytesIO) else b""
         try:
-            method, args = parse_call(body)
+            method, args = parse_call(body, self.settings.rpc_max_values)
         except NotWellFormed as e:
             return self._respond(request, xmlrpc.Fault(NOT_WELL_FORMED, str(e)))
         except NotAnXmlRpcCall as e:
