@@ -62,7 +62,7 @@ from weakref import WeakKeyDictionary
 import numpy as np
 from bson import Binary, Decimal128, ObjectId
 from pymongo import ReplaceOne, UpdateOne
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pyroaring import BitMap
 from twisted.internet import defer, task
 from txmongo import filter as qf
@@ -456,17 +456,20 @@ async def mark(store: Any, gig_ids: Iterable[ObjectId], session: Any = None) -> 
 
 
 async def mark_many(store: Any, gig_ids: Sequence[ObjectId]) -> None:
-    """Mark many gigs at once (the change stream's batches, a reconciliation): parts of ``PART_OPS``
-    upserts, each in one transaction (one commit on the embedded database)."""
+    """Mark many gigs at once (the change stream's batches, a reconciliation): one unordered bulk upsert
+    per ``PART_OPS`` gigs, each mark its own atomic write like :func:`mark`'s -- not a transaction, which
+    would make every concurrent mark of the same gigs (their own writes) conflict with it."""
     moment = datetime.now(UTC)
     for part in _chunks(gig_ids, PART_OPS):
         ops = [UpdateOne({"_id": gig_id}, {"$inc": {"rev": 1}, "$min": {"at": moment}}, upsert=True)
                for gig_id in part]
-
-        async def steps(session: Any, ops: list[UpdateOne] = ops) -> None:
-            await store[DIRTY].bulk_write(ops, ordered=False, session=session)
-
-        await store.transaction(steps)
+        try:
+            await store[DIRTY].bulk_write(ops, ordered=False)
+        except BulkWriteError as e:  # two upserts inserted the same marker at once: the loser updates it now
+            errors = e.details.get("writeErrors", [])
+            if not errors or any(error.get("code") != 11000 for error in errors):
+                raise
+            await store[DIRTY].bulk_write([ops[error["index"]] for error in errors], ordered=False)
 
 
 PART_OPS = 200
