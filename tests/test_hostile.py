@@ -12,7 +12,7 @@ import statistics
 import threading
 import time
 import xmlrpc.client
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from bson import Decimal128, Int64, ObjectId
@@ -397,3 +397,69 @@ def test_introspection_and_ping_do_not_wait_for_the_database(daemon_without_data
 def test_calculate_fees_does_not_wait_for_the_database(daemon_without_database):
     elapsed, result = _timed(daemon_without_database, "paymentsService.calculate_fees", "100")
     assert elapsed < 0.5 and result["success"] is True and result["platform_fee"] == 20.0
+
+
+# -- registrations of one name at once ------------------------------------------------------------
+
+def _password_jobs_run(daemon) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    line = next(line for line in text.splitlines() if line.startswith('worknet_password_jobs{outcome="run"}'))
+    return int(float(line.split()[-1]))
+
+
+def _register_at_once(daemon, accounts: list[tuple[str, str]]) -> list[str]:
+    codes = [""] * len(accounts)
+    barrier = threading.Barrier(len(accounts))
+
+    def one(i: int) -> None:
+        proxy = daemon.proxy()
+        barrier.wait(30)
+        answer = proxy.usersService.register(accounts[i][0], accounts[i][1], "password123", "client")
+        codes[i] = "success" if answer["success"] else f"{answer['code']} {answer.get('field')}"
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(accounts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return codes
+
+
+def test_registrations_of_one_email_at_once_cost_one_hash_and_the_rest_are_conflict(make_daemon, mongo):
+    """Issue 18 (8): every loser used to hash its password before the unique index refused it,
+    and under load some answered UNAVAILABLE (the password pool was busy) instead of CONFLICT.
+    The 20 registrations (one e-mail) now cost one bcrypt job; the 19 others are CONFLICT."""
+    daemon = make_daemon(BCRYPT_ROUNDS="12")
+    before = _password_jobs_run(daemon)
+    codes = _register_at_once(daemon, [(f"same{i}", "same@example.com") for i in range(20)])
+    ran = _password_jobs_run(daemon) - before
+    print(f"\n20 registrations of one e-mail at once: {sorted(codes)}; bcrypt jobs run: {ran}")
+    assert sorted(codes) == ["CONFLICT email"] * 19 + ["success"], codes
+    assert ran == 1
+    codes = _register_at_once(daemon, [("newname" if i % 2 else "NewName", f"n{i}@example.com") for i in range(10)])
+    assert sorted(codes) == ["CONFLICT username"] * 9 + ["success"], codes
+    assert _password_jobs_run(daemon) - before == 2
+    db = mongo[daemon.db_name]
+    assert db.users.count_documents({}) == 2 and db.registrations.count_documents({}) == 0
+
+
+def test_a_registration_left_half_way_holds_its_email_only_until_it_lapses(make_daemon, mongo, clock_file):
+    """A daemon that stopped between the reservation and the account leaves no account (nothing to
+    log in to) and a reservation that lapses: CONFLICT until then, then the e-mail is free again."""
+    daemon = make_daemon(BCRYPT_ROUNDS="4", WORKNET_TEST_CLOCK_FILE=str(clock_file))
+    db = mongo[daemon.db_name]
+    rpc = daemon.proxy()
+    db.registrations.insert_one({"usernameLower": "halfway", "email": "halfway@example.com",
+                                 "expiresAt": datetime.now(UTC) + timedelta(seconds=60)})
+    assert rpc.usersService.login("halfway@example.com", "password123")["code"] == "UNAUTHORIZED"
+    taken = rpc.usersService.register("other", "halfway@example.com", "password123", "client")
+    assert (taken["code"], taken["field"]) == ("CONFLICT", "email")
+    taken = rpc.usersService.register("HalfWay", "other@example.com", "password123", "client")
+    assert (taken["code"], taken["field"]) == ("CONFLICT", "username")
+    clock_file.write_text("61")  # the reservation has lapsed (the TTL monitor may not have run yet)
+    assert rpc.usersService.register("halfway", "halfway@example.com", "password123", "client")["success"]
+    assert rpc.usersService.login("halfway@example.com", "password123")["success"]
+    assert db.registrations.count_documents({}) == 0
