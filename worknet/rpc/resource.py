@@ -54,6 +54,7 @@ class LimitedRequest(server.Request):
 
     max_body = 1024 * 1024
     body_too_large = False
+    body_refused = False  # set by the channel: the caller has no token, its body was not read
     _received = 0
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
@@ -254,7 +255,8 @@ class RPCRoot(xmlrpc.XMLRPC):
             request_id.reset(token)
 
     def _render_call(self, request: server.Request) -> Any:
-        if not authorized(request, self.settings.rpc_auth_token):
+        # body_refused: the channel did not read the body of a caller without the token (GuardedChannel)
+        if getattr(request, "body_refused", False) or not authorized(request, self.settings.rpc_auth_token):
             return refuse_unauthorized(request, self.metrics)
         if getattr(request, "body_too_large", False):
             self.metrics.http_rejected.labels("413").inc()
