@@ -343,3 +343,50 @@ def test_tokenless_bodies_cost_no_memory_and_are_not_kept(make_daemon):
     assert growth < 25, f"peak RSS grew by {growth:.1f} MiB"
     assert set(answers) <= {b"HTTP/1.1 401", b""}
     assert proxy.ping()["status"] == "ok"
+
+
+# -- issue 18 (2): a batch that multiplies its answer -------------------------------------------------
+
+def test_a_batch_of_large_answers_is_bounded_and_does_not_stall_others(daemon):
+    """1,000 system.describeMethods in one 216 KB batch answered 123 MB, built in one piece on the
+    reactor thread (the process grew by 246 MB, a concurrent ping waited 5 s). Now the batch stops at
+    RPC_MAX_ANSWER (8 MiB): one fault, a few MB of memory, and the reactor is handed back between calls."""
+    pid = daemon.process.pid
+    proxy = daemon.proxy()
+    for _ in range(20):
+        proxy.ping()
+    peak_before = status_kib(pid, "VmHWM")
+    body = xmlrpc.client.dumps(([{"methodName": "system.describeMethods", "params": []}] * 1000,),
+                               "system.multicall").encode()
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def pinger() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
+        ping = xmlrpc.client.dumps((), "ping").encode()
+        while not done.is_set():
+            started = time.perf_counter()
+            conn.request("POST", "/RPC2", body=ping, headers={"Content-Type": "text/xml"})
+            conn.getresponse().read()
+            latencies.append(time.perf_counter() - started)
+        conn.close()
+
+    thread = threading.Thread(target=pinger)
+    thread.start()
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=120)
+    conn.request("POST", "/RPC2", body=body, headers={"Content-Type": "text/xml"})
+    answer = conn.getresponse().read()
+    elapsed = time.perf_counter() - started
+    done.set()
+    thread.join(60)
+    conn.close()
+    growth = (status_kib(pid, "VmHWM") - peak_before) / 1024
+    print(f"\n1,000 x describeMethods: {len(answer)} bytes answered in {elapsed:.2f} s, peak RSS growth "
+          f"{growth:.1f} MiB; concurrent ping n={len(latencies)} median "
+          f"{statistics.median(latencies) * 1000:.1f} ms max {max(latencies) * 1000:.1f} ms")
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        xmlrpc.client.loads(answer)
+    assert caught.value.faultCode == -32600 and "8388608 bytes" in caught.value.faultString
+    assert growth < 40, f"peak RSS grew by {growth:.1f} MiB"
+    assert len(latencies) >= 5 and max(latencies) < 0.5 * elapsed + 0.2, (max(latencies), elapsed)

@@ -247,6 +247,50 @@ def test_a_batch_stops_when_the_caller_hangs_up(make_daemon):
     assert daemon.proxy().ping()["status"] == "ok"
 
 
+def test_a_batch_whose_answer_passes_rpc_max_answer_is_one_fault(make_daemon, mongo):
+    """Issue 18 (2): a batch's answer had no bound (1,000 describeMethods: 123 MB, built in one piece).
+    Now each result is encoded as it comes and counted; past RPC_MAX_ANSWER the batch stops: one fault
+    that says how many calls ran."""
+    daemon = make_daemon(RPC_MAX_ANSWER="262144")
+    rpc = daemon.proxy()
+    one = len(xmlrpc.client.dumps((rpc.system.describeMethods(),), methodresponse=True, allow_none=True))
+    assert 100_000 < one < 131_072  # two fit in 256 KiB, three do not
+    describe = {"methodName": "system.describeMethods", "params": []}
+    create = {"methodName": "categoriesService.create", "params": ["Late", "late", ""]}
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        rpc.system.multicall([describe] * 3 + [create] + [describe] * 96)
+    assert caught.value.faultCode == -32600
+    assert "262144 bytes: its first 3 of 100 calls ran, the others did not" in caught.value.faultString
+    assert mongo[daemon.db_name].categories.count_documents({}) == 0  # the 4th call did not run
+    small = rpc.system.multicall([describe, create])  # under the limit: answered as always
+    assert small[0] == [rpc.system.describeMethods()] and small[1][0]["success"] is True
+    assert "system.multicall stopped after 3 of 100 calls: its answer passed 262144 bytes" in daemon.log()
+
+
+def test_a_large_batch_answer_is_written_whole(daemon):
+    """An answer of several MB is written in 64 KiB pieces (a describeMethods result is ~120 KB: sliced)."""
+    rpc = daemon.proxy()
+    expected = rpc.system.describeMethods()
+    calls = [{"methodName": "system.describeMethods", "params": []}] * 30
+    calls.insert(7, {"methodName": "nosuch.method", "params": []})
+    results = rpc.system.multicall(calls)
+    assert len(results) == 31 and results[7]["faultCode"] == -32601
+    assert all(r == [expected] for i, r in enumerate(results) if i != 7)
+
+
+def test_an_answer_encoded_member_by_member_is_the_one_encoded_at_once():
+    from worknet.rpc.wire import EncodedArray, encode_response, encode_value
+
+    members = [[{"a": 1, "b": "x\x01y\ud800", "c": [1.5, None, True, "é東"]}],
+               {"faultCode": -32600, "faultString": "no <&>"}, [[]], [{}]]
+    answer = EncodedArray()
+    for member in members:
+        answer.append(encode_value(member))
+    document = b"".join(answer.pieces())
+    assert document == encode_response(members) and answer.size == len(document) and len(answer) == 4
+    assert b"".join(EncodedArray().pieces()) == encode_response([])
+
+
 def _ping_stalls(daemon, batches: int, size: int) -> list[float]:
     """Latencies (s) of pings sent one after the other while ``batches`` multicalls of ``size``
     database-free calls run (each sub-call's Deferred has fired by the time it is awaited)."""
