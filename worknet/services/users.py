@@ -221,6 +221,8 @@ class UsersService(ServiceResource):
                 return reservation
             except DuplicateKeyError as e:
                 conflict = _conflict(e)
+            if conflict.field == "email":  # perhaps no account yet: one is being created
+                conflict = Conflict("an account with this email already exists or is being created", "email")
             held = {"usernameLower": username_lower} if conflict.field == "username" else {"email": email}
             lapsed = await self.registrations.delete_one({**held, "expiresAt": {"$lte": moment}})
             if not lapsed.deleted_count:
