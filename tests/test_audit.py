@@ -280,3 +280,23 @@ def test_the_audit_sees_a_leak(daemon):
                       + b"</string></value></param></params></methodResponse>")]
         with pytest.raises(AssertionError):
             check(a, [PASSWORD])
+
+
+def test_request_ids_tell_nothing_about_other_calls(daemon):
+    """Issue 18 (6): ids were ``<prefix>-<counter>``, so two calls of one client told it how many
+    calls others made in between. Now 16 random hex digits, nothing shared from one to the next."""
+    mine = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    others = daemon.proxy()
+    ids = []
+    for n in range(60):
+        mine.request("POST", "/RPC2", body=xmlrpc.client.dumps((), "ping").encode(),
+                     headers={"Content-Type": "text/xml"})
+        answer = mine.getresponse()
+        answer.read()
+        ids.append(answer.getheader("X-Request-Id"))
+        for _ in range(n % 3):  # calls of someone else in between
+            others.ping()
+    mine.close()
+    assert all(re.fullmatch(r"[0-9a-f]{16}", rid or "") for rid in ids), ids[:3]
+    assert len({rid[:8] for rid in ids}) == len(ids), ids[:3]  # no common prefix, no counter
+    assert len({rid[8:] for rid in ids}) == len(ids), ids[:3]

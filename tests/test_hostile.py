@@ -12,7 +12,7 @@ import statistics
 import threading
 import time
 import xmlrpc.client
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from bson import Decimal128, Int64, ObjectId
@@ -265,6 +265,50 @@ def test_a_batch_stops_when_the_caller_hangs_up(make_daemon):
     assert daemon.proxy().ping()["status"] == "ok"
 
 
+def test_a_batch_whose_answer_passes_rpc_max_answer_is_one_fault(make_daemon, mongo):
+    """Issue 18 (2): a batch's answer had no bound (1,000 describeMethods: 123 MB, built in one piece).
+    Now each result is encoded as it comes and counted; past RPC_MAX_ANSWER the batch stops: one fault
+    that says how many calls ran."""
+    daemon = make_daemon(RPC_MAX_ANSWER="262144")
+    rpc = daemon.proxy()
+    one = len(xmlrpc.client.dumps((rpc.system.describeMethods(),), methodresponse=True, allow_none=True))
+    assert 100_000 < one < 131_072  # two fit in 256 KiB, three do not
+    describe = {"methodName": "system.describeMethods", "params": []}
+    create = {"methodName": "categoriesService.create", "params": ["Late", "late", ""]}
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        rpc.system.multicall([describe] * 3 + [create] + [describe] * 96)
+    assert caught.value.faultCode == -32600
+    assert "262144 bytes: its first 3 of 100 calls ran, the others did not" in caught.value.faultString
+    assert mongo[daemon.db_name].categories.count_documents({}) == 0  # the 4th call did not run
+    small = rpc.system.multicall([describe, create])  # under the limit: answered as always
+    assert small[0] == [rpc.system.describeMethods()] and small[1][0]["success"] is True
+    assert "system.multicall stopped after 3 of 100 calls: its answer passed 262144 bytes" in daemon.log()
+
+
+def test_a_large_batch_answer_is_written_whole(daemon):
+    """An answer of several MB is written in 64 KiB pieces (a describeMethods result is ~120 KB: sliced)."""
+    rpc = daemon.proxy()
+    expected = rpc.system.describeMethods()
+    calls = [{"methodName": "system.describeMethods", "params": []}] * 30
+    calls.insert(7, {"methodName": "nosuch.method", "params": []})
+    results = rpc.system.multicall(calls)
+    assert len(results) == 31 and results[7]["faultCode"] == -32601
+    assert all(r == [expected] for i, r in enumerate(results) if i != 7)
+
+
+def test_an_answer_encoded_member_by_member_is_the_one_encoded_at_once():
+    from worknet.rpc.wire import EncodedArray, encode_response, encode_value
+
+    members = [[{"a": 1, "b": "x\x01y\ud800", "c": [1.5, None, True, "é東"]}],
+               {"faultCode": -32600, "faultString": "no <&>"}, [[]], [{}]]
+    answer = EncodedArray()
+    for member in members:
+        answer.append(encode_value(member))
+    document = b"".join(answer.pieces())
+    assert document == encode_response(members) and answer.size == len(document) and len(answer) == 4
+    assert b"".join(EncodedArray().pieces()) == encode_response([])
+
+
 def _ping_stalls(daemon, batches: int, size: int) -> list[float]:
     """Latencies (s) of pings sent one after the other while ``batches`` multicalls of ``size``
     database-free calls run (each sub-call's Deferred has fired by the time it is awaited)."""
@@ -486,3 +530,69 @@ def test_an_id_with_a_trailing_newline_is_a_validation_error_and_one_log_line(da
     for method, params, field in id_calls(NEWLINE_ID.strip()):
         result = getattr(rpc, method)(*params)
         assert result.get("code") != "VALIDATION_ERROR" or result.get("field") != field, (method, result)
+
+
+# -- registrations of one name at once ------------------------------------------------------------
+
+def _password_jobs_run(daemon) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    line = next(line for line in text.splitlines() if line.startswith('worknet_password_jobs{outcome="run"}'))
+    return int(float(line.split()[-1]))
+
+
+def _register_at_once(daemon, accounts: list[tuple[str, str]]) -> list[str]:
+    codes = [""] * len(accounts)
+    barrier = threading.Barrier(len(accounts))
+
+    def one(i: int) -> None:
+        proxy = daemon.proxy()
+        barrier.wait(30)
+        answer = proxy.usersService.register(accounts[i][0], accounts[i][1], "password123", "client")
+        codes[i] = "success" if answer["success"] else f"{answer['code']} {answer.get('field')}"
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(accounts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return codes
+
+
+def test_registrations_of_one_email_at_once_cost_one_hash_and_the_rest_are_conflict(make_daemon, mongo):
+    """Issue 18 (8): every loser used to hash its password before the unique index refused it,
+    and under load some answered UNAVAILABLE (the password pool was busy) instead of CONFLICT.
+    The 20 registrations (one e-mail) now cost one bcrypt job; the 19 others are CONFLICT."""
+    daemon = make_daemon(BCRYPT_ROUNDS="12")
+    before = _password_jobs_run(daemon)
+    codes = _register_at_once(daemon, [(f"same{i}", "same@example.com") for i in range(20)])
+    ran = _password_jobs_run(daemon) - before
+    print(f"\n20 registrations of one e-mail at once: {sorted(codes)}; bcrypt jobs run: {ran}")
+    assert sorted(codes) == ["CONFLICT email"] * 19 + ["success"], codes
+    assert ran == 1
+    codes = _register_at_once(daemon, [("newname" if i % 2 else "NewName", f"n{i}@example.com") for i in range(10)])
+    assert sorted(codes) == ["CONFLICT username"] * 9 + ["success"], codes
+    assert _password_jobs_run(daemon) - before == 2
+    db = mongo[daemon.db_name]
+    assert db.users.count_documents({}) == 2 and db.registrations.count_documents({}) == 0
+
+
+def test_a_registration_left_half_way_holds_its_email_only_until_it_lapses(make_daemon, mongo, clock_file):
+    """A daemon that stopped between the reservation and the account leaves no account (nothing to
+    log in to) and a reservation that lapses: CONFLICT until then, then the e-mail is free again."""
+    daemon = make_daemon(BCRYPT_ROUNDS="4", WORKNET_TEST_CLOCK_FILE=str(clock_file))
+    db = mongo[daemon.db_name]
+    rpc = daemon.proxy()
+    db.registrations.insert_one({"usernameLower": "halfway", "email": "halfway@example.com",
+                                 "expiresAt": datetime.now(UTC) + timedelta(seconds=60)})
+    assert rpc.usersService.login("halfway@example.com", "password123")["code"] == "UNAUTHORIZED"
+    taken = rpc.usersService.register("other", "halfway@example.com", "password123", "client")
+    assert (taken["code"], taken["field"]) == ("CONFLICT", "email")
+    taken = rpc.usersService.register("HalfWay", "other@example.com", "password123", "client")
+    assert (taken["code"], taken["field"]) == ("CONFLICT", "username")
+    clock_file.write_text("61")  # the reservation has lapsed (the TTL monitor may not have run yet)
+    assert rpc.usersService.register("halfway", "halfway@example.com", "password123", "client")["success"]
+    assert rpc.usersService.login("halfway@example.com", "password123")["success"]
+    assert db.registrations.count_documents({}) == 0

@@ -52,3 +52,23 @@ def test_lines_leave_in_batches_and_warnings_at_once() -> None:
     assert lines[-2].endswith("call 100") and lines[-1].endswith("the database does not answer")
     log.info("database ready")
     assert stream.getvalue().rstrip().endswith("database ready")  # not a call line: at once too
+
+
+def test_request_ids_are_random_and_a_forked_worker_draws_its_own() -> None:
+    import os
+    import re
+
+    ids = [logs.new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids)
+    assert logs.new_request_id("node-backend-42") == "node-backend-42"
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker: its next ids must not be the parent's next ones
+        os.write(write, "".join(logs.new_request_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    theirs = os.read(read, 100).decode()
+    os.close(read)
+    assert len(theirs) == 48
+    assert theirs != "".join(logs.new_request_id() for _ in range(3))

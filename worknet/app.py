@@ -204,8 +204,11 @@ def build_site(store: Any, settings: Settings, reactor: Any = None) -> server.Si
     # Idle keep-alive connections are closed (Twisted's default is 12 hours), requests must arrive
     # whole in time (no slowloris), and connections are capped below the open-files limit.
     cap = connection_cap(settings.rpc_max_connections, raise_file_limit(), settings.mongodb_pool_size)
+    # With a caller token, a request without it is answered 401 once its headers are in: its body is never read.
+    token = settings.rpc_auth_token
     site = QuietSite(root, idle_timeout=settings.rpc_idle_timeout_seconds,
-                     read_timeout=settings.rpc_read_timeout_seconds, max_connections=cap, reactor=reactor)
+                     read_timeout=settings.rpc_read_timeout_seconds, max_connections=cap, reactor=reactor,
+                     authorize=functools.partial(authorized, token=token) if token else None)
     metrics.http_connections.set_function(lambda: site.open_connections)
     metrics.http_dropped.labels("over_cap").set_function(lambda: site.refused_connections)
     metrics.http_dropped.labels("too_slow").set_function(lambda: site.slow_requests)

@@ -45,6 +45,7 @@ class Settings:
     rpc_max_body: int = 1024 * 1024
     rpc_max_multicall: int = 1000
     rpc_max_values: int = 10_000
+    rpc_max_answer: int = 8 * 1024 * 1024
     rpc_idle_timeout_seconds: float = 120.0
     rpc_read_timeout_seconds: float = 10.0
     rpc_max_connections: int = 0  # 0: as many as the open-files limit leaves room for
@@ -134,6 +135,7 @@ _PARSERS = {
     "RPC_MAX_BODY": ("rpc_max_body", lambda n, v: _int(n, v, 1024, 64 * 1024 * 1024)),
     "RPC_MAX_MULTICALL": ("rpc_max_multicall", lambda n, v: _int(n, v, 1, 100_000)),
     "RPC_MAX_VALUES": ("rpc_max_values", lambda n, v: _int(n, v, MIN_MAX_VALUES, 10_000_000)),
+    "RPC_MAX_ANSWER": ("rpc_max_answer", lambda n, v: _int(n, v, 64 * 1024, 1024 * 1024 * 1024)),
     "RPC_IDLE_TIMEOUT_SECONDS": ("rpc_idle_timeout_seconds", lambda n, v: _float(n, v, 0.5, 86400)),
     "RPC_READ_TIMEOUT_SECONDS": ("rpc_read_timeout_seconds", lambda n, v: _float(n, v, 0.5, 3600)),
     "RPC_MAX_CONNECTIONS": ("rpc_max_connections", lambda n, v: _int(n, v, 0, 10_000_000)),

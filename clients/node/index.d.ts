@@ -217,7 +217,7 @@ export interface System<Throw extends boolean = false> {
   methodHelp(method: string): Promise<string>;
   /** The signatures of a method, ``[[return type, argument types...]]`` (``""`` when it declares none). */
   methodSignature(method: string): Promise<any[]>;
-  /** Run several calls in one request: each result comes back as a one-element array, or a fault struct. At most RPC_MAX_MULTICALL calls (a longer batch is fault -32600 and nothing runs); the batch shares one deadline of DB_TIMEOUT_SECONDS (calls it leaves no time for answer UNAVAILABLE without running) and stops when the caller hangs up. */
+  /** Run several calls in one request: each result comes back as a one-element array, or a fault struct. At most RPC_MAX_MULTICALL calls (a longer batch is fault -32600 and nothing runs); the batch shares one deadline of DB_TIMEOUT_SECONDS (calls it leaves no time for answer UNAVAILABLE without running) and stops when the caller hangs up. Its answer may not pass RPC_MAX_ANSWER bytes: a batch whose answers would is fault -32600, which says how many of its calls ran (the rest did not). */
   multicall(calls: any[]): Promise<any[]>;
 }
 

@@ -9,6 +9,7 @@ every method with its signature and help text.  ``system.*`` introspection and
 from __future__ import annotations
 
 import base64
+import collections
 import hmac
 import secrets
 import time
@@ -17,7 +18,9 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IPullProducer
 from twisted.web import http, server, xmlrpc
+from zope.interface import implementer
 
 from worknet.errors import Unavailable
 from worknet.logs import logger, new_request_id, request_id
@@ -32,7 +35,7 @@ from worknet.rpc.dispatch import (
 )
 from worknet.rpc.metrics import Metrics
 from worknet.rpc.parsing import BadValue, NotAnXmlRpcCall, NotWellFormed, parse_call
-from worknet.rpc.wire import encode_response
+from worknet.rpc.wire import EncodedArray, encode_response, encode_value
 
 log = logger("worknet.rpc")
 
@@ -54,6 +57,7 @@ class LimitedRequest(server.Request):
 
     max_body = 1024 * 1024
     body_too_large = False
+    body_refused = False  # set by the channel: the caller has no token, its body was not read
     _received = 0
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
@@ -77,6 +81,44 @@ class LimitedRequest(server.Request):
                 self.content.truncate()
             return
         super().handleContentChunk(data)
+
+
+@implementer(IPullProducer)
+class PiecesProducer:
+    """Writes an answer already encoded in pieces, at most ``PIECE`` bytes per reactor step, then finishes
+    the request: a large answer is never handed to the transport (copied into its buffer) in one go."""
+
+    PIECE = 64 * 1024
+
+    def __init__(self, request: server.Request, pieces: list[bytes]) -> None:
+        self.request = request
+        self.pieces: collections.deque[bytes | memoryview] = collections.deque(pieces)
+        self.done = False
+
+    def start(self) -> None:
+        self.request.notifyFinish().addErrback(lambda _: self.stopProducing())  # the caller hung up
+        self.request.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        if self.done:
+            return
+        pieces, chunk, room = self.pieces, [], self.PIECE
+        while pieces and room > 0:
+            piece = pieces.popleft()
+            if len(piece) > room:  # a large member: the rest of it at the next step
+                pieces.appendleft(memoryview(piece)[room:])
+                piece = memoryview(piece)[:room]
+            chunk.append(piece)
+            room -= len(piece)
+        self.request.write(b"".join(chunk))
+        if not pieces:
+            self.done = True
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def stopProducing(self) -> None:  # the connection is gone
+        self.done = True
+        self.pieces.clear()
 
 
 def request_factory(max_body: int) -> type[LimitedRequest]:
@@ -140,22 +182,26 @@ class Introspection(xmlrpc.XMLRPCIntrospection):
     xmlrpc_methodSignature.signature = [["array", "string"]]  # type: ignore[attr-defined]
 
     async def xmlrpc_multicall(self, calls: Any, *, caller_gone: Callable[[], bool] | None = None,
-                               timeout: float | None = None) -> list:
+                               timeout: float | None = None) -> EncodedArray:
         """Run several calls in one request: each result comes back as a one-element array, or a fault struct.
 
         At most RPC_MAX_MULTICALL calls (a longer batch is fault -32600 and nothing runs); the batch shares
         one deadline of DB_TIMEOUT_SECONDS (calls it leaves no time for answer UNAVAILABLE without running)
-        and stops when the caller hangs up."""
+        and stops when the caller hangs up. Its answer may not pass RPC_MAX_ANSWER bytes: a batch whose
+        answers would is fault -32600, which says how many of its calls ran (the rest did not)."""
         if not isinstance(calls, list):
             raise xmlrpc.Fault(INVALID_REQUEST, "system.multicall takes an array of call structs")
-        limit = self._root.settings.rpc_max_multicall
+        settings = self._root.settings
+        limit = settings.rpc_max_multicall
         if len(calls) > limit:
             raise xmlrpc.Fault(INVALID_REQUEST, f"system.multicall takes at most {limit} calls, got {len(calls)}")
         dispatcher = self._root.dispatcher
         reactor = dispatcher.reactor
         deadline = reactor.seconds() + (dispatcher.call_timeout if timeout is None else timeout)
         yielded = time.perf_counter()
-        results: list = []
+        # Each result is encoded as soon as it comes and dropped: the batch holds its answer's bytes,
+        # counted as they grow, never every result's objects nor the whole document built at the end.
+        answer = EncodedArray()
         for index, call in enumerate(calls):
             if caller_gone is not None and caller_gone():
                 log.info("system.multicall stopped after {done} of {total} calls: the caller hung up",
@@ -172,16 +218,31 @@ class Introspection(xmlrpc.XMLRPCIntrospection):
                 outcome = Unavailable("Not run: the batch ran out of time; send the rest again.").envelope()
             else:
                 outcome = await dispatcher.call(name, tuple(params), timeout=left)
-            if isinstance(outcome, xmlrpc.Fault):
-                results.append({"faultCode": outcome.faultCode, "faultString": outcome.faultString})
-            else:
-                results.append([outcome])
+            answer.append(self._member(outcome))
+            if answer.size > settings.rpc_max_answer:
+                log.info("system.multicall stopped after {done} of {total} calls: its answer passed {limit} bytes",
+                         done=index + 1, total=len(calls), limit=settings.rpc_max_answer)
+                raise xmlrpc.Fault(INVALID_REQUEST, (
+                    f"the answer of this system.multicall would pass {settings.rpc_max_answer} bytes: its first "
+                    f"{index + 1} of {len(calls)} calls ran, the others did not; send smaller batches"))
             # Sub-calls whose Deferreds have already fired resume at once: hand the reactor
             # back every few milliseconds so that other callers are not held up by a batch.
             if time.perf_counter() - yielded > YIELD_SECONDS:
                 await task.deferLater(reactor, 0, lambda: None)
                 yielded = time.perf_counter()
-        return results
+        return answer
+
+    @staticmethod
+    def _member(outcome: Any) -> bytes:
+        """One member of a batch's answer: ``[result]``, or the fault struct."""
+        if isinstance(outcome, xmlrpc.Fault):
+            return encode_value({"faultCode": outcome.faultCode, "faultString": outcome.faultString})
+        try:
+            return encode_value([outcome])
+        except Exception:  # a value the wire cannot carry slipped through: this member is the fault
+            reference = secrets.token_hex(4)
+            log.failure("could not encode the answer (ref {ref})", ref=reference)
+            return encode_value({"faultCode": INTERNAL_ERROR, "faultString": f"internal error (ref {reference})"})
 
     xmlrpc_multicall.signature = [["array", "array"]]  # type: ignore[attr-defined]
     xmlrpc_multicall.runs_calls = True  # type: ignore[attr-defined]
@@ -254,7 +315,8 @@ class RPCRoot(xmlrpc.XMLRPC):
             request_id.reset(token)
 
     def _render_call(self, request: server.Request) -> Any:
-        if not authorized(request, self.settings.rpc_auth_token):
+        # body_refused: the channel did not read the body of a caller without the token (GuardedChannel)
+        if getattr(request, "body_refused", False) or not authorized(request, self.settings.rpc_auth_token):
             return refuse_unauthorized(request, self.metrics)
         if getattr(request, "body_too_large", False):
             self.metrics.http_rejected.labels("413").inc()
@@ -289,6 +351,10 @@ class RPCRoot(xmlrpc.XMLRPC):
         return encode_response(result)
 
     def _write(self, request: server.Request, result: Any) -> None:
+        if isinstance(result, EncodedArray):  # a batch's answer, already encoded: written in pieces
+            request.setHeader(b"content-length", b"%d" % result.size)
+            PiecesProducer(request, result.pieces()).start()
+            return
         try:
             body = self._encode(result)
         except Exception:  # a value the wire cannot carry slipped through: still answer

@@ -22,7 +22,7 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from xmlrpc.client import Binary, DateTime, Fault, dumps
+from xmlrpc.client import Binary, DateTime, Fault, Marshaller, dumps
 
 from bson import Decimal128, ObjectId, Timestamp
 
@@ -72,6 +72,40 @@ def encode_response(result: Any) -> bytes:
     if _NOT_XML.search(document):  # only string values can hold them: the markup is ours
         document = _NOT_XML.sub("\ufffd", document)
     return document.encode("utf-8")
+
+
+# A methodResponse whose one value is an array, around its members (what ``dumps`` writes).
+ARRAY_HEAD = b"<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n<value><array><data>\n"
+ARRAY_TAIL = b"</data></array></value>\n</param>\n</params>\n</methodResponse>\n"
+_PARAM_HEAD, _PARAM_TAIL = "<params>\n<param>\n", "</param>\n</params>\n"
+
+
+def encode_value(value: Any) -> bytes:
+    """One ``<value>`` element, as :func:`encode_response` writes it inside its document."""
+    text = Marshaller("utf-8", allow_none=True).dumps((value,))[len(_PARAM_HEAD):-len(_PARAM_TAIL)]
+    if _NOT_XML.search(text):
+        text = _NOT_XML.sub("\ufffd", text)
+    return text.encode("utf-8")
+
+
+class EncodedArray:
+    """An answer whose value is an array, encoded member by member as the members come
+    (``system.multicall``): its size is known at every step, and it is written in pieces."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = [ARRAY_HEAD]
+        self.size = len(ARRAY_HEAD) + len(ARRAY_TAIL)  # the whole document's, once finished
+
+    def __len__(self) -> int:
+        return len(self.parts) - 1
+
+    def append(self, member: bytes) -> None:
+        self.parts.append(member)
+        self.size += len(member)
+
+    def pieces(self) -> list[bytes]:
+        """The whole document, in pieces (``b"".join`` of them is what ``encode_response`` writes)."""
+        return [*self.parts, ARRAY_TAIL]
 
 
 _AS_IS = frozenset({str, bool, type(None)})  # floats: checked below (NaN, infinity)

@@ -3,7 +3,9 @@
 * Uniqueness of usernames and e-mails lives in unique indexes on
   ``usernameLower`` and ``email`` (stored lower-cased): it holds across any
   number of daemons.  A soft-deleted account keeps its username and e-mail
-  reserved.
+  reserved.  Concurrent registrations of one username or e-mail are decided
+  before any bcrypt work, by a reservation in ``registrations``
+  (:meth:`UsersService._reserve`): a loser answers CONFLICT at no CPU cost.
 * Passwords are bcrypt hashes computed in the thread pool
   (:mod:`worknet.security`).  Login gives one error for an unknown e-mail and a
   wrong password and costs one bcrypt check in both cases; a hash of another
@@ -51,6 +53,7 @@ from worknet.services.gigs import withdraw_gigs
 ROLES = ("client", "freelancer")
 ALL_ROLES = ("client", "freelancer", "admin")
 MAX_FAILURES = 5
+RESERVATION_TIME = timedelta(minutes=1)  # a registration's hold on its username and e-mail, beyond the call timeout
 ATTEMPT_TRIES = 16  # compare-and-set rounds for one attempt's reservation (each round, one contender wins)
 FAILURE_WINDOW = timedelta(minutes=15)
 LOCK_TIME = timedelta(minutes=15)
@@ -184,6 +187,48 @@ class UsersService(ServiceResource):
         """A success forgets the pair's failures (never a lock set meanwhile)."""
         await self.throttle.delete_one({"_id": key, "lockedUntil": None})
 
+    @property
+    def registrations(self) -> Any:
+        return self.store["registrations"]
+
+    async def _refuse_taken(self, username_lower: str, email: str) -> None:
+        """CONFLICT when an account (deleted ones too) has this username or e-mail.
+
+        Two index lookups: a top-level ``$or`` would scan on SecantusDB."""
+        if await self.users.find_one({"usernameLower": username_lower}, projection={"_id": 1}):
+            raise Conflict("this username is already taken", "username")
+        if await self.users.find_one({"email": email}, projection={"_id": 1}):
+            raise Conflict("an account with this email already exists", "email")
+
+    async def _reserve(self, username_lower: str, email: str, moment: datetime) -> ObjectId:
+        """Hold the username and e-mail for one registration, before any bcrypt work; its id.
+
+        The ``registrations`` collection's unique indexes decide between concurrent
+        registrations of one name or e-mail: one holds them, the others are CONFLICT at the
+        cost of one failed insert (no password hash).  The holder deletes its reservation
+        when it is done, whatever the outcome; one left by a daemon that stopped half-way
+        lapses at ``expiresAt`` (longer than any call may run): the next registration takes
+        it over at once, and the TTL index removes it meanwhile.  No account exists before the
+        user document is inserted, hash included, so a stop in between leaves nothing to log
+        in to and holds the name and e-mail for about a minute (CONFLICT meanwhile).
+        """
+        expires = moment + RESERVATION_TIME + timedelta(seconds=self.settings.db_timeout_seconds)
+        for _ in range(3):  # each round, at most one lapsed reservation (of the name, or of the e-mail) goes
+            reservation = ObjectId()
+            try:
+                await self.registrations.insert_one({"_id": reservation, "usernameLower": username_lower,
+                                                     "email": email, "expiresAt": expires})
+                return reservation
+            except DuplicateKeyError as e:
+                conflict = _conflict(e)
+            if conflict.field == "email":  # perhaps no account yet: one is being created
+                conflict = Conflict("an account with this email already exists or is being created", "email")
+            held = {"usernameLower": username_lower} if conflict.field == "username" else {"email": email}
+            lapsed = await self.registrations.delete_one({**held, "expiresAt": {"$lte": moment}})
+            if not lapsed.deleted_count:
+                raise conflict
+        raise Conflict("this username or email is being registered right now")
+
     async def _user_for_token(self, token: str, kind: str) -> tuple[dict, Any]:
         claims = self.tokens.verify(token, kind, await self.clock.now())
         user = await self.users.find_one({"_id": ObjectId(claims.user_id), **NOT_DELETED}) \
@@ -201,40 +246,42 @@ class UsersService(ServiceResource):
         clean_email = v.email(email)
         secret = password(password_)
         clean_role = v.choice(role, "role", ROLES)
-        # a cheap early answer (two index lookups: a top-level $or would scan on SecantusDB);
-        # the unique indexes decide races
-        if await self.users.find_one({"usernameLower": clean_username.lower()}, projection={"_id": 1}):
-            raise Conflict("this username is already taken", "username")
-        if await self.users.find_one({"email": clean_email}, projection={"_id": 1}):
-            raise Conflict("an account with this email already exists", "email")
-        hashed = await self.passwords.hash(secret)
+        username_lower = clean_username.lower()
+        await self._refuse_taken(username_lower, clean_email)  # existing accounts: two index lookups, no write
         moment = await self.clock.now()
-        jti = self.tokens.new_jti()
-        doc: dict[str, Any] = {
-            "_id": ObjectId(),
-            "username": clean_username,
-            "usernameLower": clean_username.lower(),
-            "email": clean_email,
-            "passwordHash": hashed,
-            "role": clean_role,
-            "isSeller": clean_role == "freelancer",
-            "phone": "",
-            "country": "",
-            "bio": "",
-            "profilePicture": "",
-            "skills": [],
-            "rating": 0.0,
-            "reviewCount": 0,
-            "totalEarnings": Decimal128("0.00"),
-            "tokenVersion": 0,
-            "refreshJti": jti,
-            "createdAt": moment,
-            "updatedAt": moment,
-        }
+        reservation = await self._reserve(username_lower, clean_email, moment)
         try:
-            await self.users.insert_one(doc)
-        except DuplicateKeyError as e:
-            raise _conflict(e) from None
+            # an account made since the lookups above, by a registration whose reservation is already gone
+            await self._refuse_taken(username_lower, clean_email)
+            hashed = await self.passwords.hash(secret)
+            jti = self.tokens.new_jti()
+            doc: dict[str, Any] = {
+                "_id": ObjectId(),
+                "username": clean_username,
+                "usernameLower": username_lower,
+                "email": clean_email,
+                "passwordHash": hashed,
+                "role": clean_role,
+                "isSeller": clean_role == "freelancer",
+                "phone": "",
+                "country": "",
+                "bio": "",
+                "profilePicture": "",
+                "skills": [],
+                "rating": 0.0,
+                "reviewCount": 0,
+                "totalEarnings": Decimal128("0.00"),
+                "tokenVersion": 0,
+                "refreshJti": jti,
+                "createdAt": moment,
+                "updatedAt": moment,
+            }
+            try:
+                await self.users.insert_one(doc)
+            except DuplicateKeyError as e:  # an update_profile took the name meanwhile: still decided here
+                raise _conflict(e) from None
+        finally:
+            await self.registrations.delete_one({"_id": reservation})
         return ok(user_id=str(doc["_id"]), user=doc, **self._token_pair(doc, moment, jti))
 
     @signature("struct", "string", "string", returns={"user": "struct", "token": "string", "refresh_token": "string"})

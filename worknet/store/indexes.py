@@ -76,6 +76,13 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         # expires on its own once neither its failures nor its lock matter any more
         ([("expiresAt", ASC)], {"expireAfterSeconds": 0, "name": "login_throttle_ttl"}),
     ],
+    "registrations": [
+        # usersService.register holds a username and an e-mail here before it hashes the password:
+        # concurrent registrations of one name are decided by these, with no bcrypt work
+        ([("usernameLower", ASC)], {"unique": True, "name": "registration_username_unique"}),
+        ([("email", ASC)], {"unique": True, "name": "registration_email_unique"}),
+        ([("expiresAt", ASC)], {"expireAfterSeconds": 0, "name": "registration_ttl"}),
+    ],
     "idempotency": [
         ([("createdAt", ASC)], {"expireAfterSeconds": 24 * 3600, "name": "idempotency_ttl"}),
     ],
