@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import tempfile
 from typing import Any
 
 from twisted.internet import endpoints
@@ -82,3 +83,34 @@ def check_data_dir(path: str) -> str | None:
     if not os.access(path, os.W_OK | os.X_OK):
         return f"DATA_DIR: {path} is not writable"
     return None
+
+
+def metrics_parent(data_dir: str) -> str | None:
+    """Where ``--workers`` makes its private metrics directory (prometheus_client's multiprocess files).
+
+    The system's temporary directory as Python finds it (``TMPDIR``, ``/tmp``,
+    ``/var/tmp``, ``/usr/tmp``, the working directory), else ``DATA_DIR``
+    (made if needed): on a read-only root (``docker run --read-only``) that is
+    the volume the daemon writes to anyway.  None when neither is writable.
+    A directory counts only once a directory could really be made in it.
+    """
+    try:
+        return tempfile.gettempdir()  # it tries each candidate with a real file
+    except FileNotFoundError:  # "No usable temporary directory"
+        pass
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix="worknet-probe-", dir=data_dir))
+    except OSError:
+        return None
+    return data_dir
+
+
+def check_metrics_dir(settings: Settings) -> str | None:
+    """With more than one worker, a writable directory for their shared metrics exists."""
+    if settings.rpc_workers <= 1 or metrics_parent(settings.data_dir) is not None:
+        return None
+    return (f"RPC_WORKERS (--workers) {settings.rpc_workers}: the workers' metrics need a writable directory, "
+            f"and neither a temporary directory (TMPDIR, /tmp, /var/tmp, the working directory) nor DATA_DIR "
+            f"{settings.data_dir} is writable: set TMPDIR or DATA_DIR to a writable directory "
+            "(with docker run --read-only: --tmpfs /tmp, or a volume for DATA_DIR)")

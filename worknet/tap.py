@@ -95,9 +95,9 @@ class Options(usage.Options):
                 listen_address(self.settings.listen)
             except ValueError as e:
                 _stop(f"worknet-rpc: configuration error: {e}")
-        from worknet.startup import check_data_dir, check_listen
+        from worknet.startup import check_data_dir, check_listen, check_metrics_dir
 
-        problem = check_listen(self.settings)
+        problem = check_listen(self.settings) or check_metrics_dir(self.settings)
         if self.settings.embedded_database:
             from worknet.store.embedded import MISSING_EXTRA, find_secantusd
 
