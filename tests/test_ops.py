@@ -232,6 +232,53 @@ def test_systemd_unit_exposure_is_at_most_2_5():
         assert setting in text, setting
 
 
+def unit_environment(unit: str, env_file: Path) -> dict[str, str]:
+    """The environment systemd gives the service: the unit's Environment= lines, then its EnvironmentFile=,
+    which wins (systemd.exec: "settings from these files override settings made with Environment=")."""
+    import shlex
+
+    from dotenv import dotenv_values
+
+    environment: dict[str, str] = {}
+    for line in unit.splitlines():
+        if line.startswith("Environment="):
+            environment.update(item.split("=", 1) for item in shlex.split(line[len("Environment="):]))
+    assert re.search(r"^EnvironmentFile=/etc/worknet-rpc/env$", unit, re.M)
+    environment.update({k: v or "" for k, v in dotenv_values(env_file).items()})
+    return environment
+
+
+def test_the_systemd_units_env_example_keeps_the_units_own_settings(tmp_path):
+    """The example file the unit names, edited as it says (placeholders replaced), plus the unit: the log
+    goes to the journal only and the embedded database to the state directory; systemd-analyze verify passes."""
+    unit = (ROOT / "deploy" / "worknet-rpc.service").read_text()
+    named = re.search(r"settings in /etc/worknet-rpc/env \((?:start from )?(deploy/[\w.-]+)", unit)
+    assert named, "the unit names the example of /etc/worknet-rpc/env"
+    example = (ROOT / named.group(1)).read_text()
+    assert f"start from [{named.group(1)}]({named.group(1)})" in (ROOT / "README.md").read_text()
+    edited = tmp_path / "env"
+    edited.write_text(example.replace("change-me-to-a-long-random-token", secrets.token_urlsafe(32))
+                      .replace("JWT_SECRET=change-me", f"JWT_SECRET={secrets.token_urlsafe(48)}"))
+    environment = unit_environment(unit, edited)
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    from worknet.config import load_settings
+
+    settings = load_settings(environ=environment, env_file=str(empty))
+    assert (settings.log_file, settings.data_dir) == ("", "/var/lib/worknet-rpc/db"), named.group(1)
+    assert settings.node_env == "production" and not settings.embedded_database
+    without_mongodb = {k: v for k, v in environment.items() if k != "MONGODB_URI"}  # "delete MONGODB_URI"
+    assert load_settings(environ=without_mongodb, env_file=str(empty)).data_dir == "/var/lib/worknet-rpc/db"
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd): the unit's syntax is unchecked")
+    local = tmp_path / "worknet-rpc.service"  # verify wants ExecStart's program to exist: this checkout's twistd
+    local.write_text(unit.replace("/opt/worknet-rpc/.venv/bin/twistd", str(BIN / "twistd")))
+    done = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stdout + done.stderr
+
+
 def test_healthcheck_follows_rpc_port_and_rpc_listen(daemon, tmp_path):
     script = str(ROOT / "deploy" / "healthcheck.py")
 
