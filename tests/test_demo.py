@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -103,3 +104,16 @@ def test_demo_loads_a_marketplace_and_is_idempotent(make_daemon, mongo, tmp_path
                           capture_output=True, text=True, timeout=60, env={"PATH": os.environ["PATH"]})
     assert done.returncode == 0 and done.stdout.strip() == expected.strip(), (code, done.stdout, done.stderr)
     run_js_snippets(daemon, tmp_path)
+
+
+def test_demo_against_a_daemon_that_requires_a_token_says_the_token_is_missing_or_wrong(make_daemon):
+    token = secrets.token_urlsafe(32)
+    daemon = make_daemon(RPC_AUTH_TOKEN=token)
+    for given, says in (("", "the token is missing"), ("not-" + token, "the token is wrong")):
+        done = subprocess.run([sys.executable, "-m", "worknet.demo", "--url", daemon.url, "--quiet"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60,
+                              env={"PATH": os.environ["PATH"], "RPC_AUTH_TOKEN": given})
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, (done.returncode, lines)
+        assert says in lines[0] and "RPC_AUTH_TOKEN" in lines[0] and "start it with make run" not in lines[0], lines
+        assert token not in lines[0]

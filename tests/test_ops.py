@@ -101,7 +101,8 @@ def test_missing_embedded_extra_is_one_clear_line(tmp_path):
                           capture_output=True, text=True, timeout=60)
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, lines
-    assert "MONGODB_URI is unset" in lines[0] and "worknet-rpc[embedded]" in lines[0]
+    assert "MONGODB_URI is unset" in lines[0]
+    assert f"{venv / 'bin' / 'python'} -m pip install --require-hashes -r requirements/embedded.txt" in lines[0]
 
 
 # -- logs ----------------------------------------------------------------------------------------------------------

