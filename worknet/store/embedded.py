@@ -3,8 +3,9 @@
 Used when ``MONGODB_URI`` is unset (a laptop, ``make run``).  SecantusDB is
 GPL-2.0, so it is only ever run as a separate program, never imported.  The
 service picks a free loopback port, spawns ``secantusd-py`` through
-``worknet.store.lifeline`` (the database dies with the daemon, and a data
-directory another process holds is refused with that process's PID), and on
+``worknet.store.lifeline`` (the database dies with the daemon, runs in a
+session of its own so that Ctrl-C reaches the daemon only, and a data
+directory another daemon holds is refused with that daemon's PID), and on
 stop sends SIGTERM and waits for the process to exit (it must release its data
 directory before anything may open it again).
 
