@@ -68,9 +68,17 @@ def check_listen(settings: Settings) -> str | None:
                 return f"{where}: cannot listen on port {port} of {interface or 'every interface'}: {e.strerror}"
     if settings.node_env not in ("development", "test") and not _is_loopback(interface):
         token = settings.rpc_auth_token
-        if len(token) < MIN_AUTH_TOKEN or token == PLACEHOLDER_TOKEN:
-            return (f"{where}: listening on {interface or 'every interface'} (not loopback) needs RPC_AUTH_TOKEN, "
-                    f"a random token of at least {MIN_AUTH_TOKEN} characters that is not the example placeholder")
+        if not token:
+            why = "RPC_AUTH_TOKEN is unset"
+        elif token == PLACEHOLDER_TOKEN:
+            why = "RPC_AUTH_TOKEN is the example placeholder"
+        elif len(token) < MIN_AUTH_TOKEN:
+            why = f"RPC_AUTH_TOKEN is too short ({len(token)} characters)"
+        else:
+            return None
+        return (f"{where}: listening on {interface or 'every interface'} (not loopback) needs RPC_AUTH_TOKEN, "
+                f"a random token of at least {MIN_AUTH_TOKEN} characters: {why} "
+                "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one)")
     return None
 
 
