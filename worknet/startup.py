@@ -122,3 +122,34 @@ def check_metrics_dir(settings: Settings) -> str | None:
             f"and neither a temporary directory (TMPDIR, /tmp, /var/tmp, the working directory) nor DATA_DIR "
             f"{settings.data_dir} is writable: set TMPDIR or DATA_DIR to a writable directory "
             "(with docker run --read-only: --tmpfs /tmp, or a volume for DATA_DIR)")
+
+
+def unreachable(host: str, port: int, kind: str, timeout: float) -> str:
+    """The words for a database host that cannot be reached: ``kind`` is ``dns``, ``refused`` or ``timeout``
+    (one wording for --check-config and the daemon's log)."""
+    if kind == "dns":
+        return f"the host name {host} does not resolve"
+    if kind == "refused":
+        return f"connection refused: nothing listens on {host}:{port}"
+    return f"no answer from {host}:{port} within {timeout:g} s"
+
+
+def why_unreachable(hosts: list[tuple[str, int]], timeout: float) -> str:
+    """Why no database host answered --check-config's ping: each host's name lookup, then a TCP connection
+    (blocking: it runs before the reactor).  A host that accepts connections but did not answer as a
+    database in time is "not reachable within" the timeout, as before."""
+    causes = []
+    for host, port in hosts:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:  # socket.gaierror: no such name (or no DNS)
+            causes.append(unreachable(host, port, "dns", timeout))
+            continue
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                causes.append(f"{host}:{port} accepts connections but answered no ping within {timeout:g} s")
+        except ConnectionRefusedError:
+            causes.append(unreachable(host, port, "refused", timeout))
+        except OSError:  # TimeoutError, no route to host...
+            causes.append(unreachable(host, port, "timeout", timeout))
+    return "; ".join(causes) or f"not reachable within {timeout:g} s"

@@ -135,9 +135,13 @@ def check_config(settings: Settings) -> None:
         from pymongo.uri_parser import parse_uri
 
         try:
-            hosts = ",".join(f"{h}:{p}" for h, p in parse_uri(settings.mongodb_uri)["nodelist"])
+            nodes = parse_uri(settings.mongodb_uri)["nodelist"]
         except Exception as e:  # noqa: BLE001 - pymongo's InvalidURI / ConfigurationError
+            if settings.mongodb_uri.startswith("mongodb+srv://") and "DNS" in str(e):
+                _stop(f"worknet-rpc: configuration error: MONGODB_URI: the DNS lookup of its SRV/TXT records "
+                      f"failed ({str(e)[:200]})")
             _stop(f"worknet-rpc: configuration error: MONGODB_URI is not a valid MongoDB URI ({type(e).__name__})")
+        hosts = ",".join(f"{h}:{p}" for h, p in nodes)
         timeout_ms = int(settings.db_timeout_seconds * 1000)
         client: Any = pymongo.MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=timeout_ms,
                                           connectTimeoutMS=timeout_ms)
@@ -146,7 +150,9 @@ def check_config(settings: Settings) -> None:
         except pymongo.errors.OperationFailure as e:
             _stop(f"worknet-rpc: database {hosts}: refused ({e.code}): check the credentials in MONGODB_URI")
         except pymongo.errors.PyMongoError:
-            _stop(f"worknet-rpc: database {hosts}: not reachable within {settings.db_timeout_seconds:g} s")
+            from worknet.startup import why_unreachable
+
+            _stop(f"worknet-rpc: database {hosts}: {why_unreachable(nodes, settings.db_timeout_seconds)}")
         finally:
             client.close()
         where = f"database {hosts} answers"
