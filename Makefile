@@ -15,22 +15,40 @@ NODE_PACKAGES := $(dir $(wildcard tests/node/package.json clients/node/package.j
 
 .PHONY: run test lint install node-deps node-client lock demo bench soak fuzz clean
 
-# Exactly the locked set (every file checked against its hash), then the project itself
-# without touching dependencies and built by the locked setuptools.
-$(BIN)/twistd: setup.py setup.cfg requirements/dev.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_FLAGS) --require-hashes -r requirements/dev.txt
+# One .venv, one stamp per lock installed into it. `make run` installs only what the daemon and its
+# embedded database need (requirements/embedded.txt, about half the packages); `make test` and the
+# other tools the development lock (requirements/dev.txt: the same pins plus tests, lint, plots), which
+# also satisfies the embedded one. Exactly the locked set (every file checked against its hash, pip's
+# progress shown), then the project itself without touching dependencies and built by the locked
+# setuptools. Bytecode is compiled on first import (--no-compile: half the install time).
+PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check --no-compile
+define install-project
 	$(BIN)/pip install $(PIP_FLAGS) --no-deps --no-build-isolation --use-pep517 -e . --config-settings editable_mode=compat
+endef
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-embedded: requirements/embedded.txt setup.py setup.cfg | $(BIN)/python
+	@echo "installing the daemon and its embedded database into $(VENV) (requirements/embedded.txt)"
+	$(PIP_INSTALL) --require-hashes -r requirements/embedded.txt
+	$(install-project)
 	@touch $@
 
-install: $(BIN)/twistd
+$(VENV)/.installed-dev: requirements/dev.txt setup.py setup.cfg | $(BIN)/python
+	@echo "installing the development tools into $(VENV) (requirements/dev.txt)"
+	$(PIP_INSTALL) --require-hashes -r requirements/dev.txt
+	$(install-project)
+	@touch $@ $(VENV)/.installed-embedded
+
+install: $(VENV)/.installed-dev
 
 # A first run writes a development .env (random JWT_SECRET, embedded database).
-.env:
+.env: | $(BIN)/python
 	@$(BIN)/python -c "import secrets; print('NODE_ENV=development'); print('JWT_SECRET=' + secrets.token_urlsafe(48))" > .env
 	@echo "wrote .env for local development (NODE_ENV=development, a random JWT_SECRET, embedded database)"
 
-run: install .env
+run: $(VENV)/.installed-embedded .env
 	$(BIN)/twistd --nodaemon --pidfile= worknet-rpc
 
 lint: install
@@ -78,7 +96,7 @@ lock: $(LOCK_VENV)/bin/pip-compile
 
 # Loads the demo marketplace into the daemon started by `make run` (DEMO_URL to aim elsewhere).
 DEMO_URL ?= http://127.0.0.1:8000/RPC2
-demo: install
+demo: $(VENV)/.installed-embedded
 	$(BIN)/python -m worknet.demo --url $(DEMO_URL)
 
 bench: install

@@ -164,7 +164,9 @@ def test_embedded_database_failure_stops_the_daemon(tmp_path, make_daemon):
     assert "cannot run without the database" in second.log()
     holder = [pid for pid in processes_mentioning(str(data_dir)) if "secantusd" in
               Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
-    assert f"is in use by process {holder[0]}" in second.log()
+    assert first.process is not None  # the daemon is named, and its database process
+    assert (f"is in use by process {first.process.pid} (a worknet-rpc daemon; its database is process {holder[0]})"
+            in second.log()), second.log()[-2000:]
     assert first.proxy().ping()["mongodb"] == "connected"
 
 
@@ -233,3 +235,28 @@ def test_foreground_logs_one_line_per_call_to_rpc_server_log(daemon, tmp_path):
     assert len(lines) == 1 and " ms ok" in lines[0]
     assert "secret-looking-argument-91" not in log_file.read_text()
     assert "categoriesService.create" in daemon.log()  # and the console
+
+
+def test_ctrl_c_stops_the_daemon_and_then_its_embedded_database_in_order(make_daemon, tmp_path):
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group: only the daemon may act on it,
+    stopping its database itself -- not the database dying at once, seen as a crash (restarted, compaction
+    postponed with AutoReconnect)."""
+    data_dir = tmp_path / "ctrl-c-data"
+    daemon = make_daemon(mongodb_uri="", start=False, DATA_DIR=str(data_dir))
+    argv = daemon.argv
+    daemon.argv = lambda: ["setsid", *argv()]  # its own process group, as a shell gives a foreground job
+    daemon.start()
+    assert daemon.process is not None
+    assert daemon.proxy().categoriesService.create("Before Ctrl-C", "before-ctrl-c", "")["success"]
+    database = [pid for pid in processes_mentioning(str(data_dir)) if pid != daemon.process.pid]
+    assert len(database) == 1
+    # out of the daemon's process group (a race otherwise: whichever of the two handles the SIGINT first)
+    assert os.getpgid(database[0]) != os.getpgid(daemon.process.pid)
+    os.killpg(daemon.process.pid, signal.SIGINT)  # what the terminal does
+    # twistd ends a SIGINT run by re-raising the signal (the shell's convention for an interrupted job)
+    assert daemon.process.wait(timeout=60) in (0, -signal.SIGINT)
+    log = daemon.log()
+    assert "Received SIGINT, shutting down." in log and "embedded database stopped" in log, log[-3000:]
+    for spurious in ("exited unexpectedly", "restarting it", "compaction postponed", "AutoReconnect"):
+        assert spurious not in log, log[-3000:]
+    wait_for(lambda: not processes_mentioning(str(data_dir)), 30, "the embedded database to exit")

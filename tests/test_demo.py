@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT
 from worknet.demo import DEMO_PASSWORD, EMAIL_DOMAIN
@@ -25,7 +30,36 @@ def counts(db) -> dict[str, int]:
             if not name.startswith("catalogue")}
 
 
-def test_demo_loads_a_marketplace_and_is_idempotent(make_daemon, mongo):
+def readme_snippets(language: str) -> list[tuple[str, str]]:
+    """Each ``language`` block of the README with the ``text`` block that follows it (its output; "" if none)."""
+    readme = (ROOT / "README.md").read_text()
+    found = []
+    for block in re.finditer(rf"```{language}\n(.*?)```\n", readme, re.DOTALL):
+        after = re.match(r"\n(?:(?!```).){0,300}?```text\n(.*?)\n```", readme[block.end():], re.DOTALL)
+        found.append((block.group(1), after.group(1) if after else ""))
+    return found
+
+
+def run_js_snippets(daemon, tmp_path: Path) -> None:
+    """Every JavaScript block of the README, pasted into a file of a project that installed the client."""
+    node, client = shutil.which("node"), ROOT / "clients" / "node"
+    if node is None or not (client / "node_modules" / "xmlrpc").is_dir():
+        pytest.fail("node and clients/node's packages are required: run `make node-client` (make test does)")
+    project = tmp_path / "node-backend"
+    (project / "node_modules").mkdir(parents=True)
+    (project / "node_modules" / "worknet-rpc-client").symlink_to(client, target_is_directory=True)
+    snippets = readme_snippets("js")
+    assert snippets, "the README has JavaScript snippets"
+    for n, (code, expected) in enumerate(snippets):
+        script = project / f"snippet{n}.js"
+        script.write_text(code)
+        done = subprocess.run([node, str(script)], cwd=project, capture_output=True, text=True, timeout=60,
+                              env={"PATH": os.environ["PATH"], "RPC_SERVER_URL": daemon.url})
+        assert done.returncode == 0, (code, done.stdout, done.stderr)
+        assert done.stdout.strip() == expected.strip(), (code, done.stdout, done.stderr)
+
+
+def test_demo_loads_a_marketplace_and_is_idempotent(make_daemon, mongo, tmp_path):
     daemon = make_daemon(BCRYPT_ROUNDS="4")
     db = mongo[daemon.db_name]
     first_output = run_demo(daemon.url)
@@ -61,3 +95,25 @@ def test_demo_loads_a_marketplace_and_is_idempotent(make_daemon, mongo):
         done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60,
                               env={"PATH": os.environ["PATH"]})
         assert done.returncode == 0 and done.stdout.strip() == expected.strip(), (command, done.stdout, done.stderr)
+
+    # "Calling it" (Python) and "Calling from Node", run after the demo as the README orders them.
+    calling = [(code, out) for code, out in readme_snippets("python") if code.startswith("import xmlrpc.client")]
+    assert len(calling) == 1 and calling[0][1], calling
+    code, expected = calling[0]
+    done = subprocess.run([sys.executable, "-c", code.replace("127.0.0.1:8000", f"127.0.0.1:{daemon.port}")],
+                          capture_output=True, text=True, timeout=60, env={"PATH": os.environ["PATH"]})
+    assert done.returncode == 0 and done.stdout.strip() == expected.strip(), (code, done.stdout, done.stderr)
+    run_js_snippets(daemon, tmp_path)
+
+
+def test_demo_against_a_daemon_that_requires_a_token_says_the_token_is_missing_or_wrong(make_daemon):
+    token = secrets.token_urlsafe(32)
+    daemon = make_daemon(RPC_AUTH_TOKEN=token)
+    for given, says in (("", "the token is missing"), ("not-" + token, "the token is wrong")):
+        done = subprocess.run([sys.executable, "-m", "worknet.demo", "--url", daemon.url, "--quiet"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60,
+                              env={"PATH": os.environ["PATH"], "RPC_AUTH_TOKEN": given})
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, (done.returncode, lines)
+        assert says in lines[0] and "RPC_AUTH_TOKEN" in lines[0] and "start it with make run" not in lines[0], lines
+        assert token not in lines[0]

@@ -102,6 +102,8 @@ def test_every_install_uses_the_locks():
     makefile = (ROOT / "Makefile").read_text()
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "--require-hashes -r requirements/dev.txt" in makefile
+    assert "--require-hashes -r requirements/embedded.txt" in makefile  # make run: the daemon's own lock
+    assert re.search(r"^run: \$\(VENV\)/\.installed-embedded ", makefile, re.M)
     assert "--no-deps --no-build-isolation --use-pep517 -e ." in makefile
     assert "npm ci" in makefile and "--no-package-lock" not in makefile
     assert "--require-hashes" in dockerfile and "requirements/" in dockerfile
@@ -129,4 +131,9 @@ def test_every_dependency_in_setup_cfg_is_locked():
     extras = set().union(*(names(v) for v in config["options.extras_require"].values()))
     base, dev = pins(REQUIREMENTS / "base.txt"), pins(REQUIREMENTS / "dev.txt")
     assert not required - base.keys(), f"not in requirements/base.txt (run make lock): {required - base.keys()}"
+    # make run installs requirements/embedded.txt only: the daemon and its embedded database (demo included)
+    running = required | names(config["options.extras_require"]["embedded"]) | names(
+        config["options.extras_require"]["demo"])
+    embedded = pins(REQUIREMENTS / "embedded.txt")
+    assert not running - embedded.keys(), f"not in requirements/embedded.txt (run make lock): {running - embedded.keys()}"
     assert not (required | extras) - dev.keys(), f"not in requirements/dev.txt (run make lock): {(required | extras) - dev.keys()}"

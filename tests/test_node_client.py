@@ -49,3 +49,22 @@ def test_node_client_package_suite(make_daemon):
     summary = "\n".join(line for line in done.stdout.splitlines() if line.startswith("# "))
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "# fail 0" in summary and "# pass " in summary, summary
+
+
+def test_npm_run_generate_works_in_a_fresh_clone(make_daemon, tmp_path):
+    """The README's `cd clients/node && npm run generate` in a checkout without node_modules: it installs the
+    package's locked dependencies first (npm ci, from npm's cache when it has them), then writes the same
+    declarations as the committed ones (the daemon is this checkout's)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("npm is required (make test's Node client tests need it)")
+    fresh = tmp_path / "node"
+    shutil.copytree(CLIENT_DIR, fresh, ignore=shutil.ignore_patterns("node_modules"))
+    daemon = make_daemon()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
+           "RPC_SERVER_URL": daemon.url, "npm_config_prefer_offline": "true"}
+    done = subprocess.run([npm, "run", "generate"], cwd=fresh, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"wrote methods.json from {daemon.url}" in done.stdout and f"wrote index.d.ts from {daemon.url}" in done.stdout
+    for name in ("methods.json", "index.d.ts"):
+        assert (fresh / name).read_text() == (CLIENT_DIR / name).read_text(), name

@@ -68,13 +68,17 @@ def test_check_config_accepts_good_settings_and_a_reachable_database(tmp_path, d
 
 
 @pytest.mark.parametrize("args, mentions", [
-    (["--mongodb-uri", "mongodb://operator:pa55-word-x@127.0.0.1:{port}/?authSource=admin"], "not reachable"),
+    (["--mongodb-uri", "mongodb://operator:pa55-word-x@127.0.0.1:{port}/?authSource=admin"],
+     "127.0.0.1:{port}: connection refused: nothing listens on 127.0.0.1:{port}"),
+    (["--mongodb-uri", "mongodb://operator:pa55-word-x@no-such-host.invalid:27017/"],
+     "no-such-host.invalid:27017: the host name no-such-host.invalid does not resolve"),
     (["--mongodb-uri", "not-a-uri"], "MONGODB_URI"),
     (["--listen", "ssl:{port}:privateKey=/nonexistent/key.pem"], "RPC_LISTEN"),
     (["--data-dir", "/proc/forbidden/db"], "DATA_DIR"),
 ])
 def test_check_config_refuses_with_one_line_and_exit_2(tmp_path, args, mentions):
-    args = [a.format(port=free_port()) for a in args]
+    port = free_port()
+    args, mentions = [a.format(port=port) for a in args], mentions.format(port=port)
     done = twistd(tmp_path, "worknet-rpc", "--check-config", *args,
                   env=base_env(tmp_path, DB_TIMEOUT_SECONDS="1"))
     lines = (done.stdout + done.stderr).strip().splitlines()
@@ -101,7 +105,22 @@ def test_missing_embedded_extra_is_one_clear_line(tmp_path):
                           capture_output=True, text=True, timeout=60)
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, lines
-    assert "MONGODB_URI is unset" in lines[0] and "worknet-rpc[embedded]" in lines[0]
+    assert "MONGODB_URI is unset" in lines[0]
+    assert f"{venv / 'bin' / 'python'} -m pip install --require-hashes -r requirements/embedded.txt" in lines[0]
+
+
+@pytest.mark.parametrize("host, cause", [
+    ("127.0.0.1:{port}", "connection refused: nothing listens on 127.0.0.1:{port}"),
+    ("no-such-host.invalid:27017", "the host name no-such-host.invalid does not resolve"),
+], ids=["refused", "unresolvable"])
+def test_the_daemon_names_why_the_database_is_not_reachable(make_daemon, host, cause):
+    port = free_port()
+    host, cause = host.format(port=port), cause.format(port=port)
+    daemon = make_daemon(mongodb_uri=f"mongodb://{host}/", start=False)
+    daemon.start(wait=False)
+    line = wait_for(lambda: next((line for line in daemon.log().splitlines() if "waiting for the database" in line),
+                                 None), 30, "the waiting line")
+    assert line.endswith(f"waiting for the database at {host}: {cause}"), line
 
 
 # -- logs ----------------------------------------------------------------------------------------------------------
@@ -230,6 +249,53 @@ def test_systemd_unit_exposure_is_at_most_2_5():
     for setting in ("Type=notify", "DynamicUser=yes", "StateDirectory=worknet-rpc", "CapabilityBoundingSet=\n",
                     "SystemCallFilter=@system-service", "UMask=0077", "DATA_DIR=/var/lib/worknet-rpc/db"):
         assert setting in text, setting
+
+
+def unit_environment(unit: str, env_file: Path) -> dict[str, str]:
+    """The environment systemd gives the service: the unit's Environment= lines, then its EnvironmentFile=,
+    which wins (systemd.exec: "settings from these files override settings made with Environment=")."""
+    import shlex
+
+    from dotenv import dotenv_values
+
+    environment: dict[str, str] = {}
+    for line in unit.splitlines():
+        if line.startswith("Environment="):
+            environment.update(item.split("=", 1) for item in shlex.split(line[len("Environment="):]))
+    assert re.search(r"^EnvironmentFile=/etc/worknet-rpc/env$", unit, re.M)
+    environment.update({k: v or "" for k, v in dotenv_values(env_file).items()})
+    return environment
+
+
+def test_the_systemd_units_env_example_keeps_the_units_own_settings(tmp_path):
+    """The example file the unit names, edited as it says (placeholders replaced), plus the unit: the log
+    goes to the journal only and the embedded database to the state directory; systemd-analyze verify passes."""
+    unit = (ROOT / "deploy" / "worknet-rpc.service").read_text()
+    named = re.search(r"settings in /etc/worknet-rpc/env \((?:start from )?(deploy/[\w.-]+)", unit)
+    assert named, "the unit names the example of /etc/worknet-rpc/env"
+    example = (ROOT / named.group(1)).read_text()
+    assert f"start from [{named.group(1)}]({named.group(1)})" in (ROOT / "README.md").read_text()
+    edited = tmp_path / "env"
+    edited.write_text(example.replace("change-me-to-a-long-random-token", secrets.token_urlsafe(32))
+                      .replace("JWT_SECRET=change-me", f"JWT_SECRET={secrets.token_urlsafe(48)}"))
+    environment = unit_environment(unit, edited)
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    from worknet.config import load_settings
+
+    settings = load_settings(environ=environment, env_file=str(empty))
+    assert (settings.log_file, settings.data_dir) == ("", "/var/lib/worknet-rpc/db"), named.group(1)
+    assert settings.node_env == "production" and not settings.embedded_database
+    without_mongodb = {k: v for k, v in environment.items() if k != "MONGODB_URI"}  # "delete MONGODB_URI"
+    assert load_settings(environ=without_mongodb, env_file=str(empty)).data_dir == "/var/lib/worknet-rpc/db"
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd): the unit's syntax is unchecked")
+    local = tmp_path / "worknet-rpc.service"  # verify wants ExecStart's program to exist: this checkout's twistd
+    local.write_text(unit.replace("/opt/worknet-rpc/.venv/bin/twistd", str(BIN / "twistd")))
+    done = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stdout + done.stderr
 
 
 def test_healthcheck_follows_rpc_port_and_rpc_listen(daemon, tmp_path):

@@ -53,11 +53,14 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
     assert f"port {port}" in line and "in use" in line
 
 
-@pytest.mark.parametrize("token", ["", "short-token", PLACEHOLDER_TOKEN])
-def test_production_refuses_a_non_loopback_listener_without_a_real_token(tmp_path, token):
+@pytest.mark.parametrize("token, cause", [("", "RPC_AUTH_TOKEN is unset"),
+                                          ("short-token", "RPC_AUTH_TOKEN is too short (11 characters)"),
+                                          ("s" * 31, "RPC_AUTH_TOKEN is too short (31 characters)"),
+                                          (PLACEHOLDER_TOKEN, "RPC_AUTH_TOKEN is the example placeholder")])
+def test_production_refuses_a_non_loopback_listener_without_a_real_token(tmp_path, token, cause):
     line = one_line(run_daemon(tmp_path, "--listen", "tcp:0", NODE_ENV="production", JWT_SECRET="j" * 48,
                                RPC_AUTH_TOKEN=token, MONGODB_URI="mongodb://127.0.0.1:1/"))
-    assert "RPC_AUTH_TOKEN" in line
+    assert "needs RPC_AUTH_TOKEN, a random token of at least 32 characters" in line and cause in line, line
     assert not token or token not in line
 
 

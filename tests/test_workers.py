@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -177,3 +179,64 @@ def test_workers_refuse_a_tls_endpoint(make_daemon):
     assert daemon.process is not None
     assert daemon.process.wait(timeout=30) != 0
     assert "tcp: or tcp6:" in daemon.log()
+
+
+READ_ONLY_TMP = ("mount --bind \"$WRITABLE\" \"$WRITABLE\" && mount --rbind /tmp /tmp && mount -o remount,bind,ro /tmp "
+                 "&& mount --bind /var/tmp /var/tmp && mount -o remount,bind,ro /var/tmp && exec \"$@\"")
+
+
+def read_only_tmp(writable: Path) -> list[str]:
+    """A command prefix: the command runs in a mount namespace of its own where /tmp and /var/tmp are read-only
+    (as on `docker run --read-only`) and only ``writable`` (under /tmp) stays writable."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed: no mount namespace to make /tmp read-only in")
+    probe = subprocess.run([unshare, "-m", "--propagation", "private", "mount", "--bind", "/tmp", "/tmp"],
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare -m with a bind mount needs root (CAP_SYS_ADMIN): {probe.stderr.strip()}")
+    return [unshare, "-m", "--propagation", "private", "env", f"WRITABLE={writable}", "sh", "-c", READ_ONLY_TMP, "sh"]
+
+
+def test_workers_on_a_read_only_tmp_keep_their_metrics_in_the_data_directory(make_daemon, tmp_path):
+    """`--workers 2` where /tmp, /var/tmp and the working directory are read-only (docker run --read-only):
+    with a writable DATA_DIR, --check-config says ok and the daemon serves, its metrics directory in DATA_DIR;
+    without one, both stop with one line."""
+    data, elsewhere = tmp_path / "data", tmp_path / "read-only-data"
+    data.mkdir()
+    prefix = read_only_tmp(data)
+
+    def in_namespace(daemon):
+        argv = daemon.argv
+        daemon.argv = lambda: [*prefix, *argv()]
+        return daemon
+
+    def check_config(daemon) -> tuple[int, list[str]]:
+        done = subprocess.run([*daemon.argv(), "--check-config"], cwd=tmp_path, env=daemon.env,
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        return done.returncode, (done.stdout + done.stderr).strip().splitlines()
+
+    refused = in_namespace(make_daemon(start=False, RPC_WORKERS="2", LOG_FILE="", DATA_DIR=str(elsewhere)))
+    code, lines = check_config(refused)
+    assert code == 2 and len(lines) == 1, (code, lines[-20:])
+    assert "RPC_WORKERS (--workers) 2" in lines[0] and f"DATA_DIR {elsewhere}" in lines[0], lines
+    refused.start(wait=False)  # the daemon itself: the same line, no traceback
+    assert refused.process is not None and refused.process.wait(timeout=60) == 2
+    assert refused.log().strip().splitlines() == lines
+
+    daemon = in_namespace(make_daemon(start=False, RPC_WORKERS="2", LOG_FILE="", DATA_DIR=str(data)))
+    code, lines = check_config(daemon)
+    assert code == 0 and len(lines) == 1 and "configuration ok" in lines[0], (code, lines[-20:])
+    daemon.start()
+    assert daemon.process is not None
+    wait_for(lambda: len(workers_of(daemon.process.pid)) == 2, 20, "two workers")
+    for _ in range(20):
+        assert b"RPC Server is running" in ping_on_new_connection(daemon.port)
+    metrics = list(data.glob("worknet-metrics-*"))
+    assert len(metrics) == 1 and list(metrics[0].glob("*.db")), metrics
+    text = wait_for(lambda: (lambda t: t if re.search(r'^worknet_rpc_requests_total\{method="ping",outcome="ok"\} '
+                                                      r"20\.0$", t, re.M) else None)(http_get(daemon.port, "/metrics")[1]),
+                    10, "the 20 pings counted over both workers")
+    assert "worknet_db_pool_size 20.0" in text
+    assert daemon.stop() == 0
+    assert not list(data.glob("worknet-metrics-*"))  # removed on stop

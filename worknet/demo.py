@@ -323,7 +323,17 @@ def main(argv: list[str] | None = None) -> int:
     rpc = xmlrpc.client.ServerProxy(options.url, allow_none=True, headers=headers)
     try:
         rpc.ping()
-    except (OSError, xmlrpc.client.ProtocolError) as e:
+    except xmlrpc.client.ProtocolError as e:
+        if e.errcode == 401:  # the daemon requires RPC_AUTH_TOKEN (ping included)
+            which = "is wrong (not the daemon's)" if options.token else "is missing"
+            print(f"the daemon at {options.url} requires its RPC_AUTH_TOKEN and the token {which}: "
+                  "run make demo with RPC_AUTH_TOKEN=<the daemon's token> in the environment (or --token)",
+                  file=sys.stderr)
+        else:
+            print(f"the daemon at {options.url} answers HTTP {e.errcode} {e.errmsg}: is it WorkNet RPC's /RPC2?",
+                  file=sys.stderr)
+        return 1
+    except OSError as e:
         print(f"the daemon at {options.url} does not answer ({e}); start it with make run", file=sys.stderr)
         return 1
     with tqdm(total=STEPS, desc="demo marketplace", unit="item", disable=options.quiet) as progress:

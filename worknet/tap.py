@@ -96,9 +96,9 @@ class Options(usage.Options):
                 listen_address(self.settings.listen)
             except ValueError as e:
                 _stop(f"worknet-rpc: configuration error: {e}")
-        from worknet.startup import check_data_dir, check_listen
+        from worknet.startup import check_data_dir, check_listen, check_metrics_dir
 
-        problem = check_listen(self.settings)
+        problem = check_listen(self.settings) or check_metrics_dir(self.settings)
         if self.settings.embedded_database:
             from worknet.store.embedded import MISSING_EXTRA, find_secantusd
 
@@ -174,7 +174,9 @@ def check_config(settings: Settings) -> None:
         except pymongo.errors.OperationFailure as e:
             _stop(f"worknet-rpc: database {hosts}: refused ({e.code}): check the credentials in MONGODB_URI")
         except pymongo.errors.PyMongoError:
-            _stop(f"worknet-rpc: database {hosts}: not reachable within {wait:g} s")
+            from worknet.startup import why_unreachable
+
+            _stop(f"worknet-rpc: database {hosts}: {why_unreachable(list(target.hosts), wait)}")
         finally:
             client.close()
         auth = target.authenticates_against

@@ -21,7 +21,8 @@ never outlive their parent.
   batches; the parent writes them to its own log prefixed ``worker N``.
 - ``/metrics``: aggregated over all workers with prometheus_client's
   multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a private directory the
-  parent creates): whichever worker answers a scrape reports the sum of every
+  parent creates in the temporary directory, or in ``DATA_DIR`` when no
+  temporary directory is writable -- a read-only root): whichever worker answers a scrape reports the sum of every
   worker's counters and histograms; gauges are summed over live workers
   (``worknet_db_connected`` is the minimum: 1 only when every worker's pool
   answered).
@@ -48,6 +49,7 @@ from twisted.logger import LogLevel
 from worknet import logs
 from worknet.config import Settings
 from worknet.logs import logger
+from worknet.startup import metrics_parent
 
 log = logger("worknet.workers")
 
@@ -194,7 +196,8 @@ class WorkerPool(service.Service):
     def startService(self) -> None:
         super().startService()
         self.socket = open_listening_socket(self.settings.listen)
-        self.metrics_dir = tempfile.mkdtemp(prefix="worknet-metrics-")
+        # the temporary directory, or DATA_DIR on a read-only root (checked at startup: check_metrics_dir)
+        self.metrics_dir = tempfile.mkdtemp(prefix="worknet-metrics-", dir=metrics_parent(self.settings.data_dir))
         for number in range(1, self.settings.rpc_workers + 1):
             self._spawn(number)
 

