@@ -99,3 +99,66 @@ def test_an_entry_a_stopped_attempt_applied_is_marked_by_the_sellers_next_sale(r
     assert earnings(db, seller) == Decimal("16.00")
     db.ledger.delete_one({"_id": untouched})
     check_invariants(db, [seller], only_these_sellers=True)
+
+
+SCANNING = ("$or", "$and", "$expr")  # a top-level one disables every index on SecantusDB: a full scan
+
+
+def filters_of(entry: dict) -> list[dict]:
+    """The filters a profiled command ran with (find, count, update, delete, an aggregate's first $match)."""
+    command = entry.get("command") or {}
+    found = [command.get(name) for name in ("filter", "query", "q")]
+    found += [u.get("q") for u in command.get("updates", []) + command.get("deletes", []) if isinstance(u, dict)]
+    pipeline = command.get("pipeline") or []
+    if pipeline and isinstance(pipeline[0], dict):
+        found.append(pipeline[0].get("$match"))
+    return [f for f in found if isinstance(f, dict)]
+
+
+def scans(entries: list[dict]) -> list[tuple[str, str, dict]]:
+    return [(e.get("op"), e.get("ns"), f) for e in entries for f in filters_of(e) if set(f) & set(SCANNING)]
+
+
+def test_a_users_analytics_and_deletion_use_an_index_per_side(rpc, db):
+    """``$or: [{buyerId}, {sellerId}]`` scanned every order: once per analytics call and per deletion."""
+    seller, gig, buyer = market(db, "10.00")
+    oid = rpc.ordersService.create(gig, buyer, 1, "10.00")["order_id"]
+    pid = rpc.paymentsService.create("", oid, "10.00", "stripe")["payment_id"]
+    assert rpc.paymentsService.process(pid, "completed")["success"]
+    assert rpc.ordersService.update_status(oid, "completed")["success"]
+
+    with profiled(db) as entries:
+        as_seller = rpc.ordersService.get_analytics(seller, "all")["analytics"]
+        as_buyer = rpc.ordersService.get_analytics(buyer, "all")["analytics"]
+        assert rpc.usersService.delete_user(buyer)["success"]
+    assert scans(entries) == []
+    assert as_seller["asSeller"]["orders"] == 1 and as_seller["asSeller"]["byStatus"]["completed"] == 1
+    assert Decimal(str(as_seller["asSeller"]["earned"])) == Decimal("8.00")
+    assert [row["date"] for row in as_seller["asSeller"]["revenueByDay"]] != []
+    assert as_seller["asBuyer"]["orders"] == 0 and Decimal(str(as_seller["asBuyer"]["spent"])) == 0
+    assert as_buyer["asBuyer"]["orders"] == 1 and Decimal(str(as_buyer["asBuyer"]["spent"])) == Decimal("10.00")
+    assert as_buyer["asSeller"]["orders"] == 0
+
+
+def test_a_user_with_open_orders_on_either_side_is_not_deleted(rpc, db):
+    seller, gig, buyer = market(db, "10.00")
+    assert rpc.ordersService.create(gig, buyer, 1, "10.00")["success"]
+    for user in (buyer, seller):
+        refused = rpc.usersService.delete_user(user)
+        assert refused["code"] == "INVALID_STATE", refused
+        assert db.users.find_one({"_id": ObjectId(user)})["deletedAt"] is None
+
+
+def test_a_category_named_by_its_id_is_found_without_a_scan(rpc, db):
+    """A category id is also a valid slug (24 hex digits): ``$or: [{_id}, {slug}]`` scanned every category."""
+    seller, _gig, _buyer = market(db)
+    category = rpc.categoriesService.create("Growth tests", "growth-tests", "")["category_id"]
+    lookalike = rpc.categoriesService.create("Hex slug", "0123456789abcdef01234567", "")["category_id"]
+    gig = {"title": "A logo for your company", "description": "d" * 30, "price": "25.00", "deliveryTime": 3}
+    with profiled(db) as entries:
+        by_id = rpc.gigsService.create(seller, {**gig, "category": category})
+        by_hex_slug = rpc.gigsService.create(seller, {**gig, "category": "0123456789abcdef01234567"})
+    assert [(op, ns, f) for op, ns, f in scans(entries) if ns.endswith(".categories")] == []
+    assert by_id["gig"]["categoryId"] == category
+    assert by_hex_slug["gig"]["categoryId"] == lookalike
+    assert rpc.gigsService.create(seller, {**gig, "category": "ffffffffffffffffffffffff"})["code"] == "NOT_FOUND"
