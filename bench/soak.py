@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pymongo
 from bson import ObjectId
 
 from bench.loadgen import BIN, free_port, percentile, stop
@@ -293,6 +294,34 @@ class Client(threading.Thread):
         self.call(method, *args[method])
 
 
+# -- the database's own counters ----------------------------------------------------
+
+TOP_KINDS = ("queries", "insert", "update", "remove", "commands")
+Top = dict[tuple[str, str], tuple[int, int]]  # (collection, kind) -> (count, microseconds)
+
+
+def read_top(client: Any, db_name: str) -> Top:
+    """The server's ``top`` counters of ``db_name`` (MongoDB and SecantusDB both keep them): time per command kind."""
+    try:
+        totals = client.admin.command("top")["totals"]
+    except Exception:  # noqa: BLE001 - a server without top: no per-command table
+        return {}
+    found: Top = {}
+    for ns, counters in totals.items():
+        if not ns.startswith(f"{db_name}.") or ns.endswith(".system.profile"):
+            continue
+        for kind in TOP_KINDS:
+            entry = counters.get(kind) or {}
+            if entry.get("count"):
+                found[(ns.split(".", 1)[1], kind)] = (int(entry["count"]), int(entry["time"]))
+    return found
+
+
+def top_delta(before: Top, after: Top) -> Top:
+    return {key: (count - before.get(key, (0, 0))[0], micros - before.get(key, (0, 0))[1])
+            for key, (count, micros) in after.items() if count > before.get(key, (0, 0))[0]}
+
+
 # -- the report -------------------------------------------------------------------
 
 
@@ -313,6 +342,11 @@ class Sample:
     @property
     def rate(self) -> float:
         return self.calls / self.seconds if self.seconds else 0.0
+
+    @property
+    def db_cpu_per_call(self) -> float:
+        """Milliseconds of the database's CPU per call: what the load costs it, whatever else runs on the machine."""
+        return self.db_cpu / 100 * self.seconds / self.calls * 1000 if self.calls else float("nan")
 
 
 def summarize(calls: list[Call], start: float, end: float, db_rss: float, daemon_rss: float, db_cpu: float,
@@ -383,12 +417,35 @@ def verdicts(samples: list[Sample], baseline_rss: float) -> list[tuple[str, bool
     ]
 
 
+def top_table(tops: list[Top]) -> list[str]:
+    """The database's time per (collection, command kind) in the first and the last sample (``top``)."""
+    if len(tops) < 2 or not tops[0] or not tops[-1]:
+        return []
+    first, last = tops[0], tops[-1]
+    keys = sorted(set(first) | set(last), key=lambda k: -max(last.get(k, (0, 0))[1], first.get(k, (0, 0))[1]))[:20]
+
+    def cell(top: Top, key: tuple[str, str]) -> str:
+        count, micros = top.get(key, (0, 0))
+        return f"{count} | {micros / count / 1000:.1f} | {micros / 1e6:.1f}" if count else "0 | - | 0"
+
+    return [
+        "The database's own time per collection and command kind (its `top` counters; statements inside "
+        "transactions included, waits for the transaction registry not), first and last sample:",
+        "",
+        "| collection | kind | count (first) | mean ms | total s | count (last) | mean ms | total s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        *(f"| {c} | {k} | {cell(first, (c, k))} | {cell(last, (c, k))} |" for c, k in keys),
+        "",
+    ]
+
+
 def report(args: argparse.Namespace, samples: list[Sample], calls: list[Call], baseline_rss: float,
-           where: str) -> bool:
+           where: str, tops: list[Top]) -> bool:
     checks = verdicts(samples, baseline_rss)
     first_methods = by_method(calls, 0, samples[0].minute * 60)
     last_methods = by_method(calls, samples[-1].minute * 60 - samples[-1].seconds, samples[-1].minute * 60)
     codes = sorted({code for s in samples for code in s.outcomes} - {"ok"})
+    failed_methods = Counter(c.method for c in calls if c.outcome != "ok")
     title = f"WorkNet RPC soak: {args.threads} threads, marketplace mix, {where}"
     lines = [
         f"# Soak: {args.minutes:g} minutes, {args.threads} client threads, {where}",
@@ -397,14 +454,15 @@ def report(args: argparse.Namespace, samples: list[Sample], calls: list[Call], b
         "load average (1 min) at the end of each sample in the last column.",
         "",
         "| minute | calls/s | UNAVAILABLE | other failures | p50 ms | p99 ms | max ms | database RSS MiB "
-        "| database CPU % | daemon RSS MiB | load |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| database CPU % | database CPU ms per call | daemon RSS MiB | load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(f"| {s.minute:.1f} | {s.rate:.1f} | {s.outcomes.get('UNAVAILABLE', 0)} | "
           f"{sum(n for c, n in s.outcomes.items() if c not in ('ok', 'UNAVAILABLE'))} | {s.p50:.0f} | {s.p99:.0f} | "
-          f"{s.worst:.0f} | {s.db_rss:.0f} | {s.db_cpu:.0f} | {s.daemon_rss:.0f} | {s.load:.2f} |" for s in samples),
+          f"{s.worst:.0f} | {s.db_rss:.0f} | {s.db_cpu:.0f} | {s.db_cpu_per_call:.1f} | {s.daemon_rss:.0f} | "
+          f"{s.load:.2f} |" for s in samples),
         "",
-        *([f"Failures by code: {', '.join(f'{c} {sum(s.outcomes.get(c, 0) for s in samples)}' for c in codes)}.", ""]
-          if codes else []),
+        *([f"Failures by code: {', '.join(f'{c} {sum(s.outcomes.get(c, 0) for s in samples)}' for c in codes)}; "
+           f"by method: {', '.join(f'{m} {n}' for m, n in failed_methods.most_common())}.", ""] if codes else []),
         "Targets:",
         "",
         *(f"- {'met' if good else 'NOT met'}: {text}" for text, good in checks),
@@ -417,6 +475,7 @@ def report(args: argparse.Namespace, samples: list[Sample], calls: list[Call], b
           f"{last_methods.get(m, (0, 0))[0]} | {last_methods.get(m, (0, float('nan')))[1]:.0f} |"
           for m in sorted(set(first_methods) | set(last_methods))),
         "",
+        *top_table(tops),
         f"![soak]({args.name}.png)",
     ]
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
@@ -451,6 +510,10 @@ def main() -> None:
         for client in clients:
             client.start()
         readings: list[tuple[float, float, float, float, float, float]] = []  # start, end, RSS db/daemon, CPU, load
+        monitor = pymongo.MongoClient(args.mongodb_uri or f"mongodb://127.0.0.1:{database_port(db_pid)}/",
+                                      directConnection=not args.mongodb_uri, serverSelectionTimeoutMS=5000)
+        tops: list[Top] = []
+        top_before = read_top(monitor, "soak")
         begin, cpu_before = 0.0, cpu_seconds(db_pid) if db_pid else float("nan")
         while begin < args.minutes * 60 - 1:
             end = min(begin + args.sample, args.minutes * 60)
@@ -458,18 +521,23 @@ def main() -> None:
             cpu_now = cpu_seconds(db_pid) if db_pid else float("nan")
             readings.append((begin, end, rss_mib(db_pid) if db_pid else float("nan"), rss_mib(daemon.process.pid),
                              (cpu_now - cpu_before) / (end - begin) * 100, os.getloadavg()[0]))
+            top_now = read_top(monitor, "soak")
+            tops.append(top_delta(top_before, top_now))
+            top_before = top_now
             with log.lock:
                 calls = list(log.calls)
             s = summarize(calls, *readings[-1])  # provisional: calls still running are counted at the end
             print(f"{s.minute:5.1f} min {s.rate:7.1f} calls/s  UNAVAILABLE {s.outcomes.get('UNAVAILABLE', 0):4d}  "
                   f"failed {s.calls - s.outcomes.get('ok', 0):4d}  p50 {s.p50:6.0f} p99 {s.p99:6.0f} "
-                  f"max {s.worst:6.0f} ms  db RSS {s.db_rss:6.0f} MiB  db CPU {s.db_cpu:3.0f} %  load {s.load:.2f}",
+                  f"max {s.worst:6.0f} ms  db RSS {s.db_rss:6.0f} MiB  db CPU {s.db_cpu:3.0f} % ({s.db_cpu_per_call:.1f} ms/call)  "
+                  f"load {s.load:.2f}",
                   flush=True)
             begin, cpu_before = end, cpu_now
         for client in clients:
             client.join(CLIENT_TIMEOUT + 5)
+        monitor.close()
     samples = [summarize(log.calls, *reading) for reading in readings]
-    if not report(args, samples, log.calls, baseline_rss, where):
+    if not report(args, samples, log.calls, baseline_rss, where, tops):
         sys.exit(1)
 
 
