@@ -5,7 +5,8 @@ user does on a laptop -- no ``MONGODB_URI``, so it runs its embedded SecantusDB
 in a data directory of its own (``--mongodb-uri`` points it at another server
 instead) -- seeds a small marketplace through the API, then drives it with
 ``--threads`` (16) client threads, each an ``xmlrpc.client`` on a keep-alive
-connection.  Every thread owns a buyer and repeats a round: an order flow with
+connection.  Every thread owns a buyer and a seller with a gig (``--sellers``
+fewer shares them) and repeats a round: an order flow with
 an idempotency key (create, a payment with a client-chosen id, process it,
 complete the order: the seller is credited through the ledger), a message
 with a client-chosen id, the seller reading it, two reads (by id, a search,
@@ -54,8 +55,6 @@ from bson import ObjectId
 from bench.loadgen import BIN, free_port, percentile, stop
 
 HERE = Path(__file__).resolve().parent
-SELLERS = 4
-GIGS_PER_SELLER = 2
 PRICE = "40.00"
 CLIENT_TIMEOUT = 30.0
 THROUGHPUT_KEPT = 0.8  # the last sample's calls/s at least this share of the first one's
@@ -189,23 +188,23 @@ def expect(answer: Any, what: str) -> dict:
     return answer
 
 
-def seed(url: str, threads: int) -> dict[str, Any]:
-    """A category, sellers with gigs, one buyer per thread with a conversation with a seller."""
+def seed(url: str, threads: int, seller_count: int) -> dict[str, Any]:
+    """A category, ``seller_count`` sellers with a gig each, one buyer per thread with a conversation with a
+    seller (thread n buys from seller n mod ``seller_count``)."""
     rpc = proxy(url)
     tag = secrets.token_hex(3)
     expect(rpc.categoriesService.create("Soak testing", "soak-testing", "Long runs"), "category")
     sellers, gigs = [], []
-    for s in range(SELLERS):
+    for s in range(seller_count):
         seller = expect(rpc.usersService.register(f"seller{s}_{tag}", f"seller{s}.{tag}@soak.example",
                                                   "a long password 1", "freelancer"), "seller")["user_id"]
         sellers.append(seller)
-        for g in range(GIGS_PER_SELLER):
-            gig = expect(rpc.gigsService.create(seller, {
-                "title": f"Load testing number {g} for your service",
-                "description": "I will soak your XML-RPC server for hours and report its curves.",
-                "category": "soak-testing", "price": PRICE, "deliveryTime": 3,
-            }), "gig")["gig_id"]
-            gigs.append((gig, seller))
+        gig = expect(rpc.gigsService.create(seller, {
+            "title": f"Load testing number {s} for your service",
+            "description": "I will soak your XML-RPC server for hours and report its curves.",
+            "category": "soak-testing", "price": PRICE, "deliveryTime": 3,
+        }), "gig")["gig_id"]
+        gigs.append((gig, seller))
     buyers = []
     for b in range(threads):
         buyer = expect(rpc.usersService.register(f"buyer{b}_{tag}", f"buyer{b}.{tag}@soak.example",
@@ -490,6 +489,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--sellers", type=int, default=0,
+                        help="sellers the threads buy from (default: one per thread, as users' load spreads; "
+                             "fewer make their documents hot spots that every sale writes)")
     parser.add_argument("--sample", type=float, default=60.0, help="seconds per row (default a minute)")
     parser.add_argument("--mongodb-uri", default=None, help="run against this server instead of the embedded one")
     parser.add_argument("--out", type=Path, default=HERE, help="where the report goes (default bench/)")
@@ -499,7 +501,7 @@ def main() -> None:
     where = "embedded SecantusDB" if not args.mongodb_uri else "the server of --mongodb-uri"
     log = Log()
     with Daemon(args.mongodb_uri) as daemon:
-        data = seed(daemon.url, args.threads)
+        data = seed(daemon.url, args.threads, args.sellers or args.threads)
         db_pid = daemon.db_pid
         baseline_rss = rss_mib(db_pid) if db_pid else float("nan")
         print(f"seeded; database pid {db_pid}, port {database_port(db_pid) if db_pid else '-'}, "
