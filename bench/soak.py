@@ -136,8 +136,9 @@ def database_port(pid: int) -> int | None:
 class Daemon:
     """``twistd -n worknet-rpc`` in a throw-away folder: the embedded database unless ``uri`` is given."""
 
-    def __init__(self, uri: str | None = None) -> None:
+    def __init__(self, uri: str | None = None, source: Path | None = None) -> None:
         self.uri = uri
+        self.source = source  # another checkout whose worknet package the daemon runs (before/after figures)
 
     def __enter__(self) -> Daemon:
         self.path = Path(tempfile.mkdtemp(prefix="bench-soak-"))
@@ -147,6 +148,8 @@ class Daemon:
             "JWT_SECRET": secrets.token_urlsafe(48), "LOG_LEVEL": "WARNING", "LOG_FILE": "",
             "BCRYPT_ROUNDS": "4", "DB_TIMEOUT_SECONDS": "5", "DATA_DIR": str(self.path / "db"),
         }
+        if self.source is not None:
+            env["PYTHONPATH"] = str(self.source.resolve())
         argv = [str(BIN / "twistd"), "-n", "--pidfile=", "worknet-rpc", "--listen",
                 f"tcp:{self.port}:interface=127.0.0.1", "--db-name", "soak"]
         if self.uri:
@@ -494,13 +497,16 @@ def main() -> None:
                              "fewer make their documents hot spots that every sale writes)")
     parser.add_argument("--sample", type=float, default=60.0, help="seconds per row (default a minute)")
     parser.add_argument("--mongodb-uri", default=None, help="run against this server instead of the embedded one")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="run the daemon of another checkout (its worknet package), e.g. an export of an older "
+                             "commit, to compare curves with the same command")
     parser.add_argument("--out", type=Path, default=HERE, help="where the report goes (default bench/)")
     parser.add_argument("--name", default="soak", help="file name of the report, without .md/.png (default soak)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     where = "embedded SecantusDB" if not args.mongodb_uri else "the server of --mongodb-uri"
     log = Log()
-    with Daemon(args.mongodb_uri) as daemon:
+    with Daemon(args.mongodb_uri, args.source) as daemon:
         data = seed(daemon.url, args.threads, args.sellers or args.threads)
         db_pid = daemon.db_pid
         baseline_rss = rss_mib(db_pid) if db_pid else float("nan")
