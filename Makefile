@@ -102,7 +102,8 @@ demo: $(VENV)/.installed-embedded
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# Ten minutes of mixed load on one daemon (needs wrk); writes bench/soak.md and bench/soak.png.
+# Ten minutes of a marketplace mix (16 client threads) on one daemon and its embedded database;
+# writes bench/soak.md and bench/soak.png and fails when a target is not met.
 soak: install
 	$(BIN)/python -m bench.soak --minutes 10 $(SOAK_ARGS)
 

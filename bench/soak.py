@@ -1,158 +1,559 @@
-"""Soak: mixed load on one daemon for a long time; throughput, p99 and memory over time.
+"""Soak: a marketplace mix on one daemon and its embedded database for a long time.
 
-``make soak`` (``python -m bench.soak --minutes 10``) starts a SecantusDB and a
-daemon, seeds a small marketplace through the API, then drives ``wrk`` (one
-thread, keep-alive, ``--latency``) with ``bench/soak.lua`` in back-to-back
-slices.  The Lua script rotates reads (ping, fees, category by slug, gig by
-id, a search) and writes (notifications, categories) with unique ids.  After
-every slice it records requests/s, p99, errors and the daemon's resident
-memory (``/proc/PID/status``), and writes ``soak.md`` (a table) and
-``soak.png`` (the curves) into ``--out`` (default ``bench/``).  It fails (exit 1) when the
-daemon's RSS grew by 5 % or more over the second half of the run.
-Loopback only, bounded by ``--minutes``; not part of ``make test``.
+``make soak`` (``python -m bench.soak --minutes 10``) starts the daemon as a
+user does on a laptop -- no ``MONGODB_URI``, so it runs its embedded SecantusDB
+in a data directory of its own (``--mongodb-uri`` points it at another server
+instead) -- seeds a small marketplace through the API, then drives it with
+``--threads`` (16) client threads, each an ``xmlrpc.client`` on a keep-alive
+connection.  Every thread owns a buyer and a seller with a gig (``--sellers``
+fewer shares them) and repeats a round: an order flow with
+an idempotency key (create, a payment with a client-chosen id, process it,
+complete the order: the seller is credited through the ledger; a flow cut short
+cancels its order), a message
+with a client-chosen id, the seller reading it, two reads (by id, a search,
+the categories, unread counts) and, every tenth round, a gig create.
+
+Every minute (``--sample`` seconds) it records successful calls/s, the answers by code
+(``UNAVAILABLE`` apart), latency percentiles, the database's and the daemon's
+resident memory (``/proc``), the database's CPU share and the load average;
+per method, the mean latency of the first and the last sample.  It writes
+``soak.md`` and ``soak.png`` (the curves) into ``--out`` (default ``bench/``)
+and checks the targets:
+
+* throughput of the last sample within 20 % of the first one's;
+* no ``UNAVAILABLE`` answer (nor any other failure);
+* the database's memory bounded: it grows by less than 25 % over the second
+  half of the run (data is added all along; a cost that grows with it shows
+  as a growing curve).
+
+Exit 1 when a target is not met.  Loopback only, bounded by ``--minutes``;
+not part of ``make test``.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import http.client
+import os
+import secrets
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import urllib.request
 import xmlrpc.client
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from bench.loadgen import Workspace
+import pymongo
+from bson import ObjectId
+
+from bench.loadgen import BIN, free_port, percentile, stop
 
 HERE = Path(__file__).resolve().parent
-CONNECTIONS = 32
+PRICE = "40.00"
+CLIENT_TIMEOUT = 30.0
+THROUGHPUT_KEPT = 0.8  # the last sample's calls/s at least this share of the first one's
+DB_GROWTH_MAX = 25.0  # % growth of the database's RSS over the second half of the run
+READS = (
+    "gigsService.get_by_id", "ordersService.get_by_id", "gigsService.search", "categoriesService.get_all",
+    "notificationsService.get_unread_count", "messagesService.get_unread_count", "gigsService.get_by_user",
+    "messagesService.get_conversation",
+)
+
+
+class Transport(xmlrpc.client.Transport):
+    """Keep-alive HTTP/1.1 with a socket timeout."""
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        connection = super().make_connection(host)
+        connection.timeout = CLIENT_TIMEOUT
+        return connection
+
+
+def proxy(url: str) -> xmlrpc.client.ServerProxy:
+    return xmlrpc.client.ServerProxy(url, transport=Transport(), allow_none=True)
+
+
+# -- processes ---------------------------------------------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = child.read_text().split()
+        except OSError:
+            continue
+        for text in children:
+            pids.extend(process_tree(int(text)))
+    return pids
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return []
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
 
 
-def daemon_pid(port: int) -> int:
-    """The twistd process listening on ``port`` (read from its command line in /proc)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def database_pid(daemon: int) -> int | None:
+    """The ``secantusd-py`` server among the daemon's descendants (the embedded database)."""
+    for pid in process_tree(daemon)[1:]:
+        argv = command_line(pid)
+        if any(part.endswith("secantusd-py") for part in argv) and not any("lifeline" in part for part in argv):
+            return pid
+    return None
+
+
+def database_port(pid: int) -> int | None:
+    argv = command_line(pid)
+    return int(argv[argv.index("--port") + 1]) if "--port" in argv else None
+
+
+class Daemon:
+    """``twistd -n worknet-rpc`` in a throw-away folder: the embedded database unless ``uri`` is given."""
+
+    def __init__(self, uri: str | None = None, source: Path | None = None) -> None:
+        self.uri = uri
+        self.source = source  # another checkout whose worknet package the daemon runs (before/after figures)
+
+    def __enter__(self) -> Daemon:
+        self.path = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+        self.port = free_port()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.path), "NODE_ENV": "test",
+            "JWT_SECRET": secrets.token_urlsafe(48), "LOG_LEVEL": "WARNING", "LOG_FILE": "",
+            "BCRYPT_ROUNDS": "4", "DB_TIMEOUT_SECONDS": "5", "DATA_DIR": str(self.path / "db"),
+        }
+        if self.source is not None:
+            env["PYTHONPATH"] = str(self.source.resolve())
+        argv = [str(BIN / "twistd"), "-n", "--pidfile=", "worknet-rpc", "--listen",
+                f"tcp:{self.port}:interface=127.0.0.1", "--db-name", "soak"]
+        if self.uri:
+            argv += ["--mongodb-uri", self.uri]
+        self.log = self.path / "daemon.log"
+        self.process = subprocess.Popen(argv, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=self.path)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the daemon exited:\n{self.log.read_text()[-2000:]}")
             try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as answer:  # noqa: S310
+                    if answer.status == 200:
+                        break
             except OSError:
-                continue
-            if any(b"twistd" in part for part in cmdline[:2]) and f"tcp:{port}:".encode() in b" ".join(cmdline):
-                return int(entry.name)
-    raise RuntimeError(f"no daemon found on port {port}")
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("the daemon did not become healthy within 120 s")
+        self.db_pid = None if self.uri else database_pid(self.process.pid)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/RPC2"
+
+    def __exit__(self, *exc_info: object) -> None:
+        stop(self.process)
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
-def seed(url: str) -> dict[str, str]:
-    """A category, a seller with a gig, as the Lua script needs them."""
-    rpc = xmlrpc.client.ServerProxy(url, allow_none=True)
-    category = rpc.categoriesService.create("Soak testing", "soak-testing", "Long runs")
-    seller = rpc.usersService.register("soak_seller", "seller@soak.example", "a long password 1", "freelancer")
-    gig = rpc.gigsService.create(seller["user_id"], {
-        "title": "Load testing for your service", "description": "I will soak your XML-RPC server for hours.",
-        "category": "soak-testing", "price": "45.00", "deliveryTime": 3,
-    })
-    for answer in (category, seller, gig):
-        if not answer.get("success"):
-            raise RuntimeError(f"seeding failed: {answer}")
-    return {"USER_ID": seller["user_id"], "GIG_ID": gig["gig_id"], "SLUG": "soak-testing"}
+# -- the marketplace -------------------------------------------------------------
 
 
-LATENCY = re.compile(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
-RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
-ERRORS = re.compile(r"^WORKNET_FAILED (\d+)$", re.MULTILINE)
-NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
-SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+def expect(answer: Any, what: str) -> dict:
+    if not isinstance(answer, dict) or not answer.get("success"):
+        raise RuntimeError(f"seeding failed at {what}: {answer}")
+    return answer
 
 
-def slice_once(wrk: str, url: str, seconds: int, env: dict[str, str]) -> tuple[float, float, int]:
-    """One wrk run: requests/s, p99 ms, errors (transport errors, non-2xx, success false)."""
-    done = subprocess.run(
-        [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(HERE / "soak.lua"), url],
-        capture_output=True, text=True, timeout=seconds + 60, env=env, check=True,
+def seed(url: str, threads: int, seller_count: int) -> dict[str, Any]:
+    """A category, ``seller_count`` sellers with a gig each, one buyer per thread with a conversation with a
+    seller (thread n buys from seller n mod ``seller_count``)."""
+    rpc = proxy(url)
+    tag = secrets.token_hex(3)
+    expect(rpc.categoriesService.create("Soak testing", "soak-testing", "Long runs"), "category")
+    sellers, gigs = [], []
+    for s in range(seller_count):
+        seller = expect(rpc.usersService.register(f"seller{s}_{tag}", f"seller{s}.{tag}@soak.example",
+                                                  "a long password 1", "freelancer"), "seller")["user_id"]
+        sellers.append(seller)
+        gig = expect(rpc.gigsService.create(seller, {
+            "title": f"Load testing number {s} for your service",
+            "description": "I will soak your XML-RPC server for hours and report its curves.",
+            "category": "soak-testing", "price": PRICE, "deliveryTime": 3,
+        }), "gig")["gig_id"]
+        gigs.append((gig, seller))
+    buyers = []
+    for b in range(threads):
+        buyer = expect(rpc.usersService.register(f"buyer{b}_{tag}", f"buyer{b}.{tag}@soak.example",
+                                                 "a long password 1", "client"), "buyer")["user_id"]
+        gig, seller = gigs[b % len(gigs)]
+        conversation = expect(rpc.messagesService.start_conversation(buyer, seller), "conversation")
+        buyers.append({"buyer": buyer, "seller": seller, "gig": gig, "conversation": conversation["conversation_id"]})
+    return {"sellers": sellers, "gigs": gigs, "buyers": buyers}
+
+
+@dataclass
+class Call:
+    at: float  # seconds since the load started, when the call was sent
+    method: str
+    ms: float
+    outcome: str  # "ok", an error code, "FAULT" or "TRANSPORT"
+
+
+@dataclass
+class Log:
+    calls: list[Call] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Client(threading.Thread):
+    def __init__(self, url: str, me: dict[str, Any], n: int, log: Log, started: float, stop_at: float) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.rpc = proxy(url)
+        self.me, self.n, self.log, self.started, self.stop_at = me, n, log, started, stop_at
+        self.round = 0
+
+    def call(self, method: str, *params: Any) -> dict | None:
+        began = time.monotonic()
+        answer: Any = None
+        try:
+            answer = getattr(self.rpc, method)(*params)
+            outcome = "ok" if answer.get("success") else str(answer.get("code"))
+        except xmlrpc.client.Fault:
+            outcome = "FAULT"
+        except (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError):
+            outcome = "TRANSPORT"
+            self.rpc = proxy(self.url)
+        ended = time.monotonic()
+        with self.log.lock:
+            self.log.calls.append(Call(began - self.started, method, (ended - began) * 1000, outcome))
+        return answer if outcome == "ok" else None
+
+    def run(self) -> None:
+        me = self.me
+        while time.monotonic() < self.stop_at:
+            self.round += 1
+            key = f"soak-{self.n}-{self.round}-{secrets.token_hex(4)}"
+            order = self.call("ordersService.create", me["gig"], me["buyer"], 1, PRICE, {"idempotency_key": key})
+            if order is not None:
+                me["order"] = order["order_id"]
+                pid = str(ObjectId())
+                done = (self.call("paymentsService.create", pid, me["order"], PRICE, "stripe") is not None
+                        and self.call("paymentsService.process", pid, "completed") is not None
+                        and self.call("ordersService.update_status", me["order"], "completed", "delivered") is not None)
+                if not done:  # a flow cut short: cancel its order (refunded if paid), as a client would,
+                    # else every later round of this buyer meets its pending order (CONFLICT)
+                    self.call("ordersService.cancel", me["order"], "the flow failed")
+            mid = str(ObjectId())
+            if self.call("messagesService.create", mid, me["conversation"], me["buyer"],
+                         {"text": f"round {self.round}: how is it going?"}) is not None:
+                self.call("messagesService.mark_as_read", mid, me["seller"])
+            for step in range(2):
+                self.read(READS[(self.round * 2 + step + self.n) % len(READS)])
+            if self.round % 10 == 0:
+                self.call("gigsService.create", me["seller"], {
+                    "title": f"Soak gig {self.n} {self.round}", "category": "soak-testing", "price": PRICE,
+                    "description": "Another gig created while the soak runs, to grow the catalogue.",
+                    "deliveryTime": 2,
+                })
+
+    def read(self, method: str) -> None:
+        me = self.me
+        args: dict[str, tuple] = {
+            "gigsService.get_by_id": (me["gig"],),
+            "ordersService.get_by_id": (me.get("order") or str(ObjectId()),),
+            "gigsService.search": ("load testing", {}, 1, 20),
+            "categoriesService.get_all": (1, 20),
+            "notificationsService.get_unread_count": (me["buyer"],),
+            "messagesService.get_unread_count": (me["seller"],),
+            "gigsService.get_by_user": (me["seller"], 1, 20),
+            "messagesService.get_conversation": (me["conversation"], 1, 20),
+        }
+        self.call(method, *args[method])
+
+
+# -- the database's own counters ----------------------------------------------------
+
+TOP_KINDS = ("queries", "insert", "update", "remove", "commands")
+Top = dict[tuple[str, str], tuple[int, int]]  # (collection, kind) -> (count, microseconds)
+
+
+def read_top(client: Any, db_name: str) -> Top:
+    """The server's ``top`` counters of ``db_name`` (MongoDB and SecantusDB both keep them): time per command kind."""
+    try:
+        totals = client.admin.command("top")["totals"]
+    except Exception:  # noqa: BLE001 - a server without top: no per-command table
+        return {}
+    found: Top = {}
+    for ns, counters in totals.items():
+        if not ns.startswith(f"{db_name}.") or ns.endswith(".system.profile"):
+            continue
+        for kind in TOP_KINDS:
+            entry = counters.get(kind) or {}
+            if entry.get("count"):
+                found[(ns.split(".", 1)[1], kind)] = (int(entry["count"]), int(entry["time"]))
+    return found
+
+
+def top_delta(before: Top, after: Top) -> Top:
+    return {key: (count - before.get(key, (0, 0))[0], micros - before.get(key, (0, 0))[1])
+            for key, (count, micros) in after.items() if count > before.get(key, (0, 0))[0]}
+
+
+# -- the report -------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    minute: float
+    calls: int
+    seconds: float
+    outcomes: Counter
+    p50: float
+    p99: float
+    worst: float
+    db_rss: float
+    daemon_rss: float
+    db_cpu: float  # % of one core over the sample
+    load: float
+
+    @property
+    def rate(self) -> float:
+        """Successful answers per second (a failure that answers fast must not look like throughput)."""
+        return self.outcomes.get("ok", 0) / self.seconds if self.seconds else 0.0
+
+    @property
+    def db_cpu_per_call(self) -> float:
+        """Milliseconds of the database's CPU per call: what the load costs it, whatever else runs on the machine."""
+        return self.db_cpu / 100 * self.seconds / self.calls * 1000 if self.calls else float("nan")
+
+
+def summarize(calls: list[Call], start: float, end: float, db_rss: float, daemon_rss: float, db_cpu: float,
+              load: float) -> Sample:
+    """The calls sent in ``[start, end)`` (seconds into the load), with what was read from /proc at ``end``."""
+    mine = [c for c in calls if start <= c.at < end]
+    latencies = sorted(c.ms for c in mine)
+    return Sample(
+        minute=end / 60, calls=len(mine), seconds=end - start, outcomes=Counter(c.outcome for c in mine),
+        p50=statistics.median(latencies) if latencies else float("nan"),
+        p99=percentile(latencies, 99), worst=latencies[-1] if latencies else float("nan"),
+        db_rss=db_rss, daemon_rss=daemon_rss, db_cpu=db_cpu, load=load,
     )
-    out = done.stdout
-    rate = float(RATE.search(out).group(1))  # type: ignore[union-attr]
-    value, unit = LATENCY.search(out).groups()  # type: ignore[union-attr]
-    errors = sum(int(m.group(1)) for m in ERRORS.finditer(out))
-    errors += sum(int(n) for m in SOCKET_ERRORS.finditer(out) for n in m.groups())
-    errors += sum(int(m.group(1)) for m in NON_2XX.finditer(out))
-    return rate, float(value) * UNIT_MS[unit], errors
 
 
-def plot(rows: list[tuple[float, float, float, int, float]], path: Path) -> None:
+def by_method(calls: list[Call], start: float, end: float) -> dict[str, tuple[int, float]]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for c in calls:
+        if start <= c.at < end:
+            groups[c.method].append(c.ms)
+    return {m: (len(v), statistics.fmean(v)) for m, v in groups.items()}
+
+
+def plot(samples: list[Sample], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    minutes = [r[0] / 60 for r in rows]
+    minutes = [s.minute for s in samples]
     figure, (top, middle, bottom) = plt.subplots(3, 1, sharex=True, figsize=(8, 8))
-    top.plot(minutes[1:], [r[1] for r in rows[1:]], marker="o")  # row 0 is the memory before any load
-    top.set_ylabel("requests/s")
+    top.plot(minutes, [s.rate for s in samples], marker="o", label="successful calls/s")
+    top.plot(minutes, [s.outcomes.get("UNAVAILABLE", 0) / s.seconds for s in samples], marker="x",
+             color="tab:red", label="UNAVAILABLE/s")
+    top.set_ylabel("calls/s")
     top.set_ylim(bottom=0)
-    middle.plot(minutes[1:], [r[2] for r in rows[1:]], marker="o", color="tab:orange")
+    top.legend(loc="lower left")
+    middle.plot(minutes, [s.p50 for s in samples], marker="o", color="tab:orange", label="p50")
+    middle.plot(minutes, [s.p99 for s in samples], marker="o", color="tab:red", label="p99")
     middle.set_ylim(bottom=0)
-    middle.set_ylabel("p99 ms")
-    bottom.plot(minutes, [r[4] for r in rows], marker="o", color="tab:green")
-    bottom.set_ylabel("daemon RSS MiB")
+    middle.set_ylabel("latency ms")
+    middle.legend(loc="upper left")
+    bottom.plot(minutes, [s.db_rss for s in samples], marker="o", color="tab:green", label="database")
+    bottom.plot(minutes, [s.daemon_rss for s in samples], marker="o", color="tab:blue", label="daemon")
+    bottom.set_ylabel("RSS MiB")
     bottom.set_xlabel("minutes")
     bottom.set_ylim(bottom=0)
-    top.set_title(f"WorkNet RPC soak: mixed load, {CONNECTIONS} keep-alive connections (wrk)")
+    bottom.legend(loc="upper left")
+    top.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
 
+def verdicts(samples: list[Sample], baseline_rss: float) -> list[tuple[str, bool]]:
+    first, last = samples[0], samples[-1]
+    half = next(s for s in samples if s.minute >= last.minute / 2)
+    unavailable = sum(s.outcomes.get("UNAVAILABLE", 0) for s in samples)
+    failed = sum(n for s in samples for code, n in s.outcomes.items() if code != "ok")
+    growth = (last.db_rss - half.db_rss) / half.db_rss * 100 if half.db_rss == half.db_rss else float("nan")
+    kept = last.rate / first.rate if first.rate else 0.0
+    return [
+        (f"throughput (successful calls) of the last sample {last.rate:.1f}/s = {kept:.0%} of the first one's "
+         f"{first.rate:.1f} (target >= {THROUGHPUT_KEPT:.0%})", kept >= THROUGHPUT_KEPT),
+        (f"UNAVAILABLE answers: {unavailable} (target 0); failures of any kind: {failed}", unavailable == 0),
+        (f"database RSS {baseline_rss:.0f} MiB before the load, {half.db_rss:.0f} MiB at minute {half.minute:.1f}, "
+         f"{last.db_rss:.0f} MiB at the end: {growth:+.1f} % over the second half (target < {DB_GROWTH_MAX:g} %)",
+         growth < DB_GROWTH_MAX),
+    ]
+
+
+def top_table(tops: list[Top]) -> list[str]:
+    """The database's time per (collection, command kind) in the first and the last sample (``top``)."""
+    if len(tops) < 2 or not tops[0] or not tops[-1]:
+        return []
+    first, last = tops[0], tops[-1]
+    keys = sorted(set(first) | set(last), key=lambda k: -max(last.get(k, (0, 0))[1], first.get(k, (0, 0))[1]))[:20]
+
+    def cell(top: Top, key: tuple[str, str]) -> str:
+        count, micros = top.get(key, (0, 0))
+        return f"{count} | {micros / count / 1000:.1f} | {micros / 1e6:.1f}" if count else "0 | - | 0"
+
+    return [
+        "The database's own time per collection and command kind (its `top` counters; statements inside "
+        "transactions included, waits for the transaction registry not), first and last sample:",
+        "",
+        "| collection | kind | count (first) | mean ms | total s | count (last) | mean ms | total s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        *(f"| {c} | {k} | {cell(first, (c, k))} | {cell(last, (c, k))} |" for c, k in keys),
+        "",
+    ]
+
+
+def report(args: argparse.Namespace, samples: list[Sample], calls: list[Call], baseline_rss: float,
+           where: str, tops: list[Top]) -> bool:
+    checks = verdicts(samples, baseline_rss)
+    first_methods = by_method(calls, 0, samples[0].minute * 60)
+    last_methods = by_method(calls, samples[-1].minute * 60 - samples[-1].seconds, samples[-1].minute * 60)
+    codes = sorted({code for s in samples for code in s.outcomes} - {"ok"})
+    failed_methods = Counter(c.method for c in calls if c.outcome != "ok")
+    title = f"WorkNet RPC soak: {args.threads} threads, marketplace mix, {where}"
+    lines = [
+        f"# Soak: {args.minutes:g} minutes, {args.threads} client threads, {where}",
+        "",
+        f"`{' '.join(['python -m bench.soak', *sys.argv[1:]])}`; {os.cpu_count()} cores shared; "
+        "load average (1 min) at the end of each sample in the last column.",
+        "",
+        "| minute | successful calls/s | UNAVAILABLE | other failures | p50 ms | p99 ms | max ms | database RSS MiB "
+        "| database CPU % | database CPU ms per call | daemon RSS MiB | load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *(f"| {s.minute:.1f} | {s.rate:.1f} | {s.outcomes.get('UNAVAILABLE', 0)} | "
+          f"{sum(n for c, n in s.outcomes.items() if c not in ('ok', 'UNAVAILABLE'))} | {s.p50:.0f} | {s.p99:.0f} | "
+          f"{s.worst:.0f} | {s.db_rss:.0f} | {s.db_cpu:.0f} | {s.db_cpu_per_call:.1f} | {s.daemon_rss:.0f} | "
+          f"{s.load:.2f} |" for s in samples),
+        "",
+        *([f"Failures by code: {', '.join(f'{c} {sum(s.outcomes.get(c, 0) for s in samples)}' for c in codes)}; "
+           f"by method: {', '.join(f'{m} {n}' for m, n in failed_methods.most_common())}.", ""] if codes else []),
+        "Targets:",
+        "",
+        *(f"- {'met' if good else 'NOT met'}: {text}" for text, good in checks),
+        "",
+        "Mean latency per method, first and last sample:",
+        "",
+        "| method | calls (first) | mean ms (first) | calls (last) | mean ms (last) |",
+        "|---|---:|---:|---:|---:|",
+        *(f"| {m} | {first_methods.get(m, (0, 0))[0]} | {first_methods.get(m, (0, float('nan')))[1]:.0f} | "
+          f"{last_methods.get(m, (0, 0))[0]} | {last_methods.get(m, (0, float('nan')))[1]:.0f} |"
+          for m in sorted(set(first_methods) | set(last_methods))),
+        "",
+        *top_table(tops),
+        f"![soak]({args.name}.png)",
+    ]
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    plot(samples, args.out / f"{args.name}.png", title)
+    for text, good in checks:
+        print(f"{'met' if good else 'NOT met'}: {text}", flush=True)
+    print(f"wrote {args.out / (args.name + '.md')} and {args.out / (args.name + '.png')}", flush=True)
+    return all(good for _text, good in checks)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the daemon and its database on the way out
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--slice", type=int, default=30, help="seconds per wrk run (one row)")
-    parser.add_argument("--out", type=Path, default=HERE, help="where soak.md and soak.png go (default bench/)")
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--sellers", type=int, default=0,
+                        help="sellers the threads buy from (default: one per thread, as users' load spreads; "
+                             "fewer make their documents hot spots that every sale writes)")
+    parser.add_argument("--sample", type=float, default=60.0, help="seconds per row (default a minute)")
+    parser.add_argument("--mongodb-uri", default=None, help="run against this server instead of the embedded one")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="run the daemon of another checkout (its worknet package), e.g. an export of an older "
+                             "commit, to compare curves with the same command")
+    parser.add_argument("--out", type=Path, default=HERE, help="where the report goes (default bench/)")
+    parser.add_argument("--name", default="soak", help="file name of the report, without .md/.png (default soak)")
     args = parser.parse_args()
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        sys.exit("wrk is not installed: apt-get install wrk (Debian's package)")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[float, float, float, int, float]] = []  # (elapsed s, req/s, p99 ms, errors, RSS MiB)
-    with Workspace("bench-soak") as ws:
-        port = ws.daemon("soak")
-        url = f"http://127.0.0.1:{port}/RPC2"
-        env = {"PATH": "/usr/bin:/bin", **seed(url)}
-        pid = daemon_pid(port)
+    where = "embedded SecantusDB" if not args.mongodb_uri else "the server of --mongodb-uri"
+    log = Log()
+    with Daemon(args.mongodb_uri, args.source) as daemon:
+        data = seed(daemon.url, args.threads, args.sellers or args.threads)
+        db_pid = daemon.db_pid
+        baseline_rss = rss_mib(db_pid) if db_pid else float("nan")
+        print(f"seeded; database pid {db_pid}, port {database_port(db_pid) if db_pid else '-'}, "
+              f"RSS {baseline_rss:.0f} MiB", flush=True)
         started = time.monotonic()
-        rows.append((0.0, 0.0, 0.0, 0, rss_mib(pid)))
-        while time.monotonic() - started < args.minutes * 60:
-            rate, p99, errors = slice_once(wrk, url, args.slice, env)
-            rows.append((time.monotonic() - started, rate, p99, errors, rss_mib(pid)))
-            print(f"{rows[-1][0] / 60:6.1f} min  {rate:8.0f} req/s  p99 {p99:8.2f} ms  errors {errors:5d}  "
-                  f"RSS {rows[-1][4]:7.1f} MiB", flush=True)
-    half = next(r for r in rows if r[0] >= rows[-1][0] / 2)
-    growth = (rows[-1][4] - half[4]) / half[4] * 100
-    verdict = "met" if growth < 5 else "NOT met"
-    lines = [
-        f"# Soak: {args.minutes:g} minutes of mixed load ({CONNECTIONS} connections, wrk, {args.slice} s slices)",
-        "",
-        "| minute | requests/s | p99 ms | errors | daemon RSS MiB |",
-        "|---:|---:|---:|---:|---:|",
-        *(f"| {r[0] / 60:.1f} | {r[1]:.0f} | {r[2]:.2f} | {r[3]} | {r[4]:.1f} |" for r in rows[1:]),
-        "",
-        f"RSS at start of load {rows[0][4]:.1f} MiB; at the half-way mark ({half[0] / 60:.1f} min) {half[4]:.1f} MiB; "
-        f"at the end {rows[-1][4]:.1f} MiB: growth over the second half {growth:+.2f} % "
-        f"(target < 5 %: {verdict}).",
-        "",
-        "![soak](soak.png)",
-    ]
-    (args.out / "soak.md").write_text("\n".join(lines) + "\n")
-    plot(rows, args.out / "soak.png")
-    print(f"wrote {args.out / 'soak.md'} and {args.out / 'soak.png'}; RSS growth over the second half {growth:+.2f} %")
-    if growth >= 5:
+        stop_at = started + args.minutes * 60
+        clients = [Client(daemon.url, dict(me), n, log, started, stop_at) for n, me in enumerate(data["buyers"])]
+        for client in clients:
+            client.start()
+        readings: list[tuple[float, float, float, float, float, float]] = []  # start, end, RSS db/daemon, CPU, load
+        monitor = pymongo.MongoClient(args.mongodb_uri or f"mongodb://127.0.0.1:{database_port(db_pid)}/",
+                                      directConnection=not args.mongodb_uri, serverSelectionTimeoutMS=5000)
+        tops: list[Top] = []
+        top_before = read_top(monitor, "soak")
+        begin, cpu_before = 0.0, cpu_seconds(db_pid) if db_pid else float("nan")
+        while begin < args.minutes * 60 - 1:
+            end = min(begin + args.sample, args.minutes * 60)
+            time.sleep(max(0.0, started + end - time.monotonic()))
+            cpu_now = cpu_seconds(db_pid) if db_pid else float("nan")
+            readings.append((begin, end, rss_mib(db_pid) if db_pid else float("nan"), rss_mib(daemon.process.pid),
+                             (cpu_now - cpu_before) / (end - begin) * 100, os.getloadavg()[0]))
+            top_now = read_top(monitor, "soak")
+            tops.append(top_delta(top_before, top_now))
+            top_before = top_now
+            with log.lock:
+                calls = list(log.calls)
+            s = summarize(calls, *readings[-1])  # provisional: calls still running are counted at the end
+            print(f"{s.minute:5.1f} min {s.rate:7.1f} calls/s  UNAVAILABLE {s.outcomes.get('UNAVAILABLE', 0):4d}  "
+                  f"failed {s.calls - s.outcomes.get('ok', 0):4d}  p50 {s.p50:6.0f} p99 {s.p99:6.0f} "
+                  f"max {s.worst:6.0f} ms  db RSS {s.db_rss:6.0f} MiB  db CPU {s.db_cpu:3.0f} % ({s.db_cpu_per_call:.1f} ms/call)  "
+                  f"load {s.load:.2f}",
+                  flush=True)
+            begin, cpu_before = end, cpu_now
+        for client in clients:
+            client.join(CLIENT_TIMEOUT + 5)
+        monitor.close()
+    samples = [summarize(log.calls, *reading) for reading in readings]
+    if not report(args, samples, log.calls, baseline_rss, where, tops):
         sys.exit(1)
 
 

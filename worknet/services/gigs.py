@@ -136,19 +136,26 @@ def rounded(rating: Any) -> float:
 
 async def find_category(store: Any, ref: str, field: str = "category") -> dict | None:
     """The live category named by ``ref`` (its id or its slug), or None; a malformed ``ref`` is a validation error."""
-    clauses: list[dict] = []
+    as_id: ObjectId | None = None
+    as_slug: str | None = None
     try:
-        clauses.append({"_id": v.object_id(ref, field)})
+        as_id = v.object_id(ref, field)
     except ValidationError:
         pass
     try:
-        clauses.append({"slug": v.slug(ref, field)})
+        as_slug = v.slug(ref, field)
     except ValidationError:
         pass
-    if not clauses:
+    if as_id is None and as_slug is None:
         raise ValidationError(field, f"{field} must be a category slug or id")
-    query = clauses[0] if len(clauses) == 1 else {"$or": clauses}
-    found: dict | None = await store["categories"].find_one({**query, **NOT_DELETED})
+    # by id, then by slug: two indexed lookups (a 24-hex-digit ref is both; one $or of the two
+    # would be a scan of every category on SecantusDB)
+    categories = store["categories"]
+    found: dict | None = None
+    if as_id is not None:
+        found = await categories.find_by_id(as_id, NOT_DELETED)
+    if found is None and as_slug is not None:
+        found = await categories.find_one({"slug": as_slug, **NOT_DELETED})
     return found
 
 

@@ -495,13 +495,20 @@ class OrdersService(ServiceResource):
         def by_status(role: str) -> list[dict]:
             return [{"$match": {role: uid, **created}}, {"$group": {"_id": "$status", "count": {"$sum": 1}}}]
 
-        rows = await self.orders.aggregate([
-            {"$match": {"$or": [{"buyerId": uid}, {"sellerId": uid}]}},
+        # one pipeline per side, each starting with an indexed $match (an $or of the two sides
+        # would scan every order on SecantusDB)
+        as_buyer = await self.orders.aggregate([
+            {"$match": {"buyerId": uid}},
             {"$facet": {
                 "buyerStatus": by_status("buyerId"),
-                "sellerStatus": by_status("sellerId"),
                 "spent": [{"$match": {"buyerId": uid, **completed}},
                           {"$group": {"_id": None, "sum": {"$sum": "$totalPrice"}}}],
+            }},
+        ])
+        as_seller = await self.orders.aggregate([
+            {"$match": {"sellerId": uid}},
+            {"$facet": {
+                "sellerStatus": by_status("sellerId"),
                 "earned": [{"$match": {"sellerId": uid, **completed}},
                            {"$group": {"_id": None, "sum": {"$sum": "$sellerAmount"}}}],
                 "revenueByDay": [
@@ -512,7 +519,7 @@ class OrdersService(ServiceResource):
                 ],
             }},
         ])
-        facets = rows[0] if rows else {}
+        facets = {**(as_buyer[0] if as_buyer else {}), **(as_seller[0] if as_seller else {})}
 
         def counts(key: str) -> tuple[int, dict[str, int]]:
             found = {row["_id"]: row["count"] for row in facets.get(key, [])}

@@ -387,9 +387,11 @@ class UsersService(ServiceResource):
         marked = await self.users.update_one({"_id": _id, **NOT_DELETED}, {"$set": {"deletedAt": moment}})
         if marked.modified_count == 0:
             raise NotFound("user not found")
-        busy = await self.store["orders"].count_documents(
-            {"$or": [{"buyerId": _id}, {"sellerId": _id}], "status": {"$in": ACTIVE_ORDER_STATUSES}}, limit=1,
-        )
+        orders = self.store["orders"]
+        open_orders = {"status": {"$in": ACTIVE_ORDER_STATUSES}}
+        # one indexed count per side (an $or of the two would scan every order on SecantusDB)
+        busy = (await orders.count_documents({"buyerId": _id, **open_orders}, limit=1)
+                or await orders.count_documents({"sellerId": _id, **open_orders}, limit=1))
         if busy:
             await self.users.update_one({"_id": _id, "deletedAt": moment}, {"$set": {"deletedAt": None}})
             raise InvalidState("the user has pending or in-progress orders")

@@ -70,6 +70,9 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "ledger": [
         ([("key", ASC)], {"unique": True, "name": "ledger_key_unique"}),
         ([("sellerId", ASC), ("kind", ASC)], {"name": "ledger_seller"}),
+        # money.post: the seller's entries a stopped attempt left at applied: false (an
+        # all-equality index, so SecantusDB serves {sellerId, applied} with it)
+        ([("sellerId", ASC), ("applied", ASC)], {"name": "ledger_seller_unapplied"}),
     ],
     "loginThrottle": [
         # one document per (lower-cased e-mail, client address), known account or not; it
