@@ -10,8 +10,9 @@ idempotency key, a payment with a client-chosen id, processed, a message
 with a client-chosen id, the order completed, a gig read and a ping.  A call
 answered ``UNAVAILABLE`` (or cut off) is sent again with the same ids after
 0.1 s, as a caller should.  After ``--before`` seconds the database is sent
-``--signal`` (KILL or TERM); the run goes on ``--after`` seconds past the
-moment it answers again.
+``--signal`` (KILL or TERM; STOP freezes it for ``--stall`` seconds, then
+SIGCONT: connections stay open and nothing answers); the run goes on
+``--after`` seconds past the moment it answers again.
 
 Printed (and written as JSON with ``--json``): one row per second from the
 kill on -- calls started, answered ok, answered UNAVAILABLE or otherwise, and
