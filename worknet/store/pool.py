@@ -518,7 +518,7 @@ class MongoStore(service.Service):
     def _kill_lost_sessions(self, ids: list) -> None:
         """Sessions whose connection broke mid-command may hold a transaction open on the server: end it."""
         if self._pool is not None and self.running:
-            defer.ensureDeferred(self.leases.kill(ids)).addErrback(lambda f: None)
+            defer.ensureDeferred(self.leases.kill_lost(ids)).addErrback(lambda f: None)  # again with each beat
 
     async def ping(self) -> bool:
         """True when the database answered a ``ping`` recently. Never raises.
