@@ -56,6 +56,50 @@ DATABASE_DOWN = (
 
 
 
+CANCEL_GRACE_SECONDS = 0.5  # a call cancelled at its deadline answers this long after it at the latest
+
+
+def within(work: defer.Deferred[Any], seconds: float, reactor: Any) -> defer.Deferred[Any]:
+    """``work``'s outcome, or ``defer.TimeoutError`` once ``seconds`` have passed; ``work`` is then cancelled.
+
+    Twisted's ``addTimeout`` cancels and then waits for the cancelled work
+    to end, and work may go on after its cancellation (a clean-up that waits
+    on the database: txmongo's abort of a transaction waited on a frozen
+    database for as long as it stayed frozen).  Here the caller waits
+    ``CANCEL_GRACE_SECONDS`` more at most, so no call answers later than its
+    deadline and that grace; the work's late outcome is dropped.
+    """
+    answer: defer.Deferred[Any] = defer.Deferred(lambda _: work.cancel())
+    timers: list[Any] = []
+    expired: list[bool] = []
+
+    def settle(outcome: Any) -> None:
+        for timer in timers:
+            if timer.active():
+                timer.cancel()
+        if answer.called:
+            return  # answered already (the grace ran out): a late outcome, dropped
+        if isinstance(outcome, Failure) and outcome.check(defer.CancelledError) and expired:
+            outcome = Failure(defer.TimeoutError(f"the call took longer than {seconds:g} s"))
+        if isinstance(outcome, Failure):
+            answer.errback(outcome)
+        else:
+            answer.callback(outcome)
+
+    def expire() -> None:
+        expired.append(True)
+        timers.append(reactor.callLater(CANCEL_GRACE_SECONDS, give_up))
+        work.cancel()  # most work ends here, and settle answers at once
+
+    def give_up() -> None:
+        if not answer.called:
+            answer.errback(defer.TimeoutError(f"the call took longer than {seconds:g} s; its clean-up goes on"))
+
+    timers.append(reactor.callLater(seconds, expire))
+    work.addBoth(settle)
+    return answer
+
+
 def unavailable() -> dict:
     """The ``UNAVAILABLE`` envelope of a call that could not reach the database."""
     return Unavailable(UNAVAILABLE_MESSAGE).envelope()
@@ -267,12 +311,12 @@ class Dispatcher:
             if procedure.runs_calls:  # a batch: its sub-calls share the deadline
                 d = defer.ensureDeferred(procedure.function(*args, caller_gone=caller_gone, timeout=timeout))
             elif store is not None and not store.is_ready:
-                d = defer.ensureDeferred(self._after_indexes(store, procedure.function, args))
-                d.addTimeout(timeout, self.reactor)
+                d = within(defer.ensureDeferred(self._after_indexes(store, procedure.function, args)), timeout,
+                           self.reactor)
             else:
                 d = defer.maybeDeferred(procedure.function, *args)
                 if not d.called:  # a deadline only for a call still running (most no-database calls are done)
-                    d.addTimeout(timeout, self.reactor)
+                    d = within(d, timeout, self.reactor)
             result = await d
             return result if procedure.runs_calls else to_wire(result)
         except DomainError as e:

@@ -16,10 +16,11 @@ from typing import Any, TypeVar
 from bson import Decimal128, ObjectId
 from bson.codec_options import CodecOptions
 from pymongo import ReturnDocument
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import OperationFailure
 from pymongo.write_concern import WriteConcern
 from twisted.application import service
 from twisted.internet import defer, task, threads
+from twisted.python.failure import Failure
 from txmongo import collection as txmongo_collection
 from txmongo import filter as qf
 from txmongo.connection import ConnectionPool
@@ -41,6 +42,7 @@ log = logger(__name__)
 PING_FRESH_SECONDS = 0.5  # a ping result serves this long after its probe started
 PING_TIMEOUT_SECONDS = 1.0  # no answer within this: disconnected
 TRANSACTION_ATTEMPTS = 12  # write conflicts under contention: back off and run the steps again
+ABORT_SECONDS = 2.0  # an abandoned transaction's abortTransaction, in the background (see MongoStore._abandon)
 UNCERTAIN_SECONDS = 3.0  # a connection closed before answering, again and again this long: a real cause
 INDEX_RETRY_SECONDS = 5.0  # a conflicting index is checked again this often (fixed by hand, the daemon goes on)
 SNAPSHOT_COLLECTION = "idempotency"  # read by _id (never matches) to give each transaction its read concern
@@ -539,7 +541,7 @@ class MongoStore(service.Service):
     def _kill_lost_sessions(self, ids: list) -> None:
         """Sessions whose connection broke mid-command may hold a transaction open on the server: end it."""
         if self._pool is not None and self.running:
-            defer.ensureDeferred(self.leases.kill(ids)).addErrback(lambda f: None)
+            defer.ensureDeferred(self.leases.kill_lost(ids)).addErrback(lambda f: None)  # again with each beat
 
     async def ping(self) -> bool:
         """True when the database answered a ``ping`` recently. Never raises.
@@ -654,8 +656,43 @@ class MongoStore(service.Service):
             "readConcern": {"level": "snapshot"},
         }, session=session)
 
+    def _abandon(self, session: ClientSession) -> defer.Deferred[None]:
+        """End ``session`` after a failed or cancelled attempt; the returned Deferred fires once it is ended.
+
+        txmongo's transaction context awaits ``abortTransaction`` -- a command
+        without a deadline, which also waits for a connection -- before the
+        error goes on; so a call cancelled at its deadline answered only once
+        the database answered the abort (8.5 s for a 2 s deadline with the
+        database frozen; up to 7.1 s for 5 s after a database crash).  Here the
+        abort gets ``ABORT_SECONDS`` and runs on by itself: a caller that
+        stops waiting (its deadline) does not stop it.  An abort without an
+        answer marks the server session dirty, so it is killed
+        (``killSessions``, see worknet/store/sessions.py) rather than reused;
+        a server that never hears of it ends the transaction at its lifetime.
+        The server session goes back to the pool only after the abort.
+        """
+        done: defer.Deferred[None] = defer.Deferred()  # cancelling it (a deadline) leaves the abort running
+        if not session.in_transaction():
+            ending = defer.ensureDeferred(session.end_session())  # no transaction open: no command
+        else:
+            ending = defer.ensureDeferred(session.abort_transaction())  # the server's errors are swallowed
+            ending.addTimeout(ABORT_SECONDS, self._reactor)
+
+            def ended(outcome: Any) -> defer.Deferred[None]:
+                if isinstance(outcome, Failure):
+                    session._mark_dirty()  # maybe still open on the server: killed, never reused
+                return defer.ensureDeferred(session.end_session())
+
+            ending.addBoth(ended)
+        ending.addErrback(lambda f: None)
+        ending.addCallback(lambda _: None if done.called else done.callback(None))
+        return done
+
     async def transaction(self, steps: Callable[[ClientSession | None], Awaitable[T]]) -> T:
         """Run ``steps(session)`` as one transaction, retried with a jittered backoff on transient errors.
+
+        A failed attempt is aborted within ``ABORT_SECONDS`` (:meth:`_abandon`);
+        a call cancelled at its deadline does not wait for that abort at all.
 
         When every attempt hits a write conflict the caller gets UNAVAILABLE
         ("try again shortly"): the conflict is transient -- a concurrent
@@ -670,17 +707,24 @@ class MongoStore(service.Service):
         if not self.supports_transactions:
             return await steps(None)
         for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
-            async with self.pool.start_session() as session:
-                try:
-                    async with session.start_transaction(write_concern=self.pool.write_concern):
-                        await self._snapshot(session)
-                        return await steps(session)
-                except PyMongoError as e:
-                    transient = isinstance(e, OperationFailure) and (
-                        e.has_error_label("TransientTransactionError") or e.code in (112, 251)
-                    )
-                    if not transient:
-                        raise
+            session = self.pool.start_session()
+            try:
+                session.start_transaction(write_concern=self.pool.write_concern)
+                await self._snapshot(session)
+                result = await steps(session)
+                await session.commit_transaction()
+            except BaseException as e:
+                abandoned = self._abandon(session)
+                if not isinstance(e, defer.CancelledError):  # the call's deadline: answer now, the abort runs on
+                    await abandoned
+                transient = isinstance(e, OperationFailure) and (
+                    e.has_error_label("TransientTransactionError") or e.code in (112, 251)
+                )
+                if not transient:
+                    raise
+            else:
+                await session.end_session()  # committed: no command, the server session goes back to the pool
+                return result
             # a write conflict with a concurrent transaction: back off (jittered) and run again
             await task.deferLater(self._reactor, random.uniform(0, 0.005 * 2 ** min(attempt, 6)),  # noqa: S311
                                   lambda: None)

@@ -136,6 +136,7 @@ class Leases:
         self._seen: dict[str, tuple[tuple, float]] = {}  # owner -> ((beat, slots), when it last changed)
         self._loop: task.LoopingCall | None = None
         self.ended = 0  # leases of dead processes ended by this one
+        self.lost: set[uuid.UUID] = set()  # this process's sessions to kill, not yet confirmed by the database
 
     def start(self) -> None:
         self._loop = task.LoopingCall(self._tick)
@@ -148,6 +149,7 @@ class Leases:
         return d
 
     async def beat(self) -> None:
+        await self._kill_lost()  # sessions lost while the database did not answer: once it answers again
         leases = self.store[LEASES]
         self.beats += 1
         await leases.update_one({"_id": self.sessions.owner}, {"$set": {
@@ -196,6 +198,21 @@ class Leases:
         self.ended += 1
         log.info("ended the sessions of a daemon that stopped ({host} pid {pid}): its open transactions are "
                  "aborted", host=lease.get("host"), pid=lease.get("pid"))
+
+    async def kill_lost(self, ids: list[uuid.UUID]) -> None:
+        """Kill sessions of this process that may hold a transaction open; kept and sent again with every beat
+        until the database confirms it.  (Without that, a transaction whose abort and kill were both lost while
+        the database was frozen held its documents until the server's 60 s lifetime, and every retry of the
+        same buyer's or seller's flow answered UNAVAILABLE meanwhile.)"""
+        self.lost.update(ids)
+        await self._kill_lost()
+
+    async def _kill_lost(self) -> None:
+        if not self.lost:
+            return
+        ids = list(self.lost)
+        await self.kill(ids)
+        self.lost.difference_update(ids)
 
     async def kill(self, ids: list[uuid.UUID]) -> None:
         for start in range(0, len(ids), KILL_CHUNK):
