@@ -58,6 +58,7 @@ STOP_SECONDS = 1.0  # at shutdown, the lease is handed over within this, or left
 RETRY_SECONDS = 1.0  # after a failure (the database went away): open the stream again
 RECONCILE_SECONDS = 60.0  # without change streams: the period of reconciliation
 COOPERATE_EVERY = 500  # gigs compared between two returns to the reactor
+BATCH_DOCS = 1000  # documents per batch of a reconciliation's reads (a batch is decoded in one reactor step)
 WATCHED = frozenset(GIG_FIELDS)  # an update that touches none of these leaves search as it was
 ENDS = frozenset({"drop", "rename", "dropDatabase", "invalidate"})  # the stream ends: start a new one
 
@@ -96,14 +97,14 @@ async def reconcile(store: Any, reactor: Any) -> int:
     view = await catalogue.refresh()
     await catalogue.load(view, [])  # every column chunk
     rows: dict[Any, tuple[int, frozenset[str]]] = {}
-    async for batch in store[ROWS].find({}).batches():
+    async for batch in store[ROWS].find({}, batch_size=BATCH_DOCS).batches():
         for row in batch:
             rows[row["_id"]] = (int(row["seq"]), frozenset(row["keys"]))
         await task.deferLater(reactor, 0, lambda: None)
     differing: list[Any] = []
     seen: set[Any] = set()
     compared = 0
-    async for batch in store["gigs"].find({}, projection=GIG_FIELDS).batches():
+    async for batch in store["gigs"].find({}, projection=GIG_FIELDS, batch_size=BATCH_DOCS).batches():
         for doc in batch:
             gig_id = doc["_id"]
             seen.add(gig_id)

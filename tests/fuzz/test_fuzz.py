@@ -101,6 +101,10 @@ def test_fuzz_the_daemon(make_daemon):
                 if problems:
                     raise Bad("the daemon logged:\n" + "\n".join(problems[:10]))
             except Bad as e:
+                if not count.get("failed"):  # said at once: shrinking a large body can take many minutes
+                    count["failed"] = 1
+                    print(f"\nfuzz: first failure after {count['cases']} cases (shrinking it now): {str(e)[:1000]}\n"
+                          f"body: {body[:2000]!r}", flush=True)
                 raise Bad(f"{e}\nbody: {body[:2000]!r}") from None
             if count["cases"] % PROGRESS_EVERY == 0:
                 elapsed = time.perf_counter() - started

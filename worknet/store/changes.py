@@ -2,8 +2,10 @@
 
 The two commands of the change-stream protocol are enough: ``aggregate`` with
 a ``$changeStream`` stage opens the cursor (resuming after a token when one is
-given), ``getMore`` with ``maxTimeMS`` waits for the next events.  Both run in
-one explicit session (MongoDB ties a cursor to the session that opened it;
+given), ``getMore`` with ``maxTimeMS`` waits for the next events.  They go
+over a connection of their own (the store's ``waiting_pool``: a waiting
+``getMore`` would hold up every call sent behind it on a shared connection),
+in one explicit session (MongoDB ties a cursor to the session that opened it;
 txmongo would otherwise give each command an implicit session of its own).
 The resume token to keep is the cursor's ``postBatchResumeToken`` after each
 batch (the change-stream specification's rule), else the last event's ``_id``.
@@ -69,7 +71,7 @@ class ChangeStream:
         stage: dict[str, Any] = {}
         if self.token is not None:
             stage["resumeAfter"] = self.token
-        self.session = self.store.pool.start_session()
+        self.session = self.store.waiting_pool.start_session()
         try:
             reply = await self._command({"aggregate": self.collection, "pipeline": [{"$changeStream": stage}],
                                          "cursor": {}})
@@ -98,7 +100,8 @@ class ChangeStream:
             return
         try:
             if cursor_id:
-                await self.store.command({"killCursors": self.collection, "cursors": [cursor_id]}, session=session)
+                await self.store.command({"killCursors": self.collection, "cursors": [cursor_id]}, session=session,
+                                         waits=True)
         except Exception:  # noqa: S110 - the cursor dies with its session or the server anyway
             pass
         try:
@@ -108,7 +111,7 @@ class ChangeStream:
 
     async def _command(self, command: dict, waits: float = 0.0) -> dict:
         timeout = self.store.db_timeout_seconds + waits
-        reply: dict = await self.store.command(command, timeout=timeout, session=self.session)
+        reply: dict = await self.store.command(command, timeout=timeout, session=self.session, waits=True)
         return reply
 
     def _take(self, cursor: dict, batch: str) -> list[dict]:

@@ -202,6 +202,7 @@ class MongoStore(service.Service):
         self._probe_started = -1e9
         self._probe_waiters: list[defer.Deferred[bool]] = []
         self._idle_sweep: task.LoopingCall | None = None
+        self._waiting_pool: ConnectionPool | None = None
         self.sessions = NamedSessions(on_lost=self._kill_lost_sessions)
         self.leases = Leases(self, self.sessions, reactor)
         self.storage_problem: str | None = None  # the database cannot write (a full disk), until a write succeeds
@@ -263,7 +264,7 @@ class MongoStore(service.Service):
             log.error("cannot use the database: {cause}", cause=cause)
         return True
 
-    def _connect(self, target: connect.Target) -> ConnectionPool:
+    def _connect(self, target: connect.Target, size: int | None = None) -> ConnectionPool:
         """The txmongo pool for ``target``: our TLS creator, our protocol (SCRAM-SHA-256, X.509, causes).
 
         From the URI: ``connectTimeoutMS`` is txmongo's ``retry_delay``, which
@@ -272,13 +273,15 @@ class MongoStore(service.Service):
         ``heartbeatFrequencyMS`` its pingers' interval; ``uuidRepresentation``
         its codec's.
         """
-        self._observer = connect.Observer(self._connection_problem, self._connection_answered)
+        observer = connect.Observer(self._connection_problem, self._connection_answered)
+        if size is None:
+            self._observer = observer
         codec: dict[str, Any] = {}
         if target.uuid_representation is not None:
             codec["codec_options"] = CodecOptions(uuid_representation=target.uuid_representation)
         pool = SessionPool(
             target.txmongo_uri(),
-            pool_size=self._settings.mongodb_pool_size,
+            pool_size=size or self._settings.mongodb_pool_size,
             ssl_context_factory=connect.tls_creator(target),
             retry_delay=target.connect_timeout or connect.DEFAULT_CONNECT_TIMEOUT,
             max_delay=2.0,
@@ -288,7 +291,7 @@ class MongoStore(service.Service):
             **target.write_concern,
         )
         pool.sessions = self.sessions  # named server sessions (see worknet/store/sessions.py)
-        protocol = connect.protocol_class(target, self._observer, self._reactor)
+        protocol = connect.protocol_class(target, observer, self._reactor)
         for factory in pool.getprotocols():
             factory.noisy = False  # no "Starting factory" line per reconnect
             factory.protocol = protocol  # built on the first connection, after this returns
@@ -488,6 +491,9 @@ class MongoStore(service.Service):
             self._idle_sweep.stop()
         if self.space is not None:
             self.space.stop()
+        if self._waiting_pool is not None:
+            await self._waiting_pool.disconnect()
+            self._waiting_pool = None
         if self._pool is not None:
             await self.leases.stop()
             await self._pool.disconnect()
@@ -510,6 +516,18 @@ class MongoStore(service.Service):
         return self._pool
 
     @property
+    def waiting_pool(self) -> ConnectionPool:
+        """A one-connection pool of its own for commands that wait on the server by design (a change
+        stream's ``getMore`` waits up to its ``maxTimeMS``): the server answers one connection's commands in
+        order, so on a shared pool connection every call sent behind it would wait too (measured: searches
+        at 100,000 gigs went from p99 20 ms to 480 ms)."""
+        if self._waiting_pool is None:
+            if self.target is None:
+                raise RuntimeError("the database service is not running")
+            self._waiting_pool = self._connect(self.target, size=1)
+        return self._waiting_pool
+
+    @property
     def db(self) -> Database:
         return self.pool[self._settings.db_name]
 
@@ -530,10 +548,12 @@ class MongoStore(service.Service):
         return sum(1 for factory in self._pool.getprotocols() if factory.instance is not None)
 
     async def command(self, command: dict, timeout: float | None = None, database: str | None = None,
-                      session: ClientSession | None = None) -> dict:
-        """``command`` on the daemon's database (or ``database``); ``timeout`` beyond the per-call deadline
-        for a command that waits on the server by design (a change stream's ``getMore``)."""
-        return await self.pool.command(
+                      session: ClientSession | None = None, waits: bool = False) -> dict:
+        """``command`` on the daemon's database (or ``database``); ``timeout`` instead of the per-call
+        deadline; ``waits``: a command that waits on the server by design, sent on :attr:`waiting_pool`
+        (with a session of that pool)."""
+        pool = self.waiting_pool if waits else self.pool
+        return await pool.command(
             database or self._settings.db_name, command, timeout=timeout or self._settings.db_timeout_seconds,
             session=session,
         )
