@@ -19,6 +19,7 @@ server's 60 s transaction lifetime.
 from __future__ import annotations
 
 import http.client
+import re
 import signal
 import socket
 import struct
@@ -39,6 +40,7 @@ THREADS = 12
 GIGS = 4  # per caller: a flow that gives up leaves a pending order on its gig, the next flow takes another
 RUN_SECONDS = 36.0
 KILLS = ((6.0, 10.0), (18.0, 22.0))  # (killed at, started again at), seconds into the run
+ALREADY = re.compile(r"is (\w+) and cannot become \1$")  # the status change asked for was already made
 RETRY_FOR = 20.0  # seconds a caller retries UNAVAILABLE (and cut-off calls) with the same ids
 CUT_OFF = (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError)
 
@@ -127,7 +129,10 @@ class Caller:
                     self.tally.unavailable += 1
             if answer.get("success"):
                 return answer
-            if answer.get("code") == "INVALID_STATE" and uncertain and applied_if_invalid:
+            if answer.get("code") == "INVALID_STATE" and applied_if_invalid and (
+                    uncertain or ALREADY.search(answer.get("error", ""))):
+                # an earlier attempt was applied; xmlrpc.client itself sends a call again, unseen, when the
+                # connection is reset under it (a daemon killed mid-call): then only the answer tells
                 return answer
             uncertain = uncertain or answer.get("code") in ("UNAVAILABLE", "CUT_OFF")
             if answer.get("code") not in ("UNAVAILABLE", "CUT_OFF"):
