@@ -62,6 +62,7 @@ from weakref import WeakKeyDictionary
 import numpy as np
 from bson import Binary, Decimal128, ObjectId
 from pymongo import ReplaceOne, UpdateOne
+from pymongo import errors as pymongo_errors
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pyroaring import BitMap
 from twisted.internet import defer, task
@@ -848,6 +849,7 @@ def rebuild(db: Any, progress: bool = True, batch: int = 5000) -> dict:
         raise ToolError("another process holds the catalogue lease (a rebuild running elsewhere?)")
     began = time.monotonic()
     try:
+        position = _stream_position(db)  # before the gigs are read: every later change is replayed from it
         markers = list(db[DIRTY].find({}))
         state = base.find_one({"_id": STATE}) or _empty_state()
         old_epoch = state.get("epoch", "0")
@@ -885,10 +887,30 @@ def rebuild(db: Any, progress: bool = True, batch: int = 5000) -> dict:
         base.delete_many({"_id": {"$regex": f"^(b|col):{old_epoch}:"}})
         for marker in markers:
             db[DIRTY].delete_one({"_id": marker["_id"], "rev": marker.get("rev")})
+        if position is not None:
+            # a daemon that starts now follows the gigs from here, with no reconciliation to run; one that
+            # follows already goes on from its own position (a position saved later wins: $max is not
+            # defined on tokens, so only a missing one is set)
+            db[LEASES].update_one({"_id": "stream", "resume": None}, {"$set": {"resume": position}}, upsert=False)
+            db[LEASES].update_one({"_id": "stream"}, {"$setOnInsert": {"resume": position, "until": datetime.fromtimestamp(0, UTC)}},
+                                  upsert=True)
     finally:
         db[LEASES].update_one({"_id": "compaction", "holder": holder},
                               {"$set": {"until": datetime.fromtimestamp(0, UTC)}})
     return {"gigs": seq, "bitmaps": len(bitmaps), "version": version, "seconds": time.monotonic() - began}
+
+
+def _stream_position(db: Any) -> dict | None:
+    """The current position of the gigs' change stream (a resume token), or None without change streams."""
+    try:
+        reply = db.command({"aggregate": "gigs", "pipeline": [{"$changeStream": {}}], "cursor": {}})
+    except pymongo_errors.OperationFailure:
+        return None
+    cursor = reply["cursor"]
+    if cursor.get("id"):
+        db.command({"killCursors": "gigs", "cursors": [cursor["id"]]})
+    token: dict | None = cursor.get("postBatchResumeToken")
+    return token
 
 
 class ToolError(Exception):
