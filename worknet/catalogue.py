@@ -887,6 +887,7 @@ def rebuild(db: Any, progress: bool = True, batch: int = 5000) -> dict:
         base.delete_many({"_id": {"$regex": f"^(b|col):{old_epoch}:"}})
         for marker in markers:
             db[DIRTY].delete_one({"_id": marker["_id"], "rev": marker.get("rev")})
+        position = _caught_up(db, position) if position is not None else None
         if position is not None:
             # a daemon that starts now follows the gigs from here, with no reconciliation to run; one that
             # follows already goes on from its own position (a position saved later wins: $max is not
@@ -911,6 +912,25 @@ def _stream_position(db: Any) -> dict | None:
         db.command({"killCursors": "gigs", "cursors": [cursor["id"]]})
     token: dict | None = cursor.get("postBatchResumeToken")
     return token
+
+
+def _caught_up(db: Any, position: dict) -> dict | None:
+    """Mark the gigs changed since ``position`` (while the rebuild read them) and return the stream's position
+    after them; None when the history since ``position`` is gone (a daemon then compares every gig)."""
+    changed: set[Any] = set()
+    try:
+        with db.gigs.watch(resume_after=position, max_await_time_ms=200) as stream:
+            while (change := stream.try_next()) is not None:
+                key = (change.get("documentKey") or {}).get("_id")
+                if key is not None:
+                    changed.add(key)
+            after: dict | None = stream.resume_token
+    except pymongo_errors.PyMongoError:
+        return None
+    moment = datetime.now(UTC)
+    for gig_id in changed:
+        db[DIRTY].update_one({"_id": gig_id}, {"$inc": {"rev": 1}, "$min": {"at": moment}}, upsert=True)
+    return after
 
 
 class ToolError(Exception):
