@@ -379,6 +379,15 @@ class Columns:
         return seqs if mask.all() else seqs[mask]
 
 
+def same_columns(columns: Columns, seq: int, row: Row) -> bool:
+    """Whether the columns at ``seq`` hold ``row``'s gig and values."""
+    if seq >= columns.size:
+        return False
+    stored = columns.row(seq)
+    return (stored.oid, stored.price, stored.rating, stored.reviews, stored.created, stored.delivery) == (
+        row.oid, row.price, row.rating, row.reviews, row.created, row.delivery)
+
+
 # -- one daemon's view of the base, validated by version --------------------------
 
 class View:
@@ -887,7 +896,11 @@ def rebuild(db: Any, progress: bool = True, batch: int = 5000) -> dict:
         base.delete_many({"_id": {"$regex": f"^(b|col):{old_epoch}:"}})
         for marker in markers:
             db[DIRTY].delete_one({"_id": marker["_id"], "rev": marker.get("rev")})
-        position = _caught_up(db, position) if position is not None else None
+        if position is not None:
+            caught_up = _caught_up(db, position)
+            if caught_up is None:  # the history since the start is gone (the rebuild's own writes rolled it)
+                caught_up = _compared(db, rows, columns, batch)
+            position = caught_up
         if position is not None:
             # a daemon that starts now follows the gigs from here, with no reconciliation to run; one that
             # follows already goes on from its own position (a position saved later wins: $max is not
@@ -931,6 +944,25 @@ def _caught_up(db: Any, position: dict) -> dict | None:
     for gig_id in changed:
         db[DIRTY].update_one({"_id": gig_id}, {"$inc": {"rev": 1}, "$min": {"at": moment}}, upsert=True)
     return after
+
+
+def _compared(db: Any, rows: list[dict], columns: Columns, batch: int) -> dict | None:
+    """The stream's position now, after marking every gig that differs from what the rebuild indexed
+    (read again after the position is taken, so any later change is the daemons' to follow)."""
+    position = _stream_position(db)
+    if position is None:
+        return None
+    indexed = {row["_id"]: (frozenset(row["keys"]), row["seq"]) for row in rows}
+    moment = datetime.now(UTC)
+    differing = []
+    for doc in db.gigs.find({}, projection=GIG_FIELDS, batch_size=batch):
+        row = Row.readable(doc) or Row.absent(doc["_id"])
+        known = indexed.pop(doc["_id"], None)
+        if known is None or known[0] != frozenset(row.keys) or not same_columns(columns, known[1], row):
+            differing.append(doc["_id"])
+    for gig_id in [*differing, *indexed]:
+        db[DIRTY].update_one({"_id": gig_id}, {"$inc": {"rev": 1}, "$min": {"at": moment}}, upsert=True)
+    return position
 
 
 class ToolError(Exception):

@@ -44,7 +44,7 @@ from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 from twisted.internet import defer, task
 
-from worknet.catalogue import GIG_FIELDS, LEASES, ROWS, Row, catalogue_of, mark_many
+from worknet.catalogue import GIG_FIELDS, LEASES, ROWS, Row, catalogue_of, mark_many, same_columns
 from worknet.logs import logger
 from worknet.store.changes import ChangeStream, HistoryLost, Unsupported
 
@@ -113,7 +113,7 @@ async def reconcile(store: Any, reactor: Any) -> int:
             if indexed is None:
                 if row.keys:
                     differing.append(gig_id)
-            elif frozenset(row.keys) != indexed[1] or not _same_columns(view, indexed[0], row):
+            elif frozenset(row.keys) != indexed[1] or not same_columns(view.columns, indexed[0], row):
                 differing.append(gig_id)
             compared += 1
             if compared % COOPERATE_EVERY == 0:
@@ -121,14 +121,6 @@ async def reconcile(store: Any, reactor: Any) -> int:
     differing += [gig_id for gig_id in rows if gig_id not in seen]
     await mark_many(store, differing)
     return len(differing)
-
-
-def _same_columns(view: Any, seq: int, row: Row) -> bool:
-    if seq >= view.columns.size:
-        return False
-    stored = view.columns.row(seq)
-    return (stored.oid, stored.price, stored.rating, stored.reviews, stored.created, stored.delivery) == (
-        row.oid, row.price, row.rating, row.reviews, row.created, row.delivery)
 
 
 class Follower:
