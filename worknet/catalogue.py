@@ -465,6 +465,21 @@ async def mark(store: Any, gig_ids: Iterable[ObjectId], session: Any = None) -> 
                                       upsert=True, session=session)
 
 
+async def take_lease(store: Any, name: str, holder: str, seconds: float) -> ObjectId | None:
+    """Take (or renew) the lease ``name`` in ``catalogueLease`` for ``holder``: its new fencing token, or None
+    while another holder's lease runs.  Every take gets a new token, which the holder's writes check."""
+    moment = datetime.now(UTC)
+    token = ObjectId()
+    try:
+        result = await store[LEASES].update_one(
+            {"_id": name, "$or": [{"until": {"$lt": moment}}, {"holder": holder}]},
+            {"$set": {"holder": holder, "token": token, "until": moment + timedelta(seconds=seconds)}},
+            upsert=True)
+    except DuplicateKeyError:
+        return None  # held by another daemon
+    return token if result.matched_count or result.upserted_id is not None else None
+
+
 async def mark_many(store: Any, gig_ids: Sequence[ObjectId]) -> None:
     """Mark many gigs at once (the change stream's batches, a reconciliation): one unordered bulk upsert
     per ``PART_OPS`` gigs, each mark its own atomic write like :func:`mark`'s -- not a transaction, which
@@ -577,21 +592,10 @@ class Catalogue:
 
     async def _take_lease(self) -> bool:
         """Take (or renew) the compaction lease; each take gets a new fencing token (see :meth:`_fenced`)."""
-        moment = datetime.now(UTC)
-        token = ObjectId()
-        try:
-            result = await self.store[LEASES].update_one(
-                {"_id": "compaction", "$or": [{"until": {"$lt": moment}}, {"holder": self.holder}]},
-                {"$set": {"holder": self.holder, "token": token,
-                          "until": moment + timedelta(seconds=LEASE_SECONDS)}},
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            return False  # held by another daemon
-        if result.matched_count or result.upserted_id is not None:
+        token = await take_lease(self.store, "compaction", self.holder, LEASE_SECONDS)
+        if token is not None:
             self.token = token
-            return True
-        return False
+        return token is not None
 
     async def _release_lease(self) -> None:
         await self.store[LEASES].update_one(

@@ -41,10 +41,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo.errors import DuplicateKeyError
 from twisted.internet import defer, task
 
-from worknet.catalogue import GIG_FIELDS, LEASES, ROWS, Row, catalogue_of, mark_many, same_columns
+from worknet.catalogue import GIG_FIELDS, LEASES, ROWS, Row, catalogue_of, mark_many, same_columns, take_lease
 from worknet.logs import logger
 from worknet.store.changes import ChangeStream, HistoryLost, Unsupported
 
@@ -286,21 +285,8 @@ class Follower:
     # -- the lease, fenced ------------------------------------------------------------
 
     async def _take_lease(self) -> bool:
-        moment = datetime.now(UTC)
-        token = ObjectId()
-        try:
-            result = await self.store[LEASES].update_one(
-                {"_id": STREAM, "$or": [{"until": {"$lt": moment}}, {"holder": self.holder}]},
-                {"$set": {"holder": self.holder, "token": token, "until": moment + timedelta(seconds=LEASE_SECONDS)}},
-                upsert=True)
-        except DuplicateKeyError:
-            self.token = None
-            return False
-        if result.matched_count or result.upserted_id is not None:
-            self.token = token
-            return True
-        self.token = None
-        return False
+        self.token = await take_lease(self.store, STREAM, self.holder, LEASE_SECONDS)
+        return self.token is not None
 
     async def _save(self, resume: dict | None) -> bool:
         """Renew the lease and keep the stream's position, if the lease is still this holder's."""
