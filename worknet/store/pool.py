@@ -745,7 +745,10 @@ class MongoStore(service.Service):
             else:
                 await session.end_session()  # committed: no command, the server session goes back to the pool
                 return result
-            # a write conflict with a concurrent transaction: back off (jittered) and run again
+            # a write conflict with a concurrent transaction, or with one of this process's own that a lost
+            # connection left open on the server: end those first, back off (jittered) and run again
+            if self.leases.lost:
+                await self.leases.end_lost()
             await task.deferLater(self._reactor, random.uniform(0, 0.005 * 2 ** min(attempt, 6)),  # noqa: S311
                                   lambda: None)
         raise Unavailable("The data changed at the same time too often; try again shortly.")

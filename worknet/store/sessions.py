@@ -214,6 +214,17 @@ class Leases:
         await self.kill(ids)
         self.lost.difference_update(ids)
 
+    async def end_lost(self) -> None:
+        """Before a transaction runs again after a write conflict: end this process's lost sessions now rather
+        than at the next beat, since the conflict may be with one of their transactions (the database has just
+        come back).  Never raises: the beat tries again."""
+        try:
+            await self._kill_lost()
+        except defer.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001,S110 - the database is still away: the next beat sends it again
+            pass
+
     async def kill(self, ids: list[uuid.UUID]) -> None:
         for start in range(0, len(ids), KILL_CHUNK):
             await self.store.command({"killSessions": lsids(ids[start:start + KILL_CHUNK])}, database="admin")
