@@ -111,13 +111,15 @@ def rss_mib(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU so far of a process and its descendants (threads included)."""
+    """User + system CPU so far of a process and its descendants (threads included); NaN when it is gone."""
     ticks = 0
     for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            continue
+            if p == pid:
+                return float("nan")
+            continue  # a child that ended meanwhile
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
 
