@@ -99,11 +99,11 @@ def command_line(pid: int) -> list[str]:
         return []
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of one process (NaN when it is gone)."""
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of one process (``VmHWM``: its peak so far), NaN when it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
