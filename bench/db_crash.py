@@ -32,15 +32,11 @@ import http.client
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import xmlrpc.client
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,33 +46,10 @@ from typing import Any
 import pymongo
 from bson import Decimal128, ObjectId
 
-BIN = Path(sys.executable).parent
+from tests.harness import Daemon, Database, wait_for
+
 CUT_OFF = (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError)
 WAVE_SHARE = 0.25  # a second after the recovery with fewer ok answers than this share of the rate before: a wave
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-
-
-def secantusd() -> str:
-    beside = BIN / "secantusd-py"
-    found = str(beside) if beside.exists() else shutil.which("secantusd-py")
-    if found is None:
-        raise RuntimeError("secantusd-py is not installed (pip install 'worknet-rpc[embedded]')")
-    return found
 
 
 def _pings(uri: str) -> bool:
@@ -89,100 +62,12 @@ def _pings(uri: str) -> bool:
         client.close()
 
 
-class Database:
-    """A SecantusDB on a free port, started again on the same data directory after it dies."""
-
-    def __init__(self, storage: Path) -> None:
-        self.storage = storage
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/"
-
-    def start(self) -> None:
-        argv = [secantusd(), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", str(self.storage),
-                "--sync-on-commit", "--log-level", "WARNING"]
-        log = open(self.storage.parent / "secantusd.log", "ab")  # noqa: SIM115 - the child writes it
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
-        wait_for(lambda: _pings(self.uri), 60, "the database to answer")
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-        self.process.wait(60)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-class Daemon:
-    def __init__(self, workdir: Path, db_name: str, timeout: float, uri: str | None, data_dir: Path | None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/RPC2"
-        self.log_path = workdir / "daemon.log"
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-               "NODE_ENV": "test", "JWT_SECRET": secrets.token_urlsafe(48), "LOG_LEVEL": "INFO",
-               "DB_TIMEOUT_SECONDS": f"{timeout:g}"}
-        if os.environ.get("PYTHONPATH"):  # another checkout's daemon (its before/after figures)
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        argv = [str(BIN / "twistd"), "-n", "--pidfile=", "worknet-rpc", "--listen",
-                f"tcp:{self.port}:interface=127.0.0.1", "--db-name", db_name]
-        if uri is not None:
-            argv += ["--mongodb-uri", uri]
-        else:
-            env["DATA_DIR"] = str(data_dir)
-            env["DATA_DIR_MIN_FREE_MB"] = "0"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes it
-        self.process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
-        log.close()
-        wait_for(self.healthy, 90, f"the daemon (log: {self.log_path})")
-
-    def healthy(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"the daemon exited with {self.process.returncode} (log: {self.log_path})")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as answer:  # noqa: S310
-                return answer.status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def embedded_database(data_dir: Path) -> tuple[int, int]:
-    """The PID and port of the embedded database running on ``data_dir`` (read from /proc)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if any("secantusd" in part for part in argv[:2]) and str(data_dir) in argv and "--port" in argv:
-            return int(entry.name), int(argv[argv.index("--port") + 1])
-    raise LookupError(f"no database runs on {data_dir}")
+def embedded_database(daemon: Daemon) -> tuple[int, int]:
+    """The PID and port of the embedded database ``daemon`` runs."""
+    found = daemon.embedded_database()
+    if found is None:
+        raise LookupError(f"the daemon on port {daemon.port} runs no database")
+    return found
 
 
 def seed(uri: str, db_name: str, callers: int) -> list[tuple[str, str, str]]:
@@ -339,44 +224,46 @@ def run(mode: str, signum: int, threads: int, before: float, after: float, timeo
     """The scenario (see the module docstring); ``signum`` SIGSTOP freezes the database for ``stall`` seconds
     instead (a database that stops answering without closing its connections), then SIGCONT."""
     db_name = "crash_" + secrets.token_hex(4)
+    env = {"DB_TIMEOUT_SECONDS": f"{timeout:g}"}
+    if os.environ.get("PYTHONPATH"):  # another checkout's daemon (its before/after figures)
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     server: Database | None = None
     if mode == "external":
-        (workdir / "data").mkdir()
         server = Database(workdir / "data")
-        server.start()
-        daemon = Daemon(workdir, db_name, timeout, server.uri, None)
-        seed_uri = server.uri
     else:
-        data_dir = workdir / "embedded"
-        daemon = Daemon(workdir, db_name, timeout, None, data_dir)
-        seed_uri = f"mongodb://127.0.0.1:{embedded_database(data_dir)[1]}/"
+        env.update(DATA_DIR=str(workdir / "embedded"), DATA_DIR_MIN_FREE_MB="0")
+    daemon = Daemon(workdir, server.uri if server is not None else "", db_name, **env)
     calls = Calls()
     workers: list[threading.Thread] = []
     try:
+        if server is not None:
+            server.start(timeout=60)
+        daemon.start(timeout=90)
+        seed_uri = server.uri if server is not None else f"mongodb://127.0.0.1:{embedded_database(daemon)[1]}/"
         markets = seed(seed_uri, db_name, threads)
         workers = [threading.Thread(target=Caller(daemon.url, m, calls).run, daemon=True) for m in markets]
         for t in workers:
             t.start()
         time.sleep(before)
-        pid = server.pid if server is not None else embedded_database(data_dir)[0]
+        pid = server.pid if server is not None else embedded_database(daemon)[0]
         killed_at = time.monotonic()
         if signum == signal.SIGSTOP:
             os.kill(pid, signal.SIGSTOP)
             time.sleep(stall)
             os.kill(pid, signal.SIGCONT)
         elif server is not None:
-            server.signal(signum)
-            server.start()  # on the same data directory, as soon as the old process is gone
+            server.kill(signum)
+            server.start(timeout=60)  # on the same data directory, as soon as the old process is gone
         else:
             os.kill(pid, signum)
-            wait_for(lambda: _new_database(data_dir, pid), 60, "the daemon to start its database again")
+            wait_for(lambda: _new_database(daemon, pid), 60, "the daemon to start its database again")
         back = time.monotonic() - killed_at
         time.sleep(after)
     finally:
         calls.stop.set()
         for t in workers:
             t.join(timeout + 5)
-        daemon.stop()
+        daemon.stop(timeout=60)
         if server is not None:
             server.stop()
     with calls.lock:
@@ -396,12 +283,9 @@ def run(mode: str, signum: int, threads: int, before: float, after: float, timeo
     return result
 
 
-def _new_database(data_dir: Path, old: int) -> bool:
-    try:
-        pid, port = embedded_database(data_dir)
-    except LookupError:
-        return False
-    return pid != old and _pings(f"mongodb://127.0.0.1:{port}/")
+def _new_database(daemon: Daemon, old: int) -> bool:
+    found = daemon.embedded_database()
+    return found is not None and found[0] != old and _pings(f"mongodb://127.0.0.1:{found[1]}/")
 
 
 def main() -> None:

@@ -34,21 +34,14 @@ import xmlrpc.client
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pymongo
 from bson import Decimal128, ObjectId
 
 from bench.loadgen import Workspace, call_body
+from tests.harness import rss_mib
 
 TOKEN = "bench-hostile-token-" + "k" * 24
-
-
-def status_mib(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def post(port: int, body: bytes, headers: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, bytes]:
@@ -118,13 +111,13 @@ def attack(ws: Workspace, name: str, run: Callable[[int], list[str]], **env: str
     headers = {"Authorization": f"Bearer {env['RPC_AUTH_TOKEN']}"} if "RPC_AUTH_TOKEN" in env else {}
     for _ in range(20):
         post(port, call_body("ping"), headers)
-    peak, rss = status_mib(pid, "VmHWM"), status_mib(pid, "VmRSS")
+    peak, rss = rss_mib(pid, "VmHWM"), rss_mib(pid, "VmRSS")
     started = time.perf_counter()
     with Pinger(port, headers) as pinger:
         answers = run(port)
     elapsed = time.perf_counter() - started
     print(f"\n{name} ({elapsed:.1f} s)\n  answers: {'; '.join(answers)}\n  RSS {rss:.0f} MB, peak {peak:.0f} MB "
-          f"before; peak {status_mib(pid, 'VmHWM'):.0f} MB, RSS {status_mib(pid, 'VmRSS'):.0f} MB after\n"
+          f"before; peak {rss_mib(pid, 'VmHWM'):.0f} MB, RSS {rss_mib(pid, 'VmRSS'):.0f} MB after\n"
           f"  {pinger.summary()}", flush=True)
 
 
@@ -172,11 +165,11 @@ def multicall(ws: Workspace) -> None:
                                   "system.multicall").encode()
     port = ws.daemon(db_name)
     pid = ws.processes[-1].pid
-    peak = status_mib(pid, "VmHWM")
+    peak = rss_mib(pid, "VmHWM")
     with Pinger(port) as pinger:
         answer = describe(*post(port, get_all))
     print(f"\n1 x 1,000 usersService.get_all(1, 100)\n  answer: {answer}\n  peak {peak:.0f} MB before, "
-          f"{status_mib(pid, 'VmHWM'):.0f} MB after\n  {pinger.summary()}", flush=True)
+          f"{rss_mib(pid, 'VmHWM'):.0f} MB after\n  {pinger.summary()}", flush=True)
 
 
 async def _unauthenticated(port: int, connections: int, sent: int) -> tuple[Counter, int]:

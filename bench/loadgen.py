@@ -1,28 +1,24 @@
-"""Load generator and process helpers shared by the benchmarks.
+"""Load generator and the throw-away servers shared by the benchmarks.
 
 ``run_load`` opens ``concurrency`` keep-alive HTTP/1.1 connections to a
 loopback port and has each send XML-RPC request bodies back to back until the
 duration or the request count runs out; it records the latency of every
 request.  One asyncio process drives all connections, so the client costs
 little CPU next to the server it measures.  Loopback only, always bounded.
+``Workspace`` is a folder with a SecantusDB and daemons on it, started with
+the tests' harness (``tests.harness``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import re
-import secrets
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import xmlrpc.client
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +28,9 @@ from typing import Any
 
 import pymongo
 
+from tests.harness import Daemon, Database
 from worknet.store.indexes import INDEXES
 
-BIN = Path(sys.executable).parent
 Bodies = Sequence[bytes] | Callable[[int], bytes]
 FAILED = re.compile(rb"<name>success</name>\s*<value><boolean>0")  # an answer with success false
 
@@ -136,82 +132,6 @@ def run_load(port: int, bodies: Bodies, concurrency: int, duration: float, max_r
     return asyncio.run(_run(host, port, bodies, concurrency, duration, max_requests, path, headers or {}))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-def start_database(path: str | Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """A SecantusDB server on a free port, storing under ``path``."""
-    port = free_port()
-    Path(path).mkdir(parents=True, exist_ok=True)
-    log = open(Path(path).parent / f"secantusd-{port}.log", "ab")
-    process = subprocess.Popen(
-        [str(BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(path),
-         "--sync-on-commit", "--log-level", "WARNING", *extra],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-    uri = f"mongodb://127.0.0.1:{port}/"
-    client: pymongo.MongoClient = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500, directConnection=True)
-
-    def answers() -> bool:
-        try:
-            return bool(client.admin.command("ping")["ok"])
-        except pymongo.errors.PyMongoError:
-            return False
-
-    _wait(answers, 60, "the database")
-    client.close()
-    return process, uri
-
-
-def start_daemon(uri: str, db_name: str, port: int, log_path: str | Path | None = None, **env: str) -> subprocess.Popen:
-    """``twistd -n worknet-rpc`` against ``uri``; returns once ``/health`` says it serves."""
-    environment = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NODE_ENV": "test",
-        "JWT_SECRET": secrets.token_urlsafe(48), "LOG_LEVEL": "WARNING", "LOG_FILE": "", **env,
-    }
-    log = open(log_path or os.devnull, "ab")
-    process = subprocess.Popen(
-        [str(BIN / "twistd"), "-n", "--pidfile=", "worknet-rpc", "--listen", f"tcp:{port}:interface=127.0.0.1",
-         "--mongodb-uri", uri, "--db-name", db_name],
-        env=environment, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-
-    def ready() -> bool:  # /health is 200 once the database answers and the indexes exist
-        if process.poll() is not None:
-            said = Path(log_path).read_text(errors="replace")[-2000:] if log_path else ""
-            raise RuntimeError(f"the daemon exited with {process.returncode}\n{said}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:  # noqa: S310
-                return answer.status == 200
-        except OSError:
-            return False
-
-    _wait(ready, 60, "the daemon")
-    return process
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 class Workspace:
     """A throw-away folder with a SecantusDB server in it, and daemons on it.
 
@@ -222,18 +142,26 @@ class Workspace:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[Database | Daemon] = []
 
     def __enter__(self) -> Workspace:
         self.path = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
-        database, self.uri = start_database(self.path / "db")
+        database = Database(self.path / "db")
         self.processes.append(database)
+        try:
+            database.start(timeout=60)
+        except BaseException:
+            self.__exit__()
+            raise
+        self.uri = database.uri
         return self
 
     def daemon(self, db_name: str, **env: str) -> int:
-        port = free_port()
-        self.processes.append(start_daemon(self.uri, db_name, port, log_path=self.log_path(port), **env))
-        return port
+        daemon = Daemon(self.path, self.uri, db_name, **{
+            "LOG_LEVEL": "WARNING", "LOG_FILE": "", "DB_TIMEOUT_SECONDS": None, **env})
+        self.processes.append(daemon)
+        daemon.start(timeout=60)
+        return daemon.port
 
     def log_path(self, port: int) -> Path:
         """The log of the daemon on ``port``."""
@@ -241,7 +169,7 @@ class Workspace:
 
     def __exit__(self, *exc_info: object) -> None:
         for process in reversed(self.processes):
-            stop(process)
+            process.stop()
         shutil.rmtree(self.path, ignore_errors=True)
 
 

@@ -39,14 +39,14 @@ import secrets
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import xmlrpc.client
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,8 @@ from typing import Any
 import pymongo
 from bson import ObjectId
 
-from bench.loadgen import BIN, free_port, percentile, stop
+from bench.loadgen import percentile
+from tests.harness import Daemon, cpu_seconds, rss_mib
 
 HERE = Path(__file__).resolve().parent
 PRICE = "40.00"
@@ -81,107 +82,25 @@ def proxy(url: str) -> xmlrpc.client.ServerProxy:
     return xmlrpc.client.ServerProxy(url, transport=Transport(), allow_none=True)
 
 
-# -- processes ---------------------------------------------------------------------
+# -- the daemon ------------------------------------------------------------------
 
 
-def process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    for child in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            children = child.read_text().split()
-        except OSError:
-            continue
-        for text in children:
-            pids.extend(process_tree(int(text)))
-    return pids
-
-
-def command_line(pid: int) -> list[str]:
+@contextmanager
+def soak_daemon(uri: str | None = None, source: Path | None = None) -> Iterator[Daemon]:
+    """``twistd -n worknet-rpc`` in a throw-away folder: the embedded database unless ``uri`` is given;
+    ``source``: another checkout whose worknet package the daemon runs (before/after figures)."""
+    path = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    env = {"HOME": str(path), "LOG_LEVEL": "WARNING", "LOG_FILE": "", "BCRYPT_ROUNDS": "4",
+           "DB_TIMEOUT_SECONDS": "5", "DATA_DIR": str(path / "db")}
+    if source is not None:
+        env["PYTHONPATH"] = str(source.resolve())
+    daemon = Daemon(path, uri or "", "soak", **env)
     try:
-        return [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-    except OSError:
-        return []
-
-
-def rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def database_pid(daemon: int) -> int | None:
-    """The ``secantusd-py`` server among the daemon's descendants (the embedded database)."""
-    for pid in process_tree(daemon)[1:]:
-        argv = command_line(pid)
-        if any(part.endswith("secantusd-py") for part in argv) and not any("lifeline" in part for part in argv):
-            return pid
-    return None
-
-
-def database_port(pid: int) -> int | None:
-    argv = command_line(pid)
-    return int(argv[argv.index("--port") + 1]) if "--port" in argv else None
-
-
-class Daemon:
-    """``twistd -n worknet-rpc`` in a throw-away folder: the embedded database unless ``uri`` is given."""
-
-    def __init__(self, uri: str | None = None, source: Path | None = None) -> None:
-        self.uri = uri
-        self.source = source  # another checkout whose worknet package the daemon runs (before/after figures)
-
-    def __enter__(self) -> Daemon:
-        self.path = Path(tempfile.mkdtemp(prefix="bench-soak-"))
-        self.port = free_port()
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.path), "NODE_ENV": "test",
-            "JWT_SECRET": secrets.token_urlsafe(48), "LOG_LEVEL": "WARNING", "LOG_FILE": "",
-            "BCRYPT_ROUNDS": "4", "DB_TIMEOUT_SECONDS": "5", "DATA_DIR": str(self.path / "db"),
-        }
-        if self.source is not None:
-            env["PYTHONPATH"] = str(self.source.resolve())
-        argv = [str(BIN / "twistd"), "-n", "--pidfile=", "worknet-rpc", "--listen",
-                f"tcp:{self.port}:interface=127.0.0.1", "--db-name", "soak"]
-        if self.uri:
-            argv += ["--mongodb-uri", self.uri]
-        self.log = self.path / "daemon.log"
-        self.process = subprocess.Popen(argv, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=self.path)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the daemon exited:\n{self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as answer:  # noqa: S310
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("the daemon did not become healthy within 120 s")
-        self.db_pid = None if self.uri else database_pid(self.process.pid)
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/RPC2"
-
-    def __exit__(self, *exc_info: object) -> None:
-        stop(self.process)
-        shutil.rmtree(self.path, ignore_errors=True)
+        daemon.start(timeout=120)
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- the marketplace -------------------------------------------------------------
@@ -514,19 +433,18 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     where = "embedded SecantusDB" if not args.mongodb_uri else "the server of --mongodb-uri"
     log = Log()
-    with Daemon(args.mongodb_uri, args.source) as daemon:
+    with soak_daemon(args.mongodb_uri, args.source) as daemon:
         data = seed(daemon.url, args.threads, args.sellers or args.threads)
-        db_pid = daemon.db_pid
+        db_pid, db_port = (None, None) if args.mongodb_uri else (daemon.embedded_database() or (None, None))
         baseline_rss = rss_mib(db_pid) if db_pid else float("nan")
-        print(f"seeded; database pid {db_pid}, port {database_port(db_pid) if db_pid else '-'}, "
-              f"RSS {baseline_rss:.0f} MiB", flush=True)
+        print(f"seeded; database pid {db_pid}, port {db_port or '-'}, RSS {baseline_rss:.0f} MiB", flush=True)
         started = time.monotonic()
         stop_at = started + args.minutes * 60
         clients = [Client(daemon.url, dict(me), n, log, started, stop_at) for n, me in enumerate(data["buyers"])]
         for client in clients:
             client.start()
         readings: list[tuple[float, float, float, float, float, float]] = []  # start, end, RSS db/daemon, CPU, load
-        monitor = pymongo.MongoClient(args.mongodb_uri or f"mongodb://127.0.0.1:{database_port(db_pid)}/",
+        monitor = pymongo.MongoClient(args.mongodb_uri or f"mongodb://127.0.0.1:{db_port}/",
                                       directConnection=not args.mongodb_uri, serverSelectionTimeoutMS=5000)
         tops: list[Top] = []
         top_before = read_top(monitor, "soak")
@@ -535,7 +453,7 @@ def main() -> None:
             end = min(begin + args.sample, args.minutes * 60)
             time.sleep(max(0.0, started + end - time.monotonic()))
             cpu_now = cpu_seconds(db_pid) if db_pid else float("nan")
-            readings.append((begin, end, rss_mib(db_pid) if db_pid else float("nan"), rss_mib(daemon.process.pid),
+            readings.append((begin, end, rss_mib(db_pid) if db_pid else float("nan"), rss_mib(daemon.pid),
                              (cpu_now - cpu_before) / (end - begin) * 100, os.getloadavg()[0]))
             top_now = read_top(monitor, "soak")
             tops.append(top_delta(top_before, top_now))
