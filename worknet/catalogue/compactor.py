@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application import service
 from twisted.internet import defer, task
 
 from worknet.catalogue.index import BASE, STATE
@@ -13,10 +14,18 @@ from worknet.logs import logger
 log = logger("worknet.catalogue")
 
 COMPACT_SECONDS = 0.2  # how often each daemon looks for marked gigs
+STOP_SECONDS = 2.0  # at shutdown, a round in progress may end within this before the store stops
 
 
-class Compactor:
-    """Every ``interval`` seconds, fold marked gigs into the base (when this daemon gets the lease)."""
+class Compactor(service.Service):
+    """Every ``interval`` seconds, fold marked gigs into the base (when this daemon gets the lease).
+
+    A service of the daemon's tree, before the store in it: stopping it ends
+    the loop and waits (at most ``STOP_SECONDS``) for a round in progress,
+    which releases its lease, before the store stops.
+    """
+
+    name = "catalogue-compactor"
 
     def __init__(self, store: Any, reactor: Any, interval: float = COMPACT_SECONDS) -> None:
         self.catalogue = catalogue_of(store)
@@ -28,14 +37,29 @@ class Compactor:
         self.done: defer.Deferred | None = None
         self.checked = False
 
-    def start(self) -> None:
+    def startService(self) -> None:
+        super().startService()
         self.done = self.loop.start(self.interval, now=False)
-        self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
 
-    def stop(self) -> None:
-        """No new round; one in progress ends by itself (its errors are logged as warnings)."""
+    def stopService(self) -> defer.Deferred[None]:
+        """No new round; one in progress may end (its errors are logged as warnings), for ``STOP_SECONDS`` at most."""
+        super().stopService()
+        ended: defer.Deferred[None] = defer.Deferred()
         if self.loop.running:
             self.loop.stop()
+        if self.done is None or self.done.called:
+            ended.callback(None)
+            return ended
+
+        def pass_on(result: Any) -> Any:
+            if not ended.called:
+                ended.callback(None)
+            return result
+
+        self.done.addBoth(pass_on)
+        ended.addTimeout(STOP_SECONDS, self.reactor)
+        ended.addErrback(lambda _failure: None)  # still running: it ends by itself, or fails on the stopped store
+        return ended
 
     def _tick(self) -> defer.Deferred:
         return defer.ensureDeferred(self._round())

@@ -231,10 +231,10 @@ class Catalogue:
         """The compaction's replacements, one fenced transaction per part.
 
         Each write command outside a transaction is its own commit, and the
-        embedded database runs with ``--sync-on-commit``: a fold of 100 gigs wrote
-        ~400 documents, so ~400 journal flushes, which starved every concurrent
-        call (measured; see docs/DECISIONS.md, "Catalogue compaction in
-        transactions").  One transaction per part is one commit.  The index stays
+        embedded database runs with ``--sync-on-commit``: a fold replaces hundreds
+        of documents, one journal flush each, which starved every concurrent call
+        (the figures: docs/DECISIONS.md, "Hot paths on the embedded database",
+        "Compaction writes in transactions").  One transaction per part is one commit.  The index stays
         right either way: every step is idempotent and searches judge marked gigs
         from their documents until the markers go.
         """
