@@ -1,4 +1,6 @@
-"""The HTTP resource tree: ``/RPC2`` (and ``/``), ``/health``, ``/metrics``."""
+"""A serving process: its HTTP resource tree (``/RPC2`` and ``/``, ``/health``, ``/metrics``) and its
+service tree (:func:`build_app`, used by the single-process daemon, worknet/tap.py, and by each
+``--workers`` process, worknet/workers.py), with the services that order its shutdown."""
 
 from __future__ import annotations
 

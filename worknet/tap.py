@@ -1,4 +1,9 @@
-"""``twistd worknet-rpc``: command-line options and the service tree (no logic here)."""
+"""``twistd worknet-rpc``: command-line options and the top of the service tree (no logic here).
+
+The top holds the SIGTERM handler, the embedded database when there is one,
+then either the serving tree (:func:`worknet.app.build_app`) with its listener,
+or, with ``--workers N``, the pool of worker processes (worknet/workers.py).
+"""
 
 from __future__ import annotations
 
