@@ -1,4 +1,6 @@
-"""The HTTP resource tree: ``/RPC2`` (and ``/``), ``/health``, ``/metrics``."""
+"""A serving process: its HTTP resource tree (``/RPC2`` and ``/``, ``/health``, ``/metrics``) and its
+service tree (:func:`build_app`, used by the single-process daemon, worknet/tap.py, and by each
+``--workers`` process, worknet/workers.py), with the services that order its shutdown."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import functools
 import gc
 import json
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -84,25 +87,49 @@ class MetricsPage(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, metrics: Metrics, store: Any, settings: Settings) -> None:
+    def __init__(self, metrics: Metrics, settings: Settings, gauges: Gauges) -> None:
         super().__init__()
         self.metrics = metrics
-        self.store = store
         self.settings = settings
+        self.gauges = gauges
 
     def render_GET(self, request: server.Request) -> bytes:
         if not authorized(request, self.settings.rpc_auth_token):
             return refuse_unauthorized(request, self.metrics)
-        refresh_gauges(self.metrics, self.store, self.settings)
+        self.gauges.refresh()
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return render(self.metrics)
 
 
-def refresh_gauges(metrics: Metrics, store: Any, settings: Settings) -> None:
-    """The database gauges, read from the store (at each scrape; every second in a worker)."""
-    metrics.db_connected.set(1 if store.connected else 0)
-    metrics.db_pool_size.set(settings.mongodb_pool_size)
-    metrics.db_pool_connected.set(store.open_connections())
+class Gauges:
+    """The gauges of ``/metrics`` that are read, not counted: the database (from the store), the password
+    pool's jobs, the HTTP connections (from the site).
+
+    Read at each scrape.  In a ``--workers`` process they are also written
+    every second (:func:`build_app` parents a timer): whichever worker answers
+    a scrape renders every worker's values from the shared files
+    (worknet/workers.py), so each worker keeps its own current there.
+    """
+
+    def __init__(self, metrics: Metrics, store: Any, settings: Settings, jobs: dict[str, int]) -> None:
+        self.metrics = metrics
+        self.store = store
+        self.settings = settings
+        self.jobs = jobs  # the password pool's outcomes so far
+        self.site: GuardedSite | None = None
+
+    def refresh(self) -> None:
+        metrics, store = self.metrics, self.store
+        metrics.db_connected.set(1 if store.connected else 0)
+        metrics.db_pool_size.set(self.settings.mongodb_pool_size)
+        metrics.db_pool_connected.set(store.open_connections())
+        for outcome, count in self.jobs.items():
+            metrics.password_jobs.labels(outcome).set(count)
+        site = self.site
+        if site is not None:
+            metrics.http_connections.set(site.open_connections)
+            metrics.http_dropped.labels("over_cap").set(site.refused_connections)
+            metrics.http_dropped.labels("too_slow").set(site.slow_requests)
 
 
 class Root(resource.Resource):
@@ -121,6 +148,8 @@ class Root(resource.Resource):
 class QuietSite(GuardedSite):
     """No access log: the dispatcher already logs one line per call."""
 
+    gauges: Gauges
+
     def log(self, request: http.Request) -> None:
         pass
 
@@ -129,7 +158,8 @@ class SequentialMultiService(service.MultiService):
     """Stops its children one after the other, in reverse order, each waiting for the previous.
 
     (``MultiService`` stops them all at once.)  The daemon's order: listener,
-    drain of in-flight calls, database pool, embedded database.
+    drain of in-flight calls, background loops, database pool, embedded
+    database (see :func:`build_app`).
     """
 
     async def stopService(self) -> None:
@@ -183,6 +213,60 @@ class DrainService(service.Service):
             pass
 
 
+class CloseConnections(service.Service):
+    """On stop (after the drain), closes every HTTP connection cleanly and waits for them (<= 5 s).
+
+    ``loseConnection`` sends what is still buffered -- the answers of the calls
+    the drain waited for -- before closing; the reactor's own shutdown would
+    drop those buffers and reset the connections.
+    """
+
+    name = "close-connections"
+
+    def __init__(self, site: Any, reactor: Any, timeout: float = 5.0) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.open: set[Any] = set()
+        self._empty: list[defer.Deferred[None]] = []
+        build = site.buildProtocol
+
+        def buildProtocol(addr: Any) -> Any:
+            channel = build(addr)
+            if channel is not None:
+                lost = channel.connectionLost
+
+                def connectionLost(reason: Any) -> None:
+                    self.open.discard(channel)
+                    if not self.open:
+                        waiting, self._empty = self._empty, []
+                        for d in waiting:
+                            d.callback(None)
+                    lost(reason)
+
+                channel.connectionLost = connectionLost
+                self.open.add(channel)
+            return channel
+
+        site.buildProtocol = buildProtocol
+
+    async def stopService(self) -> None:
+        super().stopService()
+        if not self.open:
+            return
+        d: defer.Deferred[None] = defer.Deferred()
+        self._empty.append(d)
+        for channel in list(self.open):
+            inner = getattr(channel, "_channel", channel)  # the HTTP/1.1-or-2 wrapper's channel
+            transport = getattr(inner, "transport", None)
+            if transport is not None:
+                transport.loseConnection()
+        d.addTimeout(self.timeout, self.reactor)
+        try:
+            await d
+        except defer.TimeoutError:
+            pass
+
+
 def freeze_startup_objects(reactor: Any) -> None:
     """Once the reactor runs, hide every object made so far (modules, classes, the service tree:
     some 70,000) from the garbage collector (``gc.freeze``): a full collection then walks only
@@ -190,17 +274,19 @@ def freeze_startup_objects(reactor: Any) -> None:
     reactor.callWhenRunning(gc.freeze)
 
 
-def build_site(store: Any, settings: Settings, reactor: Any = None) -> server.Site:
+def build_site(store: Any, settings: Settings, reactor: Any = None) -> QuietSite:
+    """The HTTP site over ``store``: the resource tree and the XML-RPC services.
+
+    Its background work is not started here: that is :func:`build_app`'s tree.
+    """
     metrics = Metrics()
     services = build_services(store, settings)
-    jobs: dict[str, int] = services["usersService"].passwords.pool.jobs
-    for outcome in jobs:
-        metrics.password_jobs.labels(outcome).set_function(functools.partial(jobs.__getitem__, outcome))
+    gauges = Gauges(metrics, store, settings, services["usersService"].passwords.pool.jobs)
     rpc = RPCRoot(store, settings, metrics, services, reactor=reactor)
     root = Root(rpc)
     root.putChild(b"RPC2", rpc)
     root.putChild(b"health", Health(store))
-    root.putChild(b"metrics", MetricsPage(metrics, store, settings))
+    root.putChild(b"metrics", MetricsPage(metrics, settings, gauges))
     # Idle keep-alive connections are closed (Twisted's default is 12 hours), requests must arrive
     # whole in time (no slowloris), and connections are capped below the open-files limit.
     cap = connection_cap(settings.rpc_max_connections, raise_file_limit(), settings.mongodb_pool_size)
@@ -209,10 +295,58 @@ def build_site(store: Any, settings: Settings, reactor: Any = None) -> server.Si
     site = QuietSite(root, idle_timeout=settings.rpc_idle_timeout_seconds,
                      read_timeout=settings.rpc_read_timeout_seconds, max_connections=cap, reactor=reactor,
                      authorize=functools.partial(authorized, token=token) if token else None)
-    metrics.http_connections.set_function(lambda: site.open_connections)
-    metrics.http_dropped.labels("over_cap").set_function(lambda: site.refused_connections)
-    metrics.http_dropped.labels("too_slow").set_function(lambda: site.slow_requests)
+    gauges.site = site
+    site.gauges = gauges
     site.requestFactory = request_factory(settings.rpc_max_body)
     site.displayTracebacks = False
     site.noisy = False
     return site
+
+
+class App(SequentialMultiService):
+    """The service tree of one serving process (:func:`build_app`), with its ``store`` and its ``site``."""
+
+    def __init__(self, store: Any, site: QuietSite) -> None:
+        super().__init__()
+        self.store = store
+        self.site = site
+
+
+def build_app(settings: Settings, uri: Callable[[], str], reactor: Any, *, data_dir: str | None = None,
+              worker: bool = False) -> App:
+    """The service tree of one serving process: the daemon (one process), or one ``--workers`` process.
+
+    Its children, in start order (stopped in reverse, each after the
+    previous): the store (``uri()`` read when it starts; ``data_dir``: the
+    embedded database's directory, whose free space it watches), the
+    password pool, the catalogue's compactor, the change-stream follower
+    (:mod:`worknet.follow`), in a worker the gauges' timer and the closing of
+    connections, then the drain of in-flight calls.  The caller parents the
+    listener (serving ``app.site``) last, so that it stops first; the
+    background loops stop before the store, the store last.
+
+    ``worker``: a ``--workers`` process (worknet/workers.py): its gauges are
+    written to the shared metrics files every second, and on stop, after the
+    drain, its connections are closed cleanly.
+    """
+    from twisted.application.internet import TimerService
+
+    from worknet.catalogue import Compactor
+    from worknet.follow import Follower
+    from worknet.store import MongoStore
+
+    store = MongoStore(settings, uri, reactor=reactor, data_dir=data_dir)
+    site = build_site(store, settings, reactor=reactor)
+    app = App(store, site)
+    store.setServiceParent(app)
+    site.resource.rpc.getSubHandler("usersService").passwords.pool.setServiceParent(app)
+    Compactor(store, reactor).setServiceParent(app)
+    Follower(store, reactor).setServiceParent(app)  # other writers' gig changes reach search
+    if worker:
+        gauges = TimerService(1.0, site.gauges.refresh)
+        gauges.clock = reactor
+        gauges.setName("gauges")
+        gauges.setServiceParent(app)
+        CloseConnections(site, reactor).setServiceParent(app)
+    DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(app)
+    return app

@@ -1,9 +1,19 @@
 """Settings: environment variables plus an optional ``.env`` file.
 
-Everything the daemon reads from its environment is read here, once, at
-startup, converted to its type and checked.  A bad value stops the daemon with
-one line naming the variable (``ConfigError``); nothing downstream ever looks
-at ``os.environ`` again.
+Every daemon setting (``ENV_VARIABLES``) is read here, once, at startup,
+converted to its type and checked.  A bad value stops the daemon with one line
+naming the variable (``ConfigError``); nothing downstream reads a setting from
+``os.environ``.  The few other variables are read where they are used:
+``NOTIFY_SOCKET`` (systemd's readiness socket, worknet/tap.py),
+``PROMETHEUS_MULTIPROC_DIR`` (set by the ``--workers`` parent for its workers,
+worknet/rpc/metrics.py) and ``WORKNET_TEST_CLOCK_FILE`` (a movable clock, under
+``NODE_ENV=test`` only, worknet/security.py); the environment is passed on,
+filtered, to the workers (every setting left out: theirs come over stdin,
+worknet/workers.py) and to the embedded database (``CHILD_ENVIRONMENT`` only,
+worknet/store/embedded.py).  The command-line tools read their own:
+``python -m worknet.catalogue`` (``MONGODB_URI``, ``DB_NAME``, ``DATA_DIR``,
+``NODE_ENV``, from the environment or ``.env``) and ``python -m worknet.demo``
+(``RPC_AUTH_TOKEN``).
 """
 
 from __future__ import annotations

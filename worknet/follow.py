@@ -41,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
+from twisted.application import service
 from twisted.internet import defer, task
 
 from worknet.catalogue import GIG_FIELDS, LEASES, ROWS, Row, catalogue_of, mark_many, same_columns, take_lease
@@ -122,15 +123,20 @@ async def reconcile(store: Any, reactor: Any) -> int:
     return len(differing)
 
 
-class Follower:
-    """The gigs change stream, followed by one daemon at a time, into catalogue marks."""
+class Follower(service.Service):
+    """The gigs change stream, followed by one daemon at a time, into catalogue marks.
+
+    A service of the daemon's tree, before the store in it: stopping it hands
+    the lease over while the store still runs.
+    """
+
+    name = "search-follower"
 
     def __init__(self, store: Any, reactor: Any) -> None:
         self.store = store
         self.reactor = reactor
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{ObjectId()}"
         self.token: ObjectId | None = None  # this holder's fencing token while it holds the lease
-        self.running = False
         self.stream: ChangeStream | None = None
         self._status = "starting"
         self.catching_up: str | None = None
@@ -152,15 +158,14 @@ class Follower:
         else:
             self.store.warnings.pop("search", None)
 
-    def start(self) -> None:
-        self.running = True
+    def startService(self) -> None:
+        super().startService()  # self.running: the loop goes on while it is true
         self.done = defer.ensureDeferred(self._run())
-        self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
 
-    def stop(self) -> defer.Deferred:
+    def stopService(self) -> defer.Deferred:
         """Stop following and hand the lease over (waits at most ``STOP_SECONDS``: the database may be
         going away too, and then the lease runs out by itself)."""
-        self.running = False
+        super().stopService()
         if self.token is None:
             return defer.succeed(None)
         release = defer.ensureDeferred(self.store[LEASES].update_one(

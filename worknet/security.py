@@ -46,6 +46,7 @@ from typing import Any, TypeGuard, TypeVar
 import bcrypt
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
+from twisted.application import service
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
@@ -166,7 +167,7 @@ def _check(secret: str, hashed: str, rounds: int) -> bool:
     return matched
 
 
-class CpuPool:
+class CpuPool(service.Service):
     """A thread pool for CPU-bound work (bcrypt): one thread per core, never on the reactor thread.
 
     * Sized to the cores rather than the reactor's default pool (10 threads),
@@ -181,8 +182,12 @@ class CpuPool:
       the pool's full rate.  A queue longer than 64 jobs per thread is refused
       at once.
 
-    Started when the reactor runs, stopped at its shutdown.
+    A service of the daemon's tree (:func:`worknet.app.build_app`): its threads
+    run once it is started (jobs submitted before wait), and stopping it waits
+    for the jobs already running.
     """
+
+    name = "password-pool"
 
     NICE = 10
     MAX_QUEUE_PER_THREAD = 64
@@ -200,11 +205,14 @@ class CpuPool:
         self.job_seconds = 0.0  # moving average of a job's duration
         self.pool = ThreadPool(minthreads=0, maxthreads=self.size, name="worknet-bcrypt")
         self._niced = threading.local()
-        reactor.callWhenRunning(self._start)
 
-    def _start(self) -> None:
+    def startService(self) -> None:
+        super().startService()
         self.pool.start()
-        self.reactor.addSystemEventTrigger("during", "shutdown", self.pool.stop)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
 
     def _lower_priority(self) -> None:
         if getattr(self._niced, "done", False):

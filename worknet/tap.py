@@ -1,4 +1,9 @@
-"""``twistd worknet-rpc``: command-line options and the service tree (no logic here)."""
+"""``twistd worknet-rpc``: command-line options and the top of the service tree (no logic here).
+
+The top holds the SIGTERM handler, the embedded database when there is one,
+then either the serving tree (:func:`worknet.app.build_app`) with its listener,
+or, with ``--workers N``, the pool of worker processes (worknet/workers.py).
+"""
 
 from __future__ import annotations
 
@@ -261,9 +266,8 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     from worknet import logs
-    from worknet.app import DrainService, GracefulTermination, build_site, freeze_startup_objects
+    from worknet.app import GracefulTermination, build_app, freeze_startup_objects
     from worknet.config import startup_lines, weak_secret
-    from worknet.store import MongoStore
     from worknet.store.embedded import EmbeddedDatabase
 
     settings = options.settings
@@ -291,15 +295,12 @@ def makeService(options: Options) -> service.MultiService:
 
         WorkerPool(settings, uri, reactor=reactor, log=observer).setServiceParent(top)
     else:
-        store = MongoStore(settings, uri, reactor=reactor,
-                           data_dir=settings.data_dir if settings.embedded_database else None)
-        store.setServiceParent(top)
-        site = build_site(store, settings, reactor=reactor)
-        DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
-        listener = endpoint_service(with_backlog(settings.listen), site, reactor=reactor)
+        app = build_app(settings, uri, reactor, data_dir=settings.data_dir if settings.embedded_database else None)
+        app.setServiceParent(top)
+        listener = endpoint_service(with_backlog(settings.listen), app.site, reactor=reactor)
         listener.setName("xmlrpc")
-        listener.setServiceParent(top)
-        _Notify(store, listener).setServiceParent(top)
+        listener.setServiceParent(app)
+        _Notify(app.store, listener).setServiceParent(app)
 
     mode = "development" if settings.development else settings.node_env
     log.info("WorkNet RPC starting ({mode} mode, {n} worker{s}) on {listen}, database {db} ({where})",

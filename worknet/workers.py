@@ -307,60 +307,6 @@ class AdoptedListener(service.Service):
         return None
 
 
-class CloseConnections(service.Service):
-    """On stop (after the drain), closes every HTTP connection cleanly and waits for them (<= 5 s).
-
-    ``loseConnection`` sends what is still buffered -- the answers of the calls
-    the drain waited for -- before closing; the reactor's own shutdown would
-    drop those buffers and reset the connections.
-    """
-
-    name = "close-connections"
-
-    def __init__(self, site: Any, reactor: Any, timeout: float = 5.0) -> None:
-        self.reactor = reactor
-        self.timeout = timeout
-        self.open: set[Any] = set()
-        self._empty: list[defer.Deferred[None]] = []
-        build = site.buildProtocol
-
-        def buildProtocol(addr: Any) -> Any:
-            channel = build(addr)
-            if channel is not None:
-                lost = channel.connectionLost
-
-                def connectionLost(reason: Any) -> None:
-                    self.open.discard(channel)
-                    if not self.open:
-                        waiting, self._empty = self._empty, []
-                        for d in waiting:
-                            d.callback(None)
-                    lost(reason)
-
-                channel.connectionLost = connectionLost
-                self.open.add(channel)
-            return channel
-
-        site.buildProtocol = buildProtocol
-
-    async def stopService(self) -> None:
-        super().stopService()
-        if not self.open:
-            return
-        d: defer.Deferred[None] = defer.Deferred()
-        self._empty.append(d)
-        for channel in list(self.open):
-            inner = getattr(channel, "_channel", channel)  # the HTTP/1.1-or-2 wrapper's channel
-            transport = getattr(inner, "transport", None)
-            if transport is not None:
-                transport.loseConnection()
-        d.addTimeout(self.timeout, self.reactor)
-        try:
-            await d
-        except defer.TimeoutError:
-            pass
-
-
 def worker_formatter(number: int, log_format: str) -> Callable[[dict], str | None]:
     """The parent's line format, every event under the namespace ``worknet.worker.<number>``
     (which worker wrote a line; its request id and fields are kept)."""
@@ -391,11 +337,10 @@ def worker_main(number: int) -> None:
     reactor: Any
 
     from twisted.internet import reactor as default_reactor
-    from twisted.internet import stdio, task
+    from twisted.internet import stdio
     from twisted.logger import globalLogBeginner
 
-    from worknet.app import DrainService, SequentialMultiService, build_site, freeze_startup_objects, refresh_gauges
-    from worknet.store import MongoStore
+    from worknet.app import build_app, freeze_startup_objects
 
     reactor = default_reactor
     # Lines formatted as the parent formats them, one write to the parent per batch (the parent
@@ -408,29 +353,9 @@ def worker_main(number: int) -> None:
                                [sys.stdout], reactor=reactor)
     globalLogBeginner.beginLoggingTo([sink], redirectStandardIO=False)
 
-    top = SequentialMultiService()
-    store = MongoStore(settings, lambda: settings.mongodb_uri, reactor=reactor, data_dir=values.get("embedded_data_dir"))
-    store.setServiceParent(top)
-    site = build_site(store, settings, reactor=reactor)
-    CloseConnections(site, reactor).setServiceParent(top)
-    DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
-    AdoptedListener(site, reactor).setServiceParent(top)
-
-    # multiprocess metrics: the gauges another worker may render are refreshed here every second
-    rpc = site.resource.rpc
-    jobs = rpc.getSubHandler("usersService").passwords.pool.jobs
-
-    def gauges() -> None:  # set_function gauges are this process's only: written to the shared files here
-        refresh_gauges(rpc.metrics, store, settings)
-        for outcome, count in jobs.items():
-            rpc.metrics.password_jobs.labels(outcome).set(count)
-        guarded: Any = site
-        rpc.metrics.http_connections.set(guarded.open_connections)
-        rpc.metrics.http_dropped.labels("over_cap").set(guarded.refused_connections)
-        rpc.metrics.http_dropped.labels("too_slow").set(guarded.slow_requests)
-
-    refresher = task.LoopingCall(gauges)
-    reactor.callWhenRunning(refresher.start, 1.0)
+    top = build_app(settings, lambda: settings.mongodb_uri, reactor, data_dir=values.get("embedded_data_dir"),
+                    worker=True)
+    AdoptedListener(top.site, reactor).setServiceParent(top)
 
     def terminate(signum: int, frame: Any) -> None:
         reactor.callFromThread(reactor.stop)

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IPullProducer
 from twisted.web import http, server, xmlrpc
 from zope.interface import implementer
 
+from worknet import __version__
 from worknet.errors import Unavailable
 from worknet.logs import logger, new_request_id, request_id
 from worknet.rpc.describe import describe_methods, render_method_page
@@ -39,7 +40,7 @@ from worknet.rpc.wire import EncodedArray, encode_response, encode_value
 
 log = logger("worknet.rpc")
 
-VERSION = "0.1.0"
+VERSION = __version__  # worknet/__init__.py: the one place the version is written
 SERVER_HEADER = b"WorkNet-RPC"
 
 # A batch hands the reactor back at least this often (seconds of work between two yields).

@@ -45,7 +45,6 @@ from worknet import catalogue
 from worknet import validators as v
 from worknet.catalogue import Query, catalogue_of, update_marked, write_marked
 from worknet.errors import DomainError, Forbidden, InvalidState, NotFound, ValidationError
-from worknet.follow import Follower
 from worknet.money import average_rating
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.search import search_terms, words
@@ -278,13 +277,9 @@ class GigsService(ServiceResource):
 
     def __init__(self, store: Any, settings: Any) -> None:
         super().__init__(store, settings)
-        from twisted.internet import reactor
-
-        self.compactor = catalogue.Compactor(store, reactor)
-        self.follower = Follower(store, reactor)  # other writers' gig changes reach search (worknet/follow.py)
+        # the catalogue's compactor and the change-stream follower are services of the daemon's tree
+        # (worknet.app.build_app), other writers' gig changes reaching search through the latter
         self.category_ids: dict[str, ObjectId] = {}  # search filter: category slug or id -> its id
-        reactor.callWhenRunning(self.compactor.start)
-        reactor.callWhenRunning(self.follower.start)
 
     @property
     def gigs(self) -> Any:

@@ -27,6 +27,10 @@ is not counted as a failed restart: it is started again once there is room.
 
 The child gets only the environment it needs (``CHILD_ENVIRONMENT``): never
 the daemon's secrets.
+
+:class:`Secantusd` starts the same command line from plain blocking code, for
+whatever runs without a reactor: ``python -m worknet.catalogue rebuild`` on the
+embedded database's directory (and the tests' and the bench's databases).
 """
 
 from __future__ import annotations
@@ -36,10 +40,14 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
+import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol
@@ -85,6 +93,137 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def command_line(executable: str, port: int, data_dir: str, extra: Sequence[str] = (), held: bool = True) -> list[str]:
+    """The database's command line: ``secantusd-py`` on ``127.0.0.1:port`` storing in ``data_dir``,
+    ``--sync-on-commit`` (every acknowledged write is in the journal), WARNING logs, then ``extra``.
+
+    ``held``: through ``worknet.store.lifeline`` (the data directory locked
+    while it runs, the database dying with its parent, a session of its own).
+    """
+    argv = [executable, "--host", "127.0.0.1", "--port", str(port), "--storage-path", data_dir,
+            "--sync-on-commit", "--log-level", "WARNING", *extra]
+    if held:
+        argv = [sys.executable, lifeline.__file__, data_dir, "--", *argv]  # run as a file: no package imports
+    return argv
+
+
+class NotStarted(Exception):
+    """:meth:`Secantusd.start` failed: the process exited first (``code``; ``lifeline.HELD``: another process
+    holds the data directory) or did not answer in time (``code`` None); ``said``: its last output line."""
+
+    def __init__(self, message: str, code: int | None, said: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.said = said
+
+
+class Secantusd:
+    """SecantusDB as a plain child process, started and stopped by blocking code (no reactor).
+
+    The same command line as the daemon's :class:`EmbeddedDatabase`
+    (:func:`command_line`) on a free loopback port (or ``port``), ``extra``
+    flags appended (``--tls-cert-file ...``).  ``held`` (the default) runs it
+    through the lifeline: a data directory a daemon holds is refused at once,
+    and the database dies with the process that started it.  Its output is
+    appended to ``log`` (a path), else kept in a temporary file for the
+    message of a failed start.  Its environment: ``CHILD_ENVIRONMENT`` only.
+
+        with Secantusd("var/db") as database:   # start(): returns once it answers a ping
+            pymongo.MongoClient(database.uri, directConnection=True)
+                                                 # stop(): SIGTERM, wait (SIGKILL after 30 s)
+
+    ``start`` may be called again after ``stop`` or after the process died:
+    same port, same directory.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], *extra: str, port: int | None = None, held: bool = True,
+                 log: str | os.PathLike[str] | None = None, executable: str | None = None) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.extra = extra
+        self.port = port or free_port()
+        self.held = held
+        self.log = log
+        self.executable = executable or find_secantusd()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._output: IO[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
+
+    @property
+    def probe_uri(self) -> str:
+        """What :meth:`start` pings to know the server answers (a TLS server needs its CA: override)."""
+        return self.uri
+
+    def ping(self) -> bool:
+        import pymongo
+
+        client: pymongo.MongoClient = pymongo.MongoClient(self.probe_uri, serverSelectionTimeoutMS=500,
+                                                          directConnection=True)
+        try:
+            return bool(client.admin.command("ping").get("ok"))
+        except pymongo.errors.PyMongoError:
+            return False
+        finally:
+            client.close()
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start it and wait until it answers; its URI.  :class:`NotStarted` when it exits first or stays silent."""
+        if self.executable is None:
+            raise NotStarted(MISSING_EXTRA, None, "")
+        os.makedirs(self.data_dir, exist_ok=True)
+        output: IO[bytes] = (open(self.log, "ab") if self.log is not None  # noqa: SIM115 - the child writes it
+                             else tempfile.TemporaryFile())
+        began = output.seek(0, os.SEEK_END)
+        self._output = output
+        self.process = subprocess.Popen(  # noqa: S603 - secantusd-py found beside the interpreter, our own lifeline
+            command_line(self.executable, self.port, self.data_dir, self.extra, self.held),
+            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=child_environment())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                said = self._last_line(began)
+                self.stop()
+                raise NotStarted(f"secantusd-py exited (exit {code}): {said or 'no output'}", code, said)
+            if self.ping():
+                return self.uri
+            time.sleep(0.1)
+        said = self._last_line(began)
+        self.stop()
+        raise NotStarted(f"secantusd-py did not answer within {timeout:g} s", None, said)
+
+    def _last_line(self, began: int) -> str:
+        if self._output is None:
+            return ""
+        self._output.flush()
+        self._output.seek(began)
+        lines = self._output.read().decode("utf-8", "replace").strip().splitlines()
+        return lines[-1].strip() if lines else ""
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, then wait for the exit (it must release its data directory); SIGKILL after ``timeout``."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+
+    def __enter__(self) -> Secantusd:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
 
 class _DatabaseProcess(protocol.ProcessProtocol):
@@ -202,11 +341,7 @@ class EmbeddedDatabase(service.Service):
 
     def _spawn(self) -> None:
         self._restart = None
-        argv = [
-            sys.executable, lifeline.__file__, self.data_dir, "--",  # run as a file: no package imports
-            self.executable, "--host", "127.0.0.1", "--port", str(self.port),
-            "--storage-path", self.data_dir, "--sync-on-commit", "--log-level", "WARNING",
-        ]
+        argv = command_line(self.executable or "secantusd-py", self.port, self.data_dir)  # found: startService checked
         self._process = _DatabaseProcess(self)
         self._started_at = self._reactor.seconds()
         self._transport = self._reactor.spawnProcess(

@@ -30,7 +30,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
          {"name": "users_country_newest"}),
     ],
     "gigs": [
-        # search and browses are served by the catalogue index (worknet/catalogue.py), not by gig
+        # search and browses are served by the catalogue index (worknet/catalogue/), not by gig
         # indexes: every gig index is rewritten on each gig write, so gigs keep only these three.
         # The live gigs of a seller / a category ({..., deletedAt: null}): all-equality indexes,
         # the only form SecantusDB plans for a two-field filter (else a full scan)
