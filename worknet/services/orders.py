@@ -33,6 +33,7 @@ from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, noti
 
 if TYPE_CHECKING:
     from worknet.store.interface import Session, Steps, Store
+    from worknet.store.pool import Collection
 
 T = TypeVar("T")
 
@@ -266,7 +267,7 @@ class OrdersService(ServiceResource):
     """ordersService.*"""
 
     @property
-    def orders(self) -> Any:
+    def orders(self) -> Collection:
         return self.store["orders"]
 
     async def _repair(self, order_id: ObjectId) -> None:
@@ -505,17 +506,14 @@ class OrdersService(ServiceResource):
         def by_status(role: str) -> list[dict]:
             return [{"$match": {role: uid, **created}}, {"$group": {"_id": "$status", "count": {"$sum": 1}}}]
 
-        # one pipeline per side, each starting with an indexed $match (an $or of the two sides
-        # would scan every order on SecantusDB)
-        as_buyer = await self.orders.aggregate([
+        as_buyer, as_seller = await self.store.aggregate_each("orders", [[
             {"$match": {"buyerId": uid}},
             {"$facet": {
                 "buyerStatus": by_status("buyerId"),
                 "spent": [{"$match": {"buyerId": uid, **completed}},
                           {"$group": {"_id": None, "sum": {"$sum": "$totalPrice"}}}],
             }},
-        ])
-        as_seller = await self.orders.aggregate([
+        ], [
             {"$match": {"sellerId": uid}},
             {"$facet": {
                 "sellerStatus": by_status("sellerId"),
@@ -528,7 +526,7 @@ class OrdersService(ServiceResource):
                     {"$sort": {"_id": 1}},
                 ],
             }},
-        ])
+        ]])
         facets = {**(as_buyer[0] if as_buyer else {}), **(as_seller[0] if as_seller else {})}
 
         def counts(key: str) -> tuple[int, dict[str, int]]:

@@ -31,6 +31,7 @@ from worknet.services.orders import Lost, refund_step, run_guarded, settle_order
 
 if TYPE_CHECKING:
     from worknet.store.interface import Session
+    from worknet.store.pool import Collection
 
 METHODS = ("stripe", "paypal", "bank_transfer", "other")
 PAYABLE = ("pending", "in_progress", "disputed")  # order statuses a payment is accepted for (not final)
@@ -41,7 +42,7 @@ class PaymentsService(ServiceResource):
     """paymentsService.*"""
 
     @property
-    def payments(self) -> Any:
+    def payments(self) -> Collection:
         return self.store["payments"]
 
     async def _repair(self, payment_id: ObjectId) -> None:
