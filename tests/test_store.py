@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pymongo
 import pytest
 import pytest_twisted
@@ -93,7 +95,7 @@ async def test_update_and_fetch_in_both_forms(database, db_name, mongo, secantus
     try:
         await store.wait_ready()
         assert store.is_secantus  # the test server is SecantusDB; the other form is forced below
-        store.is_secantus = secantus_form
+        store.capabilities = dataclasses.replace(store.capabilities, indexed_find_and_modify=not secantus_form)
         await store["gigs"].insert_one({"_id": 1, "status": "active", "n": 0})
 
         doc = await store.update_and_fetch("gigs", {"_id": 1, "status": "active"}, {"$inc": {"n": 1}},
@@ -156,7 +158,7 @@ async def test_update_and_fetch_runs_its_alongside_step_after_a_matching_write_o
     store = make_store(database, db_name)
     try:
         await store.wait_ready()
-        store.is_secantus = secantus_form
+        store.capabilities = dataclasses.replace(store.capabilities, indexed_find_and_modify=not secantus_form)
         await store["gigs"].insert_one({"_id": 1, "n": 0})
         seen: list = []
 

@@ -29,13 +29,17 @@ by the seller's next :func:`post`, before the window can slide past it.
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import Decimal128, ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from worknet.validators import cents
+
+if TYPE_CHECKING:
+    from worknet.store.interface import Session, Store
 
 ZERO = Decimal("0.00")
 APPLIED_WINDOW = 200
@@ -103,7 +107,7 @@ def ledger_key_debit(payment_id: ObjectId, seq: int) -> str:
 
 
 async def post(
-    store: Any,
+    store: Store,
     *,
     key: str,
     kind: str,
@@ -111,8 +115,8 @@ async def post(
     order_id: ObjectId,
     payment_id: ObjectId | None,
     amount: Decimal,
-    at: Any,
-    session: Any = None,
+    at: datetime,
+    session: Session = None,
 ) -> bool:
     """Write the ledger entry ``key`` and apply it to the seller, each at most once.
 
@@ -163,7 +167,7 @@ async def post(
     return bool(applied.modified_count)
 
 
-async def mark_applied(store: Any, seller_id: ObjectId, current: ObjectId, session: Any = None) -> int:
+async def mark_applied(store: Store, seller_id: ObjectId, current: ObjectId, session: Session = None) -> int:
     """Mark applied the seller's entries other than ``current`` that a stopped attempt applied (step 2
     done, step 3 not): those still at ``applied: false`` whose id is in the seller's window.  How many.
 

@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeout
 from twisted.internet import defer
@@ -27,6 +27,9 @@ from worknet.errors import DomainError, Unavailable
 from worknet.logs import logger
 from worknet.rpc.metrics import Metrics, multiprocess_dir
 from worknet.rpc.wire import to_wire
+
+if TYPE_CHECKING:
+    from worknet.store.interface import Store
 
 log = logger("worknet.rpc")
 
@@ -124,9 +127,9 @@ class ServiceResource(xmlrpc.XMLRPC):
     attribute (set with :func:`signature`) feeds ``system.methodSignature``.
     """
 
-    def __init__(self, store: Any, settings: Any) -> None:
+    def __init__(self, store: Store, settings: Any) -> None:
         super().__init__(allowNone=True, useDateTime=False)
-        self.store = store
+        self.store: Store = store
         self.settings = settings
 
     def lookupProcedure(self, procedurePath: str) -> Callable:
@@ -185,7 +188,7 @@ class Procedure:
         self.maximum = len(params)
         owner = getattr(function, "__self__", None)
         # the store whose startup indexes the method waits for (None: it needs no database)
-        self.store = owner.store if isinstance(owner, ServiceResource) and getattr(function, "needs_database", True) else None
+        self.store: Store | None = owner.store if isinstance(owner, ServiceResource) and getattr(function, "needs_database", True) else None
         self.runs_calls = bool(getattr(function, "runs_calls", False))
 
     def arity_fault(self, count: int) -> xmlrpc.Fault | None:
@@ -335,7 +338,7 @@ class Dispatcher:
             return xmlrpc.Fault(INTERNAL_ERROR, f"internal error (ref {reference})")
 
     @staticmethod
-    async def _after_indexes(store: Any, function: Callable, args: tuple) -> Any:
+    async def _after_indexes(store: Store, function: Callable, args: tuple) -> Any:
         """Run a service method once the startup indexes exist.
 
         Until the unique indexes exist a write could slip a duplicate in, so no

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IPullProducer
@@ -37,6 +37,9 @@ from worknet.rpc.dispatch import (
 from worknet.rpc.metrics import Metrics
 from worknet.rpc.parsing import BadValue, NotAnXmlRpcCall, NotWellFormed, parse_call
 from worknet.rpc.wire import EncodedArray, encode_response, encode_value
+
+if TYPE_CHECKING:
+    from worknet.store.interface import Store
 
 log = logger("worknet.rpc")
 
@@ -257,7 +260,7 @@ class Introspection(xmlrpc.XMLRPCIntrospection):
 class RPCRoot(xmlrpc.XMLRPC):
     """The root handler: ``ping`` plus one sub-handler per service."""
 
-    def __init__(self, store: Any, settings: Any, metrics: Metrics, services: dict[str, Any], reactor: Any = None) -> None:
+    def __init__(self, store: Store, settings: Any, metrics: Metrics, services: dict[str, Any], reactor: Any = None) -> None:
         super().__init__(allowNone=True, useDateTime=False)
         if reactor is None:
             from twisted.internet import reactor as default_reactor

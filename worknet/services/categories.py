@@ -8,7 +8,7 @@ old links never point at a different category.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
@@ -19,6 +19,9 @@ from worknet.money import as_decimal
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, now, ok, paged, set_on_live
 from worknet.services.gigs import rounded
+
+if TYPE_CHECKING:
+    from worknet.store.pool import Collection
 
 NAME = (2, 60)
 DESCRIPTION_MAX = 1000
@@ -55,7 +58,7 @@ class CategoriesService(ServiceResource):
     """categoriesService.*"""
 
     @property
-    def categories(self) -> Any:
+    def categories(self) -> Collection:
         return self.store["categories"]
 
     @signature("struct", "string", "string", "string", returns={"category_id": "string", "category": "struct"})

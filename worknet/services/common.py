@@ -7,13 +7,17 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 from txmongo import filter as qf
 
 from worknet.errors import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from worknet.store.interface import Session, Store
+    from worknet.store.pool import Collection
 
 NOT_DELETED: dict[str, Any] = {"deletedAt": None}
 
@@ -34,7 +38,7 @@ def sort(*keys: tuple[str, int]) -> qf.sort:
 
 
 async def paged(
-    collection: Any,
+    collection: Collection,
     query: dict,
     order: Iterable[tuple[str, int]],
     page: int,
@@ -50,7 +54,7 @@ async def paged(
     return ok(**{plural: items}, total=total, page=page, limit=limit, pages=math.ceil(total / limit))
 
 
-async def get_or_404(collection: Any, _id: ObjectId, what: str, query: dict | None = None, **kwargs: Any) -> dict:
+async def get_or_404(collection: Collection, _id: ObjectId, what: str, query: dict | None = None, **kwargs: Any) -> dict:
     """The live (not soft-deleted) document with this id, or NotFound (the store's ``find_by_id``)."""
     doc = await collection.find_by_id(_id, {**NOT_DELETED, **(query or {})}, **kwargs)
     if doc is None:
@@ -59,7 +63,7 @@ async def get_or_404(collection: Any, _id: ObjectId, what: str, query: dict | No
 
 
 async def set_on_live(
-    store: Any, collection: str, _id: ObjectId, changes: dict, what: str,
+    store: Store, collection: str, _id: ObjectId, changes: dict, what: str,
     conflict: Callable[[DuplicateKeyError], Conflict],
 ) -> dict:
     """``$set`` ``changes`` on a live (not deleted) document of ``collection`` and return it as it is now.
@@ -92,11 +96,11 @@ def duplicate_key(error: DuplicateKeyError) -> set[str]:
 
 
 async def create_once(
-    collection: Any,
+    collection: Collection,
     document: dict,
     request: dict,
     what: str,
-    session: Any = None,
+    session: Session = None,
 ) -> tuple[dict, bool]:
     """Insert ``document`` (with its client-chosen ``_id``) at most once.
 
@@ -136,12 +140,12 @@ def notification(user_id: ObjectId, kind: str, message: str, link: str = "") -> 
     }
 
 
-async def notify(store: Any, user_id: ObjectId, kind: str, message: str, link: str = "", session: Any = None) -> None:
+async def notify(store: Store, user_id: ObjectId, kind: str, message: str, link: str = "", session: Session = None) -> None:
     """Tell a user something happened (new order, payment, review, message)."""
     await store["notifications"].insert_one(notification(user_id, kind, message, link), session=session)
 
 
-async def notify_once(store: Any, user_id: ObjectId, kind: str, message: str, link: str, about: dict) -> None:
+async def notify_once(store: Store, user_id: ObjectId, kind: str, message: str, link: str, about: dict) -> None:
     """Tell a user about ``about`` (a message, a review): the notification takes its ``_id``
     and ``createdAt``, so it is written at most once.
 

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Coroutine
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import Decimal128, ObjectId
 from twisted.internet import defer
@@ -49,6 +50,10 @@ from worknet.money import average_rating
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.search import search_terms, words
 from worknet.services.common import NOT_DELETED, get_or_404, now, ok, paged
+
+if TYPE_CHECKING:
+    from worknet.store.interface import Session, Store
+    from worknet.store.pool import Collection
 
 TITLE = (5, 120)
 DESCRIPTION = (20, 5000)
@@ -133,7 +138,7 @@ def rounded(rating: Any) -> float:
     return float(Decimal(repr(float(rating or 0))).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
-async def find_category(store: Any, ref: str, field: str = "category") -> dict | None:
+async def find_category(store: Store, ref: str, field: str = "category") -> dict | None:
     """The live category named by ``ref`` (its id or its slug), or None; a malformed ``ref`` is a validation error."""
     as_id: ObjectId | None = None
     as_slug: str | None = None
@@ -147,18 +152,14 @@ async def find_category(store: Any, ref: str, field: str = "category") -> dict |
         pass
     if as_id is None and as_slug is None:
         raise ValidationError(field, f"{field} must be a category slug or id")
-    # by id, then by slug: two indexed lookups (a 24-hex-digit ref is both; one $or of the two
-    # would be a scan of every category on SecantusDB)
-    categories = store["categories"]
-    found: dict | None = None
-    if as_id is not None:
-        found = await categories.find_by_id(as_id, NOT_DELETED)
-    if found is None and as_slug is not None:
-        found = await categories.find_one({"slug": as_slug, **NOT_DELETED})
-    return found
+    # by id, then by slug (a 24-hex-digit ref is both)
+    by_id = [{"_id": as_id, **NOT_DELETED}] if as_id is not None else []
+    by_slug = [{"slug": as_slug, **NOT_DELETED}] if as_slug is not None else []
+    found = await store.find_first("categories", by_id + by_slug)
+    return found[1] if found is not None else None
 
 
-async def recompute_seller_rating(store: Any, seller_id: ObjectId) -> dict | None:
+async def recompute_seller_rating(store: Store, seller_id: ObjectId) -> dict | None:
     """Set the seller's ``rating`` and ``reviewCount`` from the reviews of all the seller's gigs.
 
     The reviews are those whose ``sellerId`` is the seller (:func:`recompute_rating`
@@ -188,7 +189,7 @@ async def recompute_seller_rating(store: Any, seller_id: ObjectId) -> dict | Non
     return {"rating": rating, "reviewCount": count}
 
 
-async def recompute_rating(store: Any, gig_id: ObjectId) -> dict | None:
+async def recompute_rating(store: Store, gig_id: ObjectId) -> dict | None:
     """Set the gig's ``rating`` and ``reviewCount`` from its reviews (one aggregation), then its seller's.
 
     Concurrent recomputations of one gig are ordered by ``ratingTicket``: each
@@ -215,7 +216,7 @@ async def recompute_rating(store: Any, gig_id: ObjectId) -> dict | None:
     count = sum(int(group["count"]) for group in groups)
     rating = sum(group["sum"] for group in groups) / count if count else 0.0
 
-    async def write(session: Any) -> None:
+    async def write(session: Session) -> None:
         await store["gigs"].update_one(
             {"_id": gig_id, "ratingTicket": ticket},
             {"$set": {"rating": float(rating), "reviewCount": count}}, session=session,
@@ -232,7 +233,7 @@ async def recompute_rating(store: Any, gig_id: ObjectId) -> dict | None:
     return {"rating": float(rating), "reviewCount": count}
 
 
-async def withdraw_gigs(store: Any, owner: ObjectId, moment: Any) -> int:
+async def withdraw_gigs(store: Store, owner: ObjectId, moment: datetime) -> int:
     """Soft-delete every live gig of ``owner`` (a deleted account), marked for the catalogue; how many.
 
     usersService.delete_user marks the user first, then calls this: a gig created
@@ -244,7 +245,7 @@ async def withdraw_gigs(store: Any, owner: ObjectId, moment: Any) -> int:
     for start in range(0, len(ids), 100):
         part = ids[start:start + 100]
 
-        async def withdraw(session: Any, part: list = part) -> None:
+        async def withdraw(session: Session, part: list = part) -> None:
             await store["gigs"].update_many(
                 {"_id": {"$in": part}, **NOT_DELETED},
                 {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}}, session=session,
@@ -254,7 +255,7 @@ async def withdraw_gigs(store: Any, owner: ObjectId, moment: Any) -> int:
     return len(ids)
 
 
-async def _live(collection: Any, _id: ObjectId | None, query: dict | None = None) -> dict | bool | None:
+async def _live(collection: Collection, _id: ObjectId | None, query: dict | None = None) -> dict | bool | None:
     """The live document ``_id`` of ``collection`` (projection: ``_id``); True when there is no id to check."""
     if _id is None:
         return True
@@ -317,7 +318,7 @@ class GigsService(ServiceResource):
                              else NotFound("user not found"))
         moment = now()
 
-        async def withdraw(session: Any) -> None:
+        async def withdraw(session: Session) -> None:
             await self.gigs.update_one({"_id": gig_id, **NOT_DELETED},
                                        {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}},
                                        session=session)
@@ -405,7 +406,7 @@ class GigsService(ServiceResource):
         # is seen here, and then the mark is taken back.
         moment = now()
 
-        async def mark_deleted(session: Any) -> int:
+        async def mark_deleted(session: Session) -> int:
             result = await self.gigs.update_one(
                 {"_id": _id, **NOT_DELETED},
                 {"$set": {"deletedAt": moment, "isActive": False, "updatedAt": moment}}, session=session,
@@ -418,7 +419,7 @@ class GigsService(ServiceResource):
             {"gigId": _id, "status": {"$in": OPEN_ORDER_STATUSES}}, limit=1,
         )
         if busy:
-            async def take_back(session: Any) -> None:
+            async def take_back(session: Session) -> None:
                 await self.gigs.update_one(
                     {"_id": _id, "deletedAt": moment},
                     {"$set": {"deletedAt": None, "isActive": gig.get("isActive", True), "updatedAt": now()}},

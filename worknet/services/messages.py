@@ -20,7 +20,7 @@ unchecked write (see docs/DECISIONS.md).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
@@ -39,6 +39,9 @@ from worknet.services.common import (
     paged,
     request_hash,
 )
+
+if TYPE_CHECKING:
+    from worknet.store.pool import Collection
 
 TEXT_MAX = 5000
 ATTACHMENTS_MAX = 10
@@ -60,17 +63,15 @@ class MessagesService(ServiceResource):
     """messagesService.*"""
 
     @property
-    def conversations(self) -> Any:
+    def conversations(self) -> Collection:
         return self.store["conversations"]
 
     @property
-    def messages(self) -> Any:
+    def messages(self) -> Collection:
         return self.store["messages"]
 
     async def _live_users(self, ids: list[ObjectId]) -> dict[ObjectId, dict]:
-        found = await self.store["users"].find(
-            {"_id": {"$in": ids}, **NOT_DELETED}, projection={"_id": 1, "username": 1},
-        )
+        found = await self.store.find_by_ids("users", ids, NOT_DELETED, projection={"_id": 1, "username": 1})
         return {doc["_id"]: doc for doc in found}
 
     @signature("struct", "string", "string", returns={"conversation_id": "string", "created": "boolean"})

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
@@ -30,6 +30,12 @@ from worknet import validators as v
 from worknet.errors import Conflict, Forbidden, InvalidState, NotFound, Unavailable, ValidationError
 from worknet.rpc.dispatch import ServiceResource, signature
 from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, notify, now, ok, paged, request_hash
+
+if TYPE_CHECKING:
+    from worknet.store.interface import Session, Steps, Store
+    from worknet.store.pool import Collection
+
+T = TypeVar("T")
 
 STATUSES = ("pending", "in_progress", "completed", "disputed", "cancelled")
 NEXT: dict[str, tuple[str, ...]] = {
@@ -68,7 +74,7 @@ FILTERS = {
 # -- flows shared with paymentsService ---------------------------------------------
 
 
-async def run_guarded(store: Any, steps: Any, what: str = "order") -> Any:
+async def run_guarded(store: Store, steps: Steps[T], what: str = "order") -> T:
     """``steps(session)`` in a transaction, run again (reading afresh) while a compare-and-set loses.
 
     Losing every time is transient (others keep changing it): UNAVAILABLE, never CONFLICT.
@@ -82,7 +88,7 @@ async def run_guarded(store: Any, steps: Any, what: str = "order") -> Any:
 
 
 async def transition(
-    store: Any, order: dict, to: str, reason: str, at: datetime, session: Any, extra: dict | None = None,
+    store: Store, order: dict, to: str, reason: str, at: datetime, session: Session, extra: dict | None = None,
 ) -> dict:
     """Move ``order`` from its (read) status to ``to``: compare-and-set, history appended.
 
@@ -107,7 +113,7 @@ async def transition(
     return doc
 
 
-async def touch_order(store: Any, order_id: ObjectId, session: Any, statuses: tuple[str, ...] | None = None) -> dict | None:
+async def touch_order(store: Store, order_id: ObjectId, session: Session, statuses: tuple[str, ...] | None = None) -> dict | None:
     """The per-order guard of the money path: bump the order's ``moneySeq`` and return the order as it is now.
 
     Every transaction that changes an order's money (a status change, paying,
@@ -130,7 +136,7 @@ async def touch_order(store: Any, order_id: ObjectId, session: Any, statuses: tu
 
 
 async def refund_step(
-    store: Any, payment: dict, amount: Decimal, reason: str, at: datetime, session: Any, key: str | None = None,
+    store: Store, payment: dict, amount: Decimal, reason: str, at: datetime, session: Session, key: str | None = None,
 ) -> tuple[dict, dict]:
     """Refund ``amount`` of a completed or partially refunded payment (compare-and-set on ``refundCount``).
 
@@ -169,7 +175,7 @@ async def refund_step(
     return doc, entry
 
 
-async def refund_rest(store: Any, payment: dict, reason: str, at: datetime, session: Any) -> dict | None:
+async def refund_rest(store: Store, payment: dict, reason: str, at: datetime, session: Session) -> dict | None:
     """Refund whatever is left of a paid payment, re-reading it while it changes; None if nothing was left."""
     for _ in range(ATTEMPTS):
         if payment["status"] not in PAID:
@@ -187,7 +193,7 @@ async def refund_rest(store: Any, payment: dict, reason: str, at: datetime, sess
     raise Lost()
 
 
-async def fail_pending(store: Any, order_id: ObjectId, reason: str, at: datetime, session: Any) -> None:
+async def fail_pending(store: Store, order_id: ObjectId, reason: str, at: datetime, session: Session) -> None:
     """Mark the pending payments of a cancelled order failed (they can never be completed)."""
     pending = await store["payments"].find({"orderId": order_id, "status": "pending"}, session=session)
     for payment in pending:
@@ -199,7 +205,7 @@ async def fail_pending(store: Any, order_id: ObjectId, reason: str, at: datetime
         )
 
 
-async def settle_order(store: Any, order: dict, at: datetime, session: Any) -> None:
+async def settle_order(store: Store, order: dict, at: datetime, session: Session) -> None:
     """Make the money agree with the order's status (idempotent; safe to repeat).
 
     * completed: the seller's credit (``credit:<orderId>``) exists and is
@@ -235,7 +241,7 @@ async def settle_order(store: Any, order: dict, at: datetime, session: Any) -> N
         await release_payments(store, order["_id"], "order cancelled", at, session)
 
 
-async def release_payments(store: Any, order_id: ObjectId, reason: str, at: datetime, session: Any) -> dict | None:
+async def release_payments(store: Store, order_id: ObjectId, reason: str, at: datetime, session: Session) -> dict | None:
     """A cancelled order's money goes back: paid payments refunded in full, pending ones failed.
 
     Returns the refund made by this call (None when nothing was left to refund).
@@ -248,7 +254,7 @@ async def release_payments(store: Any, order_id: ObjectId, reason: str, at: date
     return refund
 
 
-async def cancel_steps(store: Any, order: dict, reason: str, at: datetime, session: Any) -> tuple[dict, dict | None]:
+async def cancel_steps(store: Store, order: dict, reason: str, at: datetime, session: Session) -> tuple[dict, dict | None]:
     """Cancel ``order``, refund its paid payment in full, fail a pending one. Returns ``(order, refund or None)``."""
     doc = await transition(store, order, "cancelled", reason, at, session)
     return doc, await release_payments(store, doc["_id"], reason or "order cancelled", at, session)
@@ -261,16 +267,18 @@ class OrdersService(ServiceResource):
     """ordersService.*"""
 
     @property
-    def orders(self) -> Any:
+    def orders(self) -> Collection:
         return self.store["orders"]
 
     async def _repair(self, order_id: ObjectId) -> None:
-        """Without transactions: finish the money side of a flow a crash may have interrupted."""
-        if self.store.supports_transactions:
-            return
-        order = await self.orders.find_one({"_id": order_id})
-        if order is not None:
-            await run_guarded(self.store, lambda session: settle_order(self.store, order, now(), session))
+        """Finish the money side of a flow a crash may have interrupted (where flows are not atomic)."""
+
+        async def repair() -> None:
+            order = await self.orders.find_one({"_id": order_id})
+            if order is not None:
+                await run_guarded(self.store, lambda session: settle_order(self.store, order, now(), session))
+
+        await self.store.finish_interrupted(repair)
 
     # -- create ---------------------------------------------------------------
 
@@ -351,7 +359,10 @@ class OrdersService(ServiceResource):
         }
         memo_id = f"{bid}:{key}"
 
-        async def steps(session: Any) -> tuple[dict, bool]:
+        async def forget_key() -> None:
+            await self.store["idempotency"].delete_one({"_id": memo_id, "orderId": order_id})
+
+        async def steps(session: Session) -> tuple[dict, bool]:
             if key is not None and remembered is None:
                 try:
                     await self.store["idempotency"].insert_one(
@@ -383,8 +394,8 @@ class OrdersService(ServiceResource):
                     existing = await self.orders.find_one({"_id": order_id}, session=session)
                     if existing is not None:
                         return existing, False
-                if key is not None and remembered is None and session is None:
-                    await self.store["idempotency"].delete_one({"_id": memo_id, "orderId": order_id})
+                if key is not None and remembered is None:  # the key is free again (no transactions)
+                    await self.store.undo_outside_transaction(session, forget_key)
                 raise Conflict("the buyer already has a pending order for this gig", "gig_id") from e
             await notify(self.store, doc["sellerId"], "order", f"New order for \u201c{gig.get('title', 'your gig')}\u201d",
                          f"/orders/{order_id}", session=session)
@@ -412,7 +423,7 @@ class OrdersService(ServiceResource):
         previous: dict[str, str] = {}
         refund: dict[str, Any] = {}
 
-        async def steps(session: Any) -> dict:
+        async def steps(session: Session) -> dict:
             order = await get_or_404(self.orders, _id, "order", session=session)
             previous["status"] = order["status"]
             at = now()
@@ -441,7 +452,7 @@ class OrdersService(ServiceResource):
         _id = v.object_id(order_id, "order_id")
         why = _reason(reason)
 
-        async def steps(session: Any) -> tuple[dict, dict | None]:
+        async def steps(session: Session) -> tuple[dict, dict | None]:
             order = await get_or_404(self.orders, _id, "order", session=session)
             return await cancel_steps(self.store, order, why, now(), session)
 
@@ -495,17 +506,14 @@ class OrdersService(ServiceResource):
         def by_status(role: str) -> list[dict]:
             return [{"$match": {role: uid, **created}}, {"$group": {"_id": "$status", "count": {"$sum": 1}}}]
 
-        # one pipeline per side, each starting with an indexed $match (an $or of the two sides
-        # would scan every order on SecantusDB)
-        as_buyer = await self.orders.aggregate([
+        as_buyer, as_seller = await self.store.aggregate_each("orders", [[
             {"$match": {"buyerId": uid}},
             {"$facet": {
                 "buyerStatus": by_status("buyerId"),
                 "spent": [{"$match": {"buyerId": uid, **completed}},
                           {"$group": {"_id": None, "sum": {"$sum": "$totalPrice"}}}],
             }},
-        ])
-        as_seller = await self.orders.aggregate([
+        ], [
             {"$match": {"sellerId": uid}},
             {"$facet": {
                 "sellerStatus": by_status("sellerId"),
@@ -518,7 +526,7 @@ class OrdersService(ServiceResource):
                     {"$sort": {"_id": 1}},
                 ],
             }},
-        ])
+        ]])
         facets = {**(as_buyer[0] if as_buyer else {}), **(as_seller[0] if as_seller else {})}
 
         def counts(key: str) -> tuple[int, dict[str, int]]:

@@ -17,7 +17,7 @@ carry an idempotency key (``refunds[].key``, per payment) and each has an id.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
@@ -29,6 +29,10 @@ from worknet.rpc.dispatch import ServiceResource, no_database, signature
 from worknet.services.common import get_or_404, notify, now, ok, request_hash
 from worknet.services.orders import Lost, refund_step, run_guarded, settle_order, touch_order, transition
 
+if TYPE_CHECKING:
+    from worknet.store.interface import Session
+    from worknet.store.pool import Collection
+
 METHODS = ("stripe", "paypal", "bank_transfer", "other")
 PAYABLE = ("pending", "in_progress", "disputed")  # order statuses a payment is accepted for (not final)
 OPTIONS = {"idempotency_key": lambda value, field: v.text(value, field, 1, 100)}
@@ -38,28 +42,30 @@ class PaymentsService(ServiceResource):
     """paymentsService.*"""
 
     @property
-    def payments(self) -> Any:
+    def payments(self) -> Collection:
         return self.store["payments"]
 
     async def _repair(self, payment_id: ObjectId) -> None:
-        """Without transactions: finish what a crash may have left half-done around this payment."""
-        if self.store.supports_transactions:
-            return
-        payment = await self.payments.find_one({"_id": payment_id})
-        if payment is None:
-            return
-        order = await self.store["orders"].find_one({"_id": payment["orderId"]})
-        if order is None:
-            return
+        """Finish what a crash may have left half-done around this payment (where flows are not atomic)."""
 
-        async def steps(session: Any) -> None:
-            at = now()
-            current = order
-            if payment["status"] in ("completed", "partially_refunded", "refunded") and current["status"] == "pending":
-                current = await transition(self.store, current, "in_progress", "payment completed", at, session)
-            await settle_order(self.store, current, at, session)
+        async def repair() -> None:
+            payment = await self.payments.find_one({"_id": payment_id})
+            if payment is None:
+                return
+            order = await self.store["orders"].find_one({"_id": payment["orderId"]})
+            if order is None:
+                return
 
-        await run_guarded(self.store, steps, "payment")
+            async def steps(session: Session) -> None:
+                at = now()
+                current = order
+                if payment["status"] in ("completed", "partially_refunded", "refunded") and current["status"] == "pending":
+                    current = await transition(self.store, current, "in_progress", "payment completed", at, session)
+                await settle_order(self.store, current, at, session)
+
+            await run_guarded(self.store, steps, "payment")
+
+        await self.store.finish_interrupted(repair)
 
     @signature("struct", "string", "string", "double", "string", returns={"payment_id": "string", "payment": "struct", "created": "boolean"})
     async def xmlrpc_create(self, payment_id: Any, order_id: Any, amount: Any, payment_method: Any) -> dict:
@@ -98,15 +104,17 @@ class PaymentsService(ServiceResource):
             "updatedAt": at,
         }
 
-        async def steps(session: Any) -> None:
+        async def take_back() -> None:
+            await self._fail(pid, "order no longer payable", now())
+
+        async def steps(session: Session) -> None:
             # The payment first, then the order's guard (a compare-and-set on a payable
             # status): with transactions a cancel or completion racing this conflicts on
             # the order; without, either the cancel sees this payment or this sees the cancel.
             await self.payments.insert_one(dict(doc), session=session)
             if await touch_order(self.store, oid, session, PAYABLE) is not None:
                 return
-            if session is None:  # no transactions: take the payment back
-                await self._fail(pid, "order no longer payable", now())
+            await self.store.undo_outside_transaction(session, take_back)  # the payment written above
             current = await self.store["orders"].find_one({"_id": oid}, projection={"status": 1}, session=session)
             raise InvalidState(f"the order is {(current or {}).get('status', 'gone')} and cannot be paid")
 
@@ -119,7 +127,7 @@ class PaymentsService(ServiceResource):
             raise Conflict("the order already has a payment", "order_id") from None
         return ok(payment_id=str(pid), payment=doc, created=True)
 
-    async def _fail(self, pid: ObjectId, reason: str, at: Any, session: Any = None) -> None:
+    async def _fail(self, pid: ObjectId, reason: str, at: Any, session: Session = None) -> None:
         """A pending payment becomes failed (compare-and-set) and frees the order's payment slot."""
         await self.payments.update_one(
             {"_id": pid, "status": "pending"},
@@ -141,7 +149,7 @@ class PaymentsService(ServiceResource):
         to = v.choice(status, "status", ("completed", "failed"))
         notified: list[Any] = []
 
-        async def steps(session: Any) -> tuple[dict, str]:
+        async def steps(session: Session) -> tuple[dict, str]:
             notified.clear()
             payment = await get_or_404(self.payments, pid, "payment", session=session)
             if payment["status"] != "pending":
@@ -199,7 +207,7 @@ class PaymentsService(ServiceResource):
         key = v.struct(options, "options", OPTIONS).get("idempotency_key")
         replayed: list[dict] = []
 
-        async def steps(session: Any) -> tuple[dict, dict]:
+        async def steps(session: Session) -> tuple[dict, dict]:
             replayed.clear()
             payment = await get_or_404(self.payments, pid, "payment", session=session)
             if key is not None:

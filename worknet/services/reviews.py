@@ -26,7 +26,7 @@ no review) and ``review_count`` its number of reviews.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
@@ -45,6 +45,9 @@ from worknet.services.common import (
     request_hash,
 )
 from worknet.services.gigs import recompute_rating, rounded
+
+if TYPE_CHECKING:
+    from worknet.store.pool import Collection
 
 COMMENT_MAX = 1000
 
@@ -65,7 +68,7 @@ class ReviewsService(ServiceResource):
     """reviewsService.*"""
 
     @property
-    def reviews(self) -> Any:
+    def reviews(self) -> Collection:
         return self.store["reviews"]
 
     async def _gig_rating(self, gig_id: ObjectId) -> dict:
@@ -177,10 +180,9 @@ class ReviewsService(ServiceResource):
     async def xmlrpc_delete(self, review_id: Any) -> dict:
         """Delete a review for good; the gig's rating is recomputed. Returns deleted: true, gig_rating (the gig's new average), review_count."""
         _id = v.object_id(review_id, "review_id")
-        # find + delete rather than find_one_and_delete (a findAndModify: a whole-collection scan on
-        # SecantusDB); of two concurrent deletes only one deletes, the other is NOT_FOUND
-        review = await self.reviews.find_one({"_id": _id}, projection={"gigId": 1})
-        if review is None or (await self.reviews.delete_one({"_id": _id})).deleted_count == 0:
+        # of two concurrent deletes only one deletes, the other is NOT_FOUND
+        review = await self.store.delete_and_fetch("reviews", {"_id": _id}, projection={"gigId": 1})
+        if review is None:
             raise NotFound("review not found")
         return ok(deleted=True, **await self._gig_rating(review["gigId"]))
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import Decimal128, ObjectId
 from pymongo.errors import DuplicateKeyError
@@ -49,6 +49,10 @@ from worknet.rpc.dispatch import ServiceResource, caller_address, signature
 from worknet.security import ACCESS, BAD_TOKEN, REFRESH, Clock, CpuPool, Passwords, Tokens, login_password, password
 from worknet.services.common import NOT_DELETED, duplicate_key, get_or_404, ok, paged, set_on_live
 from worknet.services.gigs import withdraw_gigs
+
+if TYPE_CHECKING:
+    from worknet.store.interface import Store
+    from worknet.store.pool import Collection
 
 ROLES = ("client", "freelancer")
 ALL_ROLES = ("client", "freelancer", "admin")
@@ -105,14 +109,14 @@ def _token_string(value: Any, field: str) -> str:
 class UsersService(ServiceResource):
     """usersService.*"""
 
-    def __init__(self, store: Any, settings: Any) -> None:
+    def __init__(self, store: Store, settings: Any) -> None:
         super().__init__(store, settings)
         self.clock = Clock.from_settings(settings)
         self.passwords = Passwords(settings.bcrypt_rounds, CpuPool(budget=settings.db_timeout_seconds))
         self.tokens = Tokens(settings.jwt_secret, settings.jwt_expires_in_days, settings.jwt_refresh_expires_in_days)
 
     @property
-    def users(self) -> Any:
+    def users(self) -> Collection:
         return self.store["users"]
 
     # -- helpers ----------------------------------------------------------------
@@ -125,7 +129,7 @@ class UsersService(ServiceResource):
         }
 
     @property
-    def throttle(self) -> Any:
+    def throttle(self) -> Collection:
         return self.store["loginThrottle"]
 
     @staticmethod
@@ -188,16 +192,16 @@ class UsersService(ServiceResource):
         await self.throttle.delete_one({"_id": key, "lockedUntil": None})
 
     @property
-    def registrations(self) -> Any:
+    def registrations(self) -> Collection:
         return self.store["registrations"]
 
     async def _refuse_taken(self, username_lower: str, email: str) -> None:
-        """CONFLICT when an account (deleted ones too) has this username or e-mail.
-
-        Two index lookups: a top-level ``$or`` would scan on SecantusDB."""
-        if await self.users.find_one({"usernameLower": username_lower}, projection={"_id": 1}):
+        """CONFLICT when an account (deleted ones too) has this username or e-mail (the username first)."""
+        taken = await self.store.find_first("users", [{"usernameLower": username_lower}, {"email": email}],
+                                            projection={"_id": 1})
+        if taken is not None and taken[0] == 0:
             raise Conflict("this username is already taken", "username")
-        if await self.users.find_one({"email": email}, projection={"_id": 1}):
+        if taken is not None:
             raise Conflict("an account with this email already exists", "email")
 
     async def _reserve(self, username_lower: str, email: str, moment: datetime) -> ObjectId:
@@ -387,12 +391,8 @@ class UsersService(ServiceResource):
         marked = await self.users.update_one({"_id": _id, **NOT_DELETED}, {"$set": {"deletedAt": moment}})
         if marked.modified_count == 0:
             raise NotFound("user not found")
-        orders = self.store["orders"]
         open_orders = {"status": {"$in": ACTIVE_ORDER_STATUSES}}
-        # one indexed count per side (an $or of the two would scan every order on SecantusDB)
-        busy = (await orders.count_documents({"buyerId": _id, **open_orders}, limit=1)
-                or await orders.count_documents({"sellerId": _id, **open_orders}, limit=1))
-        if busy:
+        if await self.store.matches_any("orders", [{"buyerId": _id, **open_orders}, {"sellerId": _id, **open_orders}]):
             await self.users.update_one({"_id": _id, "deletedAt": moment}, {"$set": {"deletedAt": None}})
             raise InvalidState("the user has pending or in-progress orders")
         # marked deleted, its tokens already fail; these make that permanent
@@ -407,18 +407,17 @@ class UsersService(ServiceResource):
         """Figures of a user. stats: totalOrders, completedOrders, activeOrders (ints, buyer and seller sides added; active = pending, in_progress or disputed), asBuyer and asSeller (structs with totalOrders, completedOrders, activeOrders for each side), totalGigs and activeGigs (live gigs, active ones), totalReviews and averageRating (reviews received as seller, 2 decimals, 0 when none), totalEarnings (the user's credited earnings), totalSpent (completed orders as buyer). Returns stats."""
         _id = v.object_id(user_id, "user_id")
         user = await get_or_404(self.users, _id, "user", projection={"totalEarnings": 1})
-        orders: list[dict] = []
-        for name, field in (("buyer", "buyerId"), ("seller", "sellerId")):  # one index each (no $or: it scans)
-            orders += await self.store["orders"].aggregate([
-                {"$match": {field: _id}},
-                {"$group": {
-                    "_id": name,
-                    "total": {"$sum": 1},
-                    "completed": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, 1, 0]}},
-                    "active": {"$sum": {"$cond": [{"$in": ["$status", OPEN_ORDER_STATUSES]}, 1, 0]}},
-                    "spent": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, "$totalPrice", 0]}},
-                }},
-            ])
+        per_side = await self.store.aggregate_each("orders", [[
+            {"$match": {field: _id}},
+            {"$group": {
+                "_id": name,
+                "total": {"$sum": 1},
+                "completed": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, 1, 0]}},
+                "active": {"$sum": {"$cond": [{"$in": ["$status", OPEN_ORDER_STATUSES]}, 1, 0]}},
+                "spent": {"$sum": {"$cond": [{"$eq": ["$status", "completed"]}, "$totalPrice", 0]}},
+            }},
+        ] for name, field in (("buyer", "buyerId"), ("seller", "sellerId"))])
+        orders = [row for rows in per_side for row in rows]
         gigs = await self.store["gigs"].aggregate([
             {"$match": {"userId": _id, **NOT_DELETED}},
             {"$group": {

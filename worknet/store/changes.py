@@ -28,9 +28,12 @@ writer").
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import OperationFailure
+
+if TYPE_CHECKING:
+    from worknet.store.pool import MongoStore
 
 # ChangeStreamHistoryLost, ChangeStreamFatalError, InvalidResumeToken, CappedPositionLost, and the
 # FailedToParse a server gives for a token it cannot read (another server's, or a damaged one)
@@ -59,7 +62,7 @@ def _sorted(error: OperationFailure, resuming: bool) -> Exception:
 class ChangeStream:
     """One open change stream on ``collection`` of the store's database."""
 
-    def __init__(self, store: Any, collection: str, resume_after: dict | None = None) -> None:
+    def __init__(self, store: MongoStore, collection: str, resume_after: dict | None = None) -> None:
         self.store = store
         self.collection = collection
         self.token = resume_after

@@ -36,7 +36,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bson
 from bson import Binary, UuidRepresentation
@@ -46,6 +46,9 @@ from txmongo.connection import ConnectionPool
 from txmongo.sessions import ServerSession
 
 from worknet.logs import logger
+
+if TYPE_CHECKING:
+    from worknet.store.pool import MongoStore
 
 log = logger(__name__)
 
@@ -125,7 +128,7 @@ def lsids(ids: list[uuid.UUID]) -> list[dict]:
 class Leases:
     """This process's lease, beaten every ``BEAT_SECONDS``; the leases of dead processes, ended."""
 
-    def __init__(self, store: Any, sessions: NamedSessions, reactor: Any) -> None:
+    def __init__(self, store: MongoStore, sessions: NamedSessions, reactor: Any) -> None:
         self.store = store
         self.sessions = sessions
         self.reactor = reactor
