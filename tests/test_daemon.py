@@ -254,7 +254,11 @@ def test_ctrl_c_stops_the_daemon_and_then_its_embedded_database_in_order(make_da
     assert os.getpgid(database[0]) != os.getpgid(daemon.process.pid)
     os.killpg(daemon.process.pid, signal.SIGINT)  # what the terminal does
     # twistd ends a SIGINT run by re-raising the signal (the shell's convention for an interrupted job)
-    assert daemon.process.wait(timeout=60) in (0, -signal.SIGINT)
+    try:
+        ended = daemon.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the daemon did not stop within 60 s of Ctrl-C:\n{daemon.log()[-3000:]}") from None
+    assert ended in (0, -signal.SIGINT)
     log = daemon.log()
     assert "Received SIGINT, shutting down." in log and "embedded database stopped" in log, log[-3000:]
     for spurious in ("exited unexpectedly", "restarting it", "compaction postponed", "AutoReconnect"):
