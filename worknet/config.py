@@ -65,6 +65,7 @@ class Settings:
     db_timeout_seconds: float = DEFAULT_DB_TIMEOUT_SECONDS  # DB_TIMEOUT_SECONDS, else timeoutMS/socketTimeoutMS
     data_dir: str = "var/db"
     data_dir_min_free_mb: int = 256  # below this, /health warns (embedded database); 0: no warning
+    embedded_max_memory_mb: int = 256  # past this resident size the embedded database is restarted; 0: never
     jwt_secret: str = field(default=DEFAULT_JWT_SECRET, repr=False)
     jwt_expires_in_days: int = 7
     jwt_refresh_expires_in_days: int = 30
@@ -91,6 +92,14 @@ class Settings:
     def embedded_database(self) -> bool:
         """True when the daemon runs its own SecantusDB child process."""
         return not self.mongodb_uri
+
+
+def _memory_cap(name: str, raw: str) -> int:
+    """0 (never), or a resident size in MB above what the embedded database needs to start (32 MB)."""
+    value = _int(name, raw, 0, 100_000_000)
+    if 0 < value < 32:
+        raise ConfigError(f"{name} must be 0 (no limit) or at least 32 (MB), not {raw!r}")
+    return value
 
 
 def _int(name: str, raw: str, low: int, high: int) -> int:
@@ -155,6 +164,7 @@ _PARSERS = {
     "DB_TIMEOUT_SECONDS": ("db_timeout_seconds", lambda n, v: _float(n, v, *DB_TIMEOUT_RANGE)),
     "DATA_DIR": ("data_dir", lambda n, v: v.strip()),
     "DATA_DIR_MIN_FREE_MB": ("data_dir_min_free_mb", lambda n, v: _int(n, v, 0, 100_000_000)),
+    "EMBEDDED_MAX_MEMORY_MB": ("embedded_max_memory_mb", _memory_cap),
     "JWT_SECRET": ("jwt_secret", lambda n, v: v),
     "JWT_EXPIRES_IN_DAYS": ("jwt_expires_in_days", lambda n, v: _int(n, v, 1, 365)),
     "JWT_REFRESH_EXPIRES_IN_DAYS": ("jwt_refresh_expires_in_days", lambda n, v: _int(n, v, 1, 3650)),

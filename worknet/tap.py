@@ -285,7 +285,8 @@ def makeService(options: Options) -> service.MultiService:
     GracefulTermination(reactor).setServiceParent(top)
     freeze_startup_objects(reactor)
     if settings.embedded_database:
-        embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor, min_free_mb=settings.data_dir_min_free_mb)
+        embedded = EmbeddedDatabase(settings.data_dir, reactor=reactor, min_free_mb=settings.data_dir_min_free_mb,
+                                    max_memory_mb=settings.embedded_max_memory_mb)
         embedded.setServiceParent(top)
         uri = lambda: embedded.uri  # noqa: E731 - the port is chosen when the service starts
     else:
@@ -297,6 +298,8 @@ def makeService(options: Options) -> service.MultiService:
     else:
         app = build_app(settings, uri, reactor, data_dir=settings.data_dir if settings.embedded_database else None)
         app.setServiceParent(top)
+        if settings.embedded_database:
+            embedded.holders.append(app.store)  # its planned restarts hold the store's commands
         listener = endpoint_service(with_backlog(settings.listen), app.site, reactor=reactor)
         listener.setName("xmlrpc")
         listener.setServiceParent(app)

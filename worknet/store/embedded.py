@@ -25,6 +25,17 @@ recovery replays the journal (``--sync-on-commit``: every acknowledged write
 is in it).  A database that exits while the directory is that low on space
 is not counted as a failed restart: it is started again once there is room.
 
+Its memory is bounded: SecantusDB's resident size grows with every
+transaction it has run (about 6-10 KB each, whatever its cache size: Python
+objects it never frees).  Past ``EMBEDDED_MAX_MEMORY_MB`` (read every
+``MEMORY_CHECK_SECONDS``) it is restarted on purpose: the serving store holds
+new commands and lets those already sent be answered
+(``MongoStore.hold``), the database stops cleanly (a checkpoint: nothing
+acknowledged is lost) and starts again on the same port, and the held
+commands go on -- callers see a pause of a second or two, not an error.
+With ``--workers`` the stores live in other processes: a command in flight
+at that moment may answer UNAVAILABLE.
+
 The child gets only the environment it needs (``CHILD_ENVIRONMENT``): never
 the daemon's secrets.
 
@@ -50,7 +61,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from twisted.application import service
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, error, protocol, task, threads
 
 from worknet.logs import logger
 from worknet.store import lifeline
@@ -65,6 +76,7 @@ PANIC_MARKS = ("WT_PANIC", "No space left on device")  # in the database's outpu
 MAX_RESTARTS = 5
 RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 STABLE_SECONDS = 60.0
+MEMORY_CHECK_SECONDS = 5.0
 CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 # The startup line when MONGODB_URI is unset and the [embedded] extra is not installed: the command that
@@ -249,6 +261,18 @@ class _DatabaseProcess(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
+def resident_mb(pid: int) -> float | None:
+    """A process's resident size in MB (``VmRSS``), None once it is gone (a read of /proc: call it in a thread)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def how_it_ended(code: int | None, signum: int | None) -> str:
     """``exited unexpectedly (exit code 3)``, ``was killed by SIGKILL (signal 9)``: a process's end, for a log line."""
     if signum is not None:
@@ -266,7 +290,7 @@ class EmbeddedDatabase(service.Service):
     name = "embedded-database"
 
     def __init__(self, data_dir: str, reactor: Any = None, executable: str | None = None,
-                 min_free_mb: int = 256) -> None:
+                 min_free_mb: int = 256, max_memory_mb: int = 0) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -284,6 +308,11 @@ class EmbeddedDatabase(service.Service):
         self.space = DiskSpace(self.data_dir, min_free_mb, reactor)
         self.wedged: str | None = None  # why the database must be restarted once there is room (a panic)
         self._bouncing = False  # stopping a panicked database to start it again at once
+        self.max_memory_mb = max_memory_mb  # 0: never restarted for its memory
+        self.holders: list[Any] = []  # stores held during a planned restart (async ``hold()``, ``release()``)
+        self.recycles = 0  # planned restarts for memory so far
+        self._recycling = False
+        self._memory: task.LoopingCall | None = None
 
     @property
     def uri(self) -> str:
@@ -303,6 +332,51 @@ class EmbeddedDatabase(service.Service):
         self.space.on_reading.append(self._space_read)
         self.space.start()
         self._spawn()
+        if self.max_memory_mb:
+            self._memory = task.LoopingCall(self._read_memory)
+            self._memory.clock = self._reactor
+            self._memory.start(MEMORY_CHECK_SECONDS, now=False).addErrback(lambda f: None)
+
+    def _read_memory(self) -> defer.Deferred[Any] | None:
+        transport = self._transport
+        if transport is None or transport.pid is None or self._recycling or self._bouncing or self.wedged:
+            return None
+        reading = threads.deferToThread(resident_mb, transport.pid)
+        reading.addCallback(self._memory_read, transport)
+        reading.addErrback(lambda f: log.failure("reading the embedded database's memory", f))
+        return reading
+
+    def _memory_read(self, mb: float | None, transport: Any) -> None:
+        if mb is None or mb <= self.max_memory_mb or transport is not self._transport:
+            return
+        if self._recycling or self._bouncing or self.wedged is not None or self._stopping:
+            return
+        defer.ensureDeferred(self.recycle(mb)).addErrback(lambda f: log.failure("restarting the embedded database", f))
+
+    async def recycle(self, mb: float) -> None:
+        """Restart the database on purpose (its memory passed ``max_memory_mb``), holding the stores meanwhile."""
+        if self._transport is None or self._process is None:
+            return
+        self._recycling = True
+        self.recycles += 1
+        log.info("the embedded database uses {mb:.0f} MB (EMBEDDED_MAX_MEMORY_MB={cap}): restarting it "
+                 "(restart {n} for memory); calls wait meanwhile", mb=mb, cap=self.max_memory_mb, n=self.recycles)
+        began = self._reactor.seconds()
+        try:
+            await defer.gatherResults([defer.ensureDeferred(holder.hold()) for holder in self.holders],
+                                      consumeErrors=True)
+            ended = self._process.ended
+            self._bouncing = True  # _ended starts it again at once, without counting a failure
+            self._signal("TERM")
+            kill = self._reactor.callLater(BOUNCE_GRACE_SECONDS, self._kill_bounced, self._transport)
+            await ended
+            if kill.active():
+                kill.cancel()
+        finally:
+            await defer.gatherResults([defer.ensureDeferred(holder.release()) for holder in self.holders],
+                                      consumeErrors=True)
+            self._recycling = False
+        log.info("the embedded database was restarted in {s:.1f} s", s=self._reactor.seconds() - began)
 
     def _panicked(self, line: str) -> None:
         """The database's output says it cannot go on (a full disk): restart it once there is room."""
@@ -403,6 +477,8 @@ class EmbeddedDatabase(service.Service):
     async def stopService(self) -> None:
         super().stopService()
         self.space.stop()
+        if self._memory is not None and self._memory.running:
+            self._memory.stop()
         if self._restart is not None and self._restart.active():
             self._restart.cancel()
         if self._transport is None or self._process is None:

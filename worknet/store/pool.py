@@ -44,6 +44,8 @@ PING_FRESH_SECONDS = 0.5  # a ping result serves this long after its probe start
 PING_TIMEOUT_SECONDS = 1.0  # no answer within this: disconnected
 TRANSACTION_ATTEMPTS = 12  # write conflicts under contention: back off and run the steps again
 ABORT_SECONDS = 2.0  # an abandoned transaction's abortTransaction, in the background (see MongoStore._abandon)
+DRAIN_SECONDS = 2.0  # a planned restart of the database waits this long at most for the commands already sent
+RECONNECT_SECONDS = 15.0  # after a planned restart, held commands wait this long at most for a connection
 UNCERTAIN_SECONDS = 3.0  # a connection closed before answering, again and again this long: a real cause
 INDEX_RETRY_SECONDS = 5.0  # a conflicting index is checked again this often (fixed by hand, the daemon goes on)
 SNAPSHOT_COLLECTION = "idempotency"  # read by _id (never matches) to give each transaction its read concern
@@ -566,6 +568,31 @@ class MongoStore(service.Service):
             database or self._settings.db_name, command, timeout=timeout or self._settings.db_timeout_seconds,
             session=session,
         )
+
+    async def hold(self, drain: float = DRAIN_SECONDS) -> None:
+        """Before the embedded database is restarted on purpose: new commands wait (until :meth:`release`,
+        within their call's deadline) and those already sent are answered (at most ``drain`` seconds)."""
+        if self._pool is None:
+            return
+        pool = self._pool
+        pool.hold()
+        deadline = self._reactor.seconds() + drain
+        while pool.inflight() and self._reactor.seconds() < deadline:
+            await task.deferLater(self._reactor, 0.01, lambda: None)
+        if pool.inflight():
+            log.info("{n} database commands still unanswered after {s} s: the restart goes on", n=pool.inflight(),
+                     s=drain)
+
+    async def release(self, wait: float = RECONNECT_SECONDS) -> None:
+        """The database was restarted: once a connection to it is up again (``wait`` seconds at most), the
+        held commands go on (before that, they would meet refused connections)."""
+        if self._pool is None:
+            return
+        pool = self._pool
+        deadline = self._reactor.seconds() + wait
+        while not self.open_connections() and self._reactor.seconds() < deadline:
+            await task.deferLater(self._reactor, 0.02, lambda: None)
+        pool.release()
 
     def _kill_lost_sessions(self, ids: list) -> None:
         """Sessions whose connection broke mid-command may hold a transaction open on the server: end it."""

@@ -110,9 +110,40 @@ class NamedSessions:
 
 
 class SessionPool(ConnectionPool):
-    """txmongo's pool, handing out :class:`NamedSessions` instead of random ones."""
+    """txmongo's pool, handing out :class:`NamedSessions` instead of random ones.
+
+    It can also be held (:meth:`hold`): while the embedded database is restarted on purpose, a command
+    waits for a connection until :meth:`release` (or its call's deadline) instead of meeting a closed one.
+    """
 
     sessions: NamedSessions
+    _held: list[defer.Deferred[None]] | None = None  # None: open; else the commands waiting for release()
+
+    def getprotocol(self) -> defer.Deferred[Any]:
+        if self._held is None:
+            return super().getprotocol()
+        held = self._held
+
+        def cancel(d: defer.Deferred[None]) -> None:  # the call's deadline: it stops waiting
+            if d in held:
+                held.remove(d)
+
+        waiting: defer.Deferred[None] = defer.Deferred(cancel)
+        held.append(waiting)
+        return waiting.addCallback(lambda _: super(SessionPool, self).getprotocol())
+
+    def hold(self) -> None:
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for waiting in held:
+            waiting.callback(None)
+
+    def inflight(self) -> int:
+        """Commands sent and not yet answered, over every connection."""
+        return sum(factory.instance.inflight() for factory in self.getprotocols() if factory.instance is not None)
 
     def _acquire_server_session(self) -> ServerSession:
         return self.sessions.acquire(self._logical_session_timeout_minutes)

@@ -1,0 +1,94 @@
+"""The embedded database's memory is bounded: past ``EMBEDDED_MAX_MEMORY_MB`` it is restarted on purpose.
+
+SecantusDB's resident size grows with every transaction it has run (issue 17 §1: 97 → 288 MiB in a
+10-minute soak).  The daemon restarts it when it passes the cap, holding the commands meanwhile: callers
+running keyed order flows (transactions) and messages see no error, every acknowledged write is kept,
+and the database's memory starts again from the bottom.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import xmlrpc.client
+
+import pymongo
+from bson import ObjectId
+
+from tests.harness import rss_mib, wait_for
+from tests.money_support import market
+
+CAP_MB = 72  # a fresh database is at ~55 MiB; a few thousand writes pass this
+CALLERS = 8
+
+
+def test_a_database_past_its_memory_cap_is_restarted_without_an_error_for_any_caller(tmp_path, make_daemon):
+    data_dir = tmp_path / "embedded"
+    daemon = make_daemon(mongodb_uri="", DATA_DIR=str(data_dir), EMBEDDED_MAX_MEMORY_MB=str(CAP_MB),
+                         DB_TIMEOUT_SECONDS="5", BCRYPT_ROUNDS="4")
+    found = daemon.embedded_database()
+    assert found is not None
+    first_pid, port = found
+    mongo = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true", tz_aware=True)
+    db = mongo[daemon.db_name]
+    flows = [market(db) for _ in range(CALLERS)]  # (seller, gig, buyer) per caller
+    mongo.close()
+
+    stop = threading.Event()
+    lock = threading.Lock()
+    failures: list[str] = []
+    orders: list[str] = []
+    notifications: list[str] = []
+
+    def caller(n: int) -> None:
+        proxy = xmlrpc.client.ServerProxy(daemon.url, allow_none=True)
+        _seller, gig, buyer = flows[n]
+        while not stop.is_set():
+            key = uuid.uuid4().hex
+            try:
+                answer = proxy.ordersService.create(gig, buyer, 1, "25.00", {"idempotency_key": key})
+                if answer.get("success") is True:  # one pending order per buyer and gig: end it
+                    ended = proxy.ordersService.cancel(answer["order_id"], "the flow is over")
+                    if ended.get("success") is not True:
+                        with lock:
+                            failures.append(f"cancel: {ended.get('code')} {ended.get('error')}")
+                note = str(ObjectId())
+                noted = proxy.notificationsService.create(note, buyer, "system", {"message": "m" * 400})
+            except (OSError, xmlrpc.client.Error) as e:
+                with lock:
+                    failures.append(f"{type(e).__name__}: {e}")
+                continue
+            with lock:
+                for what, got, kept in (("order", answer, orders), ("notification", noted, notifications)):
+                    if got.get("success") is True:
+                        kept.append(got["order_id"] if what == "order" else got["notification_id"])
+                    else:
+                        failures.append(f"{what}: {got.get('code')} {got.get('error')}")
+
+    threads = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(CALLERS)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: daemon.log().count("the embedded database was restarted in") >= 2, 240,
+                 "two restarts of the embedded database for its memory")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+    log = daemon.log()
+    assert f"(EMBEDDED_MAX_MEMORY_MB={CAP_MB}): restarting it" in log, log[-3000:]
+    for spurious in ("exited unexpectedly", "restarting it in", "was killed by"):
+        assert spurious not in log, log[-3000:]
+    assert not failures, f"{len(failures)} calls failed during the restarts: {failures[:5]}"
+    found = daemon.embedded_database()
+    assert found is not None and found[0] != first_pid, "the database process is a new one"
+    assert rss_mib(found[0]) < CAP_MB + 8, "the new database starts from the bottom"
+    mongo = pymongo.MongoClient(f"mongodb://127.0.0.1:{found[1]}/?directConnection=true")
+    db = mongo[daemon.db_name]
+    kept_orders = {str(o["_id"]) for o in db.orders.find({}, {"_id": 1})}
+    kept_notes = {str(o["_id"]) for o in db.notifications.find({"type": "system"}, {"_id": 1})}
+    mongo.close()
+    print(f"\n{len(orders)} orders and {len(notifications)} notifications acknowledged across the restarts")
+    assert orders and set(orders) <= kept_orders, "acknowledged orders lost"
+    assert notifications and set(notifications) <= kept_notes, "acknowledged notifications lost"
