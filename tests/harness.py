@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,9 +26,8 @@ import urllib.request
 import xmlrpc.client
 from pathlib import Path
 
-import pymongo
-
 from worknet.logs import BATCH_SECONDS
+from worknet.store.embedded import Secantusd
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -127,65 +125,30 @@ def cpu_seconds(pid: int) -> float:
 # -- processes -----------------------------------------------------------------------
 
 
-class Database:
-    """A SecantusDB server process (``secantusd-py``) on a free loopback port; ``start`` again after a
-    ``stop`` or a ``kill`` starts it on the same port and storage."""
+class Database(Secantusd):
+    """A SecantusDB server process on a free loopback port, started by the daemon's own launcher
+    (:class:`worknet.store.embedded.Secantusd`: the same command line, its data directory locked, the
+    database dying with the test run); its output in ``secantusd-PORT.log`` beside ``storage``.
+    ``start`` again after a ``stop`` or a ``kill`` starts it on the same port and storage."""
 
     def __init__(self, storage: Path, *extra: str) -> None:
+        super().__init__(storage, *extra)
         self.storage = storage
-        self.extra = extra
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/"
-
-    @property
-    def probe_uri(self) -> str:
-        """What ``start`` pings to know the server is up (a TLS server needs its CA)."""
-        return self.uri
+        self.log = str(Path(storage).parent / f"secantusd-{self.port}.log")
 
     @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
 
-    def start(self, timeout: float = START_TIMEOUT) -> None:
-        executable = BIN / "secantusd-py"
-        argv = [str(executable if executable.exists() else shutil.which("secantusd-py")),
-                "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", str(self.storage),
-                "--sync-on-commit", "--log-level", "WARNING", *self.extra]
-        self.log = open(self.storage.parent / f"secantusd-{self.port}.log", "ab")
-        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_die_with_the_caller)
-        client = pymongo.MongoClient(self.probe_uri, serverSelectionTimeoutMS=500, directConnection=True)
-
-        def answers() -> bool:
-            assert self.process is not None and self.process.poll() is None, "secantusd-py exited"
-            try:
-                return bool(client.admin.command("ping")["ok"])
-            except pymongo.errors.PyMongoError:
-                return False
-
-        try:
-            wait_for(answers, timeout, "the database to answer")
-        finally:
-            client.close()
+    def start(self, timeout: float = START_TIMEOUT) -> str:
+        return super().start(timeout)
 
     def kill(self, sig: int) -> None:
         """Send ``sig`` and wait for the exit (a crash: no SIGKILL after a timeout)."""
         assert self.process is not None
         self.process.send_signal(sig)
         self.process.wait(60)
-        self.log.close()
-
-    def stop(self) -> None:
-        """SIGTERM, then wait for the exit (it must release its data directory)."""
-        if self.process is not None:
-            stop_process(self.process)
-            self.log.close()
-        self.process = None
 
 
 def _has_credentials(uri: str) -> bool:
