@@ -286,7 +286,7 @@ PROCESS_MODULES = {
     "test_hostile", "test_introspection", "test_messages", "test_money_properties", "test_money_races",
     "test_money_standalone", "test_mongodb_tls", "test_node_client", "test_notifications", "test_ops",
     "test_orders", "test_payments", "test_ping", "test_reviews", "test_scale_out", "test_search",
-    "test_search_follows", "test_security", "test_startup", "test_store", "test_transport", "test_uri", "test_users",
+    "test_search_follows", "test_security", "test_startup", "test_store", "test_transport", "test_uri",
     "test_workers",
 }
 
