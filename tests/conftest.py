@@ -285,7 +285,7 @@ PROCESS_MODULES = {
     "test_demo", "test_derived", "test_disk_full", "test_faults", "test_fuzz", "test_gigs", "test_growth",
     "test_hostile", "test_introspection", "test_messages", "test_money_properties", "test_money_races",
     "test_money_standalone", "test_mongodb_tls", "test_node_client", "test_notifications", "test_ops",
-    "test_payments", "test_ping", "test_reviews", "test_scale_out", "test_search",
+    "test_ping", "test_reviews", "test_scale_out", "test_search",
     "test_search_follows", "test_security", "test_startup", "test_store", "test_transport", "test_uri",
     "test_workers",
 }
