@@ -281,11 +281,11 @@ PROCESS_FIXTURES = ("daemon", "make_daemon")
 # Modules in the process tier as a whole: their tests start processes themselves (twistd, a database, the
 # Node client), or still take ``rpc``/``db`` from a daemon (not converted to the in-process tier yet).
 PROCESS_MODULES = {
-    "test_abuse", "test_accept", "test_audit", "test_categories", "test_crash", "test_daemon", "test_db_crash",
+    "test_abuse", "test_accept", "test_audit", "test_crash", "test_daemon", "test_db_crash",
     "test_demo", "test_derived", "test_disk_full", "test_faults", "test_fuzz", "test_growth",
-    "test_hostile", "test_introspection", "test_messages", "test_money_properties", "test_money_races",
-    "test_money_standalone", "test_mongodb_tls", "test_node_client", "test_notifications", "test_ops",
-    "test_ping", "test_reviews", "test_scale_out", "test_search",
+    "test_hostile", "test_introspection", "test_money_properties", "test_money_races",
+    "test_money_standalone", "test_mongodb_tls", "test_node_client", "test_ops",
+    "test_ping", "test_scale_out", "test_search",
     "test_search_follows", "test_security", "test_startup", "test_store", "test_transport", "test_uri",
     "test_workers",
 }
