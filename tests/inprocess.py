@@ -35,6 +35,7 @@ import secrets
 import tempfile
 import threading
 import time
+import urllib.request
 import xmlrpc.client
 from collections.abc import Callable
 from typing import Any
@@ -295,6 +296,16 @@ class App:
         """An ``http.client`` connection to this app (one request: the app closes it after the answer)."""
         return InMemoryConnection(self, source, "127.0.0.1", timeout=timeout)
 
+    def opener(self, *handlers: Any) -> urllib.request.OpenerDirector:
+        """A ``urllib`` opener whose ``http://`` requests go to this app (``handlers``: basic auth...)."""
+        app = self
+
+        class ToApp(urllib.request.HTTPHandler):
+            def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+                return self.do_open(lambda host, timeout=CALL_TIMEOUT, **_: app.connection(timeout=timeout), req)
+
+        return urllib.request.build_opener(ToApp, *handlers)
+
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
         """``GET path`` (``/health``, ``/metrics``): the status and the body, as ``tests.support.http_get``."""
         conn = self.connection()
@@ -426,8 +437,18 @@ class InMemoryConnection(http.client.HTTPConnection):
         self.sock = _InMemorySocket(self.app, self.source, self.timeout or CALL_TIMEOUT)  # type: ignore[assignment]
 
     def putrequest(self, method: str, url: str, *args: Any, **kwargs: Any) -> None:
+        self._says_close = False
         super().putrequest(method, url, *args, **kwargs)
-        self.putheader("Connection", "close")
+
+    def putheader(self, header: str | bytes, *values: Any) -> None:
+        name = header.decode("latin-1") if isinstance(header, bytes) else header
+        self._says_close = self._says_close or name.lower() == "connection"
+        super().putheader(header, *values)
+
+    def endheaders(self, *args: Any, **kwargs: Any) -> None:
+        if not self._says_close:
+            self.putheader("Connection", "close")
+        super().endheaders(*args, **kwargs)
 
 
 class InMemoryTransport(xmlrpc.client.Transport):
