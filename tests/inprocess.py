@@ -234,6 +234,13 @@ class App:
         ready = self.store.wait_ready()
         ready.addTimeout(START_TIMEOUT, reactor)
         await ready
+        # As a daemon is by the time it answers a test: search follows the database (or stands by for another
+        # app on it) and has compared it with its index -- the follower looks whether the store is ready four
+        # times a second, and its first commands must not fall among a test's.
+        follower = self.loops["follower"]
+        deadline = reactor.seconds() + START_TIMEOUT
+        while (follower.status == "starting" or follower.catching_up is not None) and reactor.seconds() < deadline:
+            await task.deferLater(reactor, 0.01, lambda: None)
 
     def stop(self) -> None:
         """Stop the app and everything it started; idempotent."""
