@@ -282,7 +282,7 @@ PROCESS_FIXTURES = ("daemon", "make_daemon")
 # Node client), or still take ``rpc``/``db`` from a daemon (not converted to the in-process tier yet).
 PROCESS_MODULES = {
     "test_abuse", "test_accept", "test_audit", "test_crash", "test_daemon", "test_db_crash",
-    "test_demo", "test_derived", "test_disk_full", "test_faults", "test_fuzz", "test_growth",
+    "test_demo", "test_disk_full", "test_faults", "test_fuzz",
     "test_hostile", "test_money_properties", "test_money_races",
     "test_money_standalone", "test_mongodb_tls", "test_node_client", "test_ops",
     "test_ping", "test_scale_out", "test_search",
