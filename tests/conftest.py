@@ -284,7 +284,7 @@ PROCESS_MODULES = {
     "test_abuse", "test_accept", "test_audit", "test_crash", "test_daemon", "test_db_crash",
     "test_demo", "test_disk_full", "test_faults", "test_fuzz",
     "test_hostile",
-    "test_money_standalone", "test_mongodb_tls", "test_node_client", "test_ops",
+    "test_mongodb_tls", "test_node_client", "test_ops",
     "test_ping", "test_scale_out", "test_search",
     "test_search_follows", "test_security", "test_startup", "test_store", "test_transport", "test_uri",
     "test_workers",
@@ -345,17 +345,20 @@ def app_databases(mongo):
 
 @pytest.fixture
 def make_app(database, app_databases):
-    """Start apps (the daemon's service tree in this process); ``db_name`` shares another app's database."""
+    """Start apps (the daemon's service tree in this process); ``db_name`` shares another app's database,
+    ``mongodb_uri`` names another server (then the database is a new one of its own)."""
     from tests import inprocess
 
     started: list[inprocess.App] = []
     taken: list[str] = []
 
-    def make(db_name: str | None = None, **env: str) -> inprocess.App:
-        if db_name is None:
+    def make(db_name: str | None = None, mongodb_uri: str | None = None, **env: str) -> inprocess.App:
+        if db_name is None and mongodb_uri is None:
             db_name = app_databases.take()
             taken.append(db_name)
-        app = inprocess.App(database, db_name, **env)
+        elif db_name is None:
+            db_name = f"t_app_{uuid.uuid4().hex[:12]}"
+        app = inprocess.App(mongodb_uri or database, db_name, **env)
         started.append(app)
         return app.start()
 
