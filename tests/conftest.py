@@ -285,7 +285,7 @@ PROCESS_MODULES = {
     "test_demo", "test_disk_full", "test_faults", "test_fuzz",
     "test_hostile",
     "test_mongodb_tls", "test_node_client", "test_ops",
-    "test_ping", "test_scale_out", "test_search",
+    "test_ping", "test_scale_out",
     "test_search_follows", "test_security", "test_startup", "test_store", "test_transport", "test_uri",
     "test_workers",
 }
