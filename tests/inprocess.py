@@ -221,8 +221,12 @@ class App:
             os.environ[TEST_CLOCK_VARIABLE] = clock
         else:
             os.environ.pop(TEST_CLOCK_VARIABLE, None)
+        timers = set(reactor.getDelayedCalls())
         try:
             self.top, self.store, self.site = assemble(self.settings, reactor)
+            # The pauses the app's loops began while it was built (the follower looks whether the store is
+            # ready every 0.25 s): cut short once the store is ready, below -- the loop would look then anyway.
+            pauses = [call for call in reactor.getDelayedCalls() if call not in timers and _is_pause(call)]
         finally:
             if before is None:
                 os.environ.pop(TEST_CLOCK_VARIABLE, None)
@@ -237,6 +241,9 @@ class App:
         # As a daemon is by the time it answers a test: search follows the database (or stands by for another
         # app on it) and has compared it with its index -- the follower looks whether the store is ready four
         # times a second, and its first commands must not fall among a test's.
+        for call in pauses:
+            if call.active():
+                call.reset(0)
         follower = self.loops["follower"]
         deadline = reactor.seconds() + START_TIMEOUT
         while (follower.status == "starting" or follower.catching_up is not None) and reactor.seconds() < deadline:
@@ -380,6 +387,11 @@ class App:
 
     def internal_errors(self) -> list[str]:
         return [line for line in self.log().splitlines() if "#critical]" in line or "#error]" in line]
+
+
+def _is_pause(call: Any) -> bool:
+    """Whether a reactor timer is the end of a pause of a coroutine (``task.deferLater``: it fires a Deferred)."""
+    return isinstance(getattr(call.func, "__self__", None), defer.Deferred) and call.func.__name__ == "callback"
 
 
 def _forget_shutdown_triggers(reactor: Any, owned: set[int]) -> None:
