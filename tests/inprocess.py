@@ -203,10 +203,12 @@ class App:
             raise
         return self
 
-    def _in_context(self, function: Callable[..., Any], *args: Any) -> Any:
+    def _in_context(self, function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """``function(*args)`` with this app as the current one: a coroutine it returns, and every one it
+        starts, run in that context (Twisted copies the context when it starts one)."""
         context = contextvars.copy_context()
         context.run(_current.set, self)
-        return context.run(function, *args)
+        return context.run(defer.maybeDeferred, function, *args)
 
     async def _start(self) -> None:
         from twisted.internet import reactor
@@ -281,6 +283,12 @@ class App:
             waiting = defer.DeferredList(ended, consumeErrors=True)
             waiting.addTimeout(STOP_TIMEOUT, reactor)
             await waiting
+        # The follower closing its change stream after the store stopped makes the store open a new waiting
+        # pool (MongoStore.waiting_pool opens one whenever it has none): its loop would run for ever.
+        late_pool = getattr(self.store, "_waiting_pool", None)
+        if late_pool is not None:
+            self.store._waiting_pool = None
+            await late_pool.disconnect()
         # A catch-up retry the follower scheduled (it re-arms itself while the store is gone).
         owned = {id(compactor), id(follower), id(cpu_pool), id(cpu_pool.pool)}
         for call in reactor.getDelayedCalls():
