@@ -281,13 +281,10 @@ PROCESS_FIXTURES = ("daemon", "make_daemon")
 # Modules in the process tier as a whole: their tests start processes themselves (twistd, a database, the
 # Node client), or still take ``rpc``/``db`` from a daemon (not converted to the in-process tier yet).
 PROCESS_MODULES = {
-    "test_abuse", "test_accept", "test_audit", "test_crash", "test_daemon", "test_db_crash",
-    "test_demo", "test_disk_full", "test_faults", "test_fuzz",
-    "test_hostile",
-    "test_mongodb_tls", "test_node_client", "test_ops",
-    "test_ping", "test_scale_out",
-    "test_search_follows", "test_security", "test_startup", "test_store", "test_transport", "test_uri",
-    "test_workers",
+    "test_abuse", "test_accept", "test_audit", "test_crash", "test_daemon", "test_db_crash", "test_demo",
+    "test_disk_full", "test_faults", "test_fuzz", "test_mongodb_tls", "test_node_client", "test_ops", "test_ping",
+    "test_scale_out", "test_search_follows", "test_security", "test_startup", "test_store", "test_transport",
+    "test_uri", "test_workers",
 }
 
 
