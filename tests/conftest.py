@@ -283,8 +283,7 @@ PROCESS_FIXTURES = ("daemon", "make_daemon")
 PROCESS_MODULES = {
     "test_abuse", "test_accept", "test_audit", "test_crash", "test_daemon", "test_db_crash", "test_demo",
     "test_disk_full", "test_faults", "test_fuzz", "test_mongodb_tls", "test_node_client", "test_ops", "test_ping",
-    "test_scale_out", "test_startup", "test_store", "test_transport",
-    "test_uri", "test_workers",
+    "test_scale_out", "test_startup", "test_transport", "test_uri", "test_workers",
 }
 
 
