@@ -267,6 +267,7 @@ class App:
         loops = self.loops
         compactor, follower, cpu_pool = loops["compactor"], loops["follower"], loops["cpu_pool"]
         compactor.stop()
+        streaming = follower.stream is not None  # else it is in a pause (standby, no change streams)
         await follower.stop()  # hands the change-stream lease over, as at the daemon's shutdown
         # A catch-up (the first start on a database compares every gig with the index) ends while the
         # database is there: failing, it would try again every second, for ever.
@@ -275,10 +276,10 @@ class App:
             await task.deferLater(reactor, 0.01, lambda: None)
         if top.running:
             await top.stopService()  # drain, then the database pools (a follower waiting on its stream wakes up)
-        # The loops' last rounds end before the next test (a standby follower's pause ends in a second
-        # and then it stops, touching nothing: not waited for).
-        ended = [d for d in (compactor.done, None if follower.status == "standby" else follower.done)
-                 if d is not None and not d.called]
+        # The loops' last rounds end before the next test: a follower reading its stream closes it now that
+        # the store is gone; one in a pause (standby, or between two reconciliations on a server without
+        # change streams: up to 2 s) stops when the pause ends, touching nothing -- not waited for.
+        ended = [d for d in (compactor.done, follower.done if streaming else None) if d is not None and not d.called]
         if ended:
             waiting = defer.DeferredList(ended, consumeErrors=True)
             waiting.addTimeout(STOP_TIMEOUT, reactor)
