@@ -273,13 +273,15 @@ def clock_file(tmp_path) -> Path:
 # process, called through xmlrpc.client over an in-memory transport, on a database of this test process whose
 # indexes exist (emptied after each test).  The process tier (``daemon``, ``make_daemon``): ``twistd`` as a
 # user starts it, for what the process itself does (startup, signals, --workers, TLS, sockets, crashes, logs).
-# A test is in the process tier when it is marked ``process`` (a module's ``pytestmark``), which every test
-# using ``daemon`` or ``make_daemon`` is; ``rpc`` and ``db`` are then its daemon's, else the app's.
-# ``make check`` runs the tests not marked ``process``.
+# A test is in the process tier -- marked ``process`` at collection -- when it uses ``daemon`` or
+# ``make_daemon`` or its module is in PROCESS_MODULES; ``rpc`` and ``db`` are then its daemon's, else the
+# app's.  ``make check`` runs the tests not marked ``process``.  (The harness imports stay in the functions:
+# the classes above are moving to a module of their own.)
 
 PROCESS_FIXTURES = ("daemon", "make_daemon")
-# Modules in the process tier as a whole: their tests start processes themselves (twistd, a database, the
-# Node client), or still take ``rpc``/``db`` from a daemon (not converted to the in-process tier yet).
+# Modules in the process tier as a whole: what they check is the process or its sockets (startup, --workers,
+# TLS, slow clients, crashes, logs), or they start processes themselves (twistd, the Node client, a database
+# they kill).
 PROCESS_MODULES = {
     "test_abuse", "test_accept", "test_audit", "test_crash", "test_daemon", "test_db_crash", "test_demo",
     "test_disk_full", "test_faults", "test_fuzz", "test_mongodb_tls", "test_node_client", "test_ops", "test_ping",
@@ -293,7 +295,7 @@ def pytest_configure(config) -> None:
 
     (pytest-twisted's plugin is off: it would run every test on the reactor, see setup.cfg.)
     """
-    config.addinivalue_line("markers", "process: starts daemon or database processes (not run by make check)")
+    config.addinivalue_line("markers", "process: checks a real daemon process (not run by make check)")
     if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
         from tests import inprocess
 
