@@ -267,23 +267,25 @@ class App:
         loops = self.loops
         compactor, follower, cpu_pool = loops["compactor"], loops["follower"], loops["cpu_pool"]
         compactor.stop()
+        # a round in progress ends while the database is there (an operation waiting for a connection of a
+        # pool that stopped would never end)
+        await _ended(compactor.done, "the catalogue compaction's round")
         streaming = follower.stream is not None  # else it is in a pause (standby, no change streams)
         await follower.stop()  # hands the change-stream lease over, as at the daemon's shutdown
         # A catch-up (the first start on a database compares every gig with the index) ends while the
         # database is there: failing, it would try again every second, for ever.
         deadline = reactor.seconds() + STOP_TIMEOUT
-        while follower.catching_up is not None and reactor.seconds() < deadline:
+        while follower.catching_up is not None:
+            if reactor.seconds() > deadline:
+                raise TimeoutError(f"the follower's catch-up did not end within {STOP_TIMEOUT:g} s")
             await task.deferLater(reactor, 0.01, lambda: None)
         if top.running:
             await top.stopService()  # drain, then the database pools (a follower waiting on its stream wakes up)
         # The loops' last rounds end before the next test: a follower reading its stream closes it now that
         # the store is gone; one in a pause (standby, or between two reconciliations on a server without
         # change streams: up to 2 s) stops when the pause ends, touching nothing -- not waited for.
-        ended = [d for d in (compactor.done, follower.done if streaming else None) if d is not None and not d.called]
-        if ended:
-            waiting = defer.DeferredList(ended, consumeErrors=True)
-            waiting.addTimeout(STOP_TIMEOUT, reactor)
-            await waiting
+        if streaming:
+            await _ended(follower.done, "the change-stream follower")
         # The follower closing its change stream after the store stopped makes the store open a new waiting
         # pool (MongoStore.waiting_pool opens one whenever it has none): its loop would run for ever.
         late_pool = getattr(self.store, "_waiting_pool", None)
@@ -396,6 +398,24 @@ class App:
 
     def internal_errors(self) -> list[str]:
         return [line for line in self.log().splitlines() if "#critical]" in line or "#error]" in line]
+
+
+async def _ended(work: defer.Deferred[Any] | None, what: str) -> None:
+    """Wait until ``work`` has fired (its outcome is the loop's own: not looked at); TimeoutError after
+    ``STOP_TIMEOUT``."""
+    from twisted.internet import reactor
+
+    if work is None or work.called:
+        return
+    done: defer.Deferred[None] = defer.Deferred()
+    work.addBoth(lambda _: None if done.called else done.callback(None))
+    timer = reactor.callLater(STOP_TIMEOUT, lambda: done.called or done.errback(
+        TimeoutError(f"{what} did not end within {STOP_TIMEOUT:g} s")))
+    try:
+        await done
+    finally:
+        if timer.active():
+            timer.cancel()
 
 
 def _is_pause(call: Any) -> bool:
