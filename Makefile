@@ -13,7 +13,7 @@ PIP_COMPILE = $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --no-emit-i
 UPGRADE_FLAGS = $(if $(filter all,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
 NODE_PACKAGES := $(dir $(wildcard tests/node/package.json clients/node/package.json))
 
-.PHONY: run test lint install node-deps node-client lock demo bench soak fuzz clean
+.PHONY: run test check lint install node-deps node-client lock demo bench soak fuzz clean
 
 # One .venv, one stamp per lock installed into it. `make run` installs only what the daemon and its
 # embedded database need (requirements/embedded.txt, about half the packages); `make test` and the
@@ -71,6 +71,11 @@ clients/node/node_modules/.installed: clients/node/package.json clients/node/pac
 PYTEST_WORKERS ?= 2
 test: install lint node-deps node-client
 	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+
+# The in-process tier alone, for the edit-test loop: every test not marked `process` (tests/conftest.py), i.e.
+# the daemon's service tree called in the test process, not a twistd, TLS, --workers or Node client test.
+check: install
+	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) -m "not process" $(PYTEST_ARGS)
 
 # The long fuzz run (the short one is part of `make test`): FUZZ_CASES hostile bodies against a real daemon.
 FUZZ_CASES ?= 100000

@@ -1,4 +1,4 @@
-"""categoriesService end to end: a real daemon, a real database, xmlrpc.client."""
+"""categoriesService end to end: the daemon's service tree in process, a real database, xmlrpc.client."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ RACE_ROUNDS = 24
 CREATES_PER_ROUND = 4
 
 
-def test_a_category_deleted_while_gigs_are_created_in_it_never_keeps_live_gigs(daemon, db):
+def test_a_category_deleted_while_gigs_are_created_in_it_never_keeps_live_gigs(app, db):
     """categoriesService.delete racing gigsService.create in the same category, on fresh categories.
 
     After each round, either the category is live or no live gig uses it.
@@ -161,17 +161,17 @@ def test_a_category_deleted_while_gigs_are_created_in_it_never_keeps_live_gigs(d
     broken = []
     for round_ in range(RACE_ROUNDS):
         slug = f"race-{round_}"
-        cid = make(daemon.proxy(), name=f"Race {round_}", slug=slug)["category_id"]
+        cid = make(app.proxy(), name=f"Race {round_}", slug=slug)["category_id"]
         start = threading.Barrier(CREATES_PER_ROUND + 1)
         answers: dict[str, list] = {"delete": [], "create": []}
 
         def delete(cid=cid, start=start, answers=answers):
-            proxy = daemon.proxy()
+            proxy = app.proxy()
             start.wait()
             answers["delete"].append(proxy.categoriesService.delete(cid))
 
         def create(slug=slug, start=start, answers=answers):
-            proxy = daemon.proxy()
+            proxy = app.proxy()
             start.wait()
             answers["create"].append(proxy.gigsService.create(seller, gig_data(category=slug)))
 

@@ -1,4 +1,5 @@
-"""gigsService end to end: a real daemon, a real database, xmlrpc.client (and Node)."""
+"""gigsService end to end: the daemon's service tree in process, a real database, xmlrpc.client (and Node,
+against a real daemon)."""
 
 from __future__ import annotations
 
@@ -239,14 +240,14 @@ def test_delete_is_soft_and_refused_while_orders_are_open(rpc, db, world):
     assert rpc.gigsService.delete("x")["code"] == "VALIDATION_ERROR"
 
 
-def test_a_gig_deleted_while_it_is_ordered_never_keeps_an_open_order(daemon, rpc, db, world):
+def test_a_gig_deleted_while_it_is_ordered_never_keeps_an_open_order(app, rpc, db, world):
     """Delete and order the same gig at the same moment, many times: one of them must lose."""
     buyer = seed_user(db, "racing_buyer", role="client")
     for round_ in range(12):
         gid = make_gig(rpc, world, title=f"Contested gig {round_}")
         with ThreadPoolExecutor(max_workers=2) as pool:
-            ordered = pool.submit(daemon.proxy().ordersService.create, gid, buyer, 1, "49.99")
-            deleted = pool.submit(daemon.proxy().gigsService.delete, gid)
+            ordered = pool.submit(app.proxy().ordersService.create, gid, buyer, 1, "49.99")
+            deleted = pool.submit(app.proxy().gigsService.delete, gid)
             ordered, deleted = ordered.result(), deleted.result()
         assert ordered["success"] != deleted["success"], (ordered, deleted)
         gone = db.gigs.find_one({"_id": ObjectId(gid)})["deletedAt"] is not None
@@ -325,13 +326,13 @@ def test_update_rating_folds_and_recomputes(rpc, db, world):
     assert rpc.gigsService.update_rating(MISSING, None)["code"] == "NOT_FOUND"
 
 
-def test_fifty_concurrent_ratings_give_the_exact_average(daemon, rpc, db, world):
+def test_fifty_concurrent_ratings_give_the_exact_average(app, rpc, db, world):
     gid = make_gig(rpc, world)
     rng = random.Random(7)
     values = [rng.choice([1, 2, 3, 4, 5, 1.5, 2.5, 3.5, 4.5]) for _ in range(50)]
 
     def rate(value):
-        return daemon.proxy().gigsService.update_rating(gid, value)
+        return app.proxy().gigsService.update_rating(gid, value)
 
     with ThreadPoolExecutor(max_workers=50) as pool:
         results = list(pool.map(rate, values))
@@ -406,13 +407,13 @@ def test_deleting_the_seller_takes_its_gigs_out_of_search(rpc, db, world):
     assert db.gigs.count_documents({"userId": ObjectId(world), "deletedAt": None}) == 0
 
 
-def test_a_seller_deleted_while_creating_gigs_keeps_no_live_gig(daemon, db):
+def test_a_seller_deleted_while_creating_gigs_keeps_no_live_gig(app, db):
     """usersService.delete_user racing gigsService.create by the same seller, on fresh sellers.
 
     After each round, either the seller is live or none of its gigs is.
     (On the code before the fix, 35bd900: 22 of 24 rounds left live gigs of a deleted seller.)
     """
-    make_category(daemon.proxy())
+    make_category(app.proxy())
     broken = []
     for round_ in range(24):
         seller = seed_user(db, f"leaving_{round_}")
@@ -420,7 +421,7 @@ def test_a_seller_deleted_while_creating_gigs_keeps_no_live_gig(daemon, db):
         answers: list = []
 
         def call(method, *args, start=start, answers=answers):
-            proxy = daemon.proxy()
+            proxy = app.proxy()
             start.wait()
             answers.append(getattr(proxy, method)(*args))
 

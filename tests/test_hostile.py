@@ -1,4 +1,5 @@
-"""Hostile input against the real daemon: every answer is an interop fault or an envelope.
+"""Hostile input against the daemon (its service tree in process, or a real daemon where the connection or the
+process matters): every answer is an interop fault or an envelope.
 
 Each case below was an HTTP 500, a fault -32603 (with a traceback in the log),
 Twisted's fault 8001, or no answer at all before the hardening (issue 10).
@@ -99,9 +100,9 @@ HOSTILE_BODIES = [
 ]
 
 
-def test_bodies_that_escaped_the_parser_are_faults(daemon):
+def test_bodies_that_escaped_the_parser_are_faults(app):
     for body, code in HOSTILE_BODIES:
-        status, payload = post(daemon, body)
+        status, payload = post(app, body)
         assert status == 200, (body, payload[:200])
         assert fault_of(payload) == code, body
         assert b"Traceback" not in payload
@@ -113,24 +114,24 @@ NON_SPEC_NUMBERS = [b"<int>\xd9\xa1\xd9\xa0\xd9\xa0</int>", b"<int>1_000</int>",
                     b"<int>\xc2\xa0100</int>", b"<double>10\xe2\x80\x83</double>"]
 
 
-def test_numbers_outside_the_spec_are_invalid_params(daemon):
-    answers = [answer_of(post(daemon, call_body("paymentsService.calculate_fees", number))[1])
+def test_numbers_outside_the_spec_are_invalid_params(app):
+    answers = [answer_of(post(app, call_body("paymentsService.calculate_fees", number))[1])
                for number in NON_SPEC_NUMBERS]
     print(f"\nnumbers outside the spec: {answers}")
     assert answers == [-32602] * len(NON_SPEC_NUMBERS)
     # as the spec writes them, and as Python's client writes doubles, they are numbers
     for number, fee in ((b"<int>+100</int>", 20.0), (b"<i8>100</i8>", 20.0), (b"<double>1e2</double>", 20.0),
                         (b"<double>-1.5E+3</double>", None), (b"<double> 12.5 </double>", 2.5)):
-        result = answer_of(post(daemon, call_body("paymentsService.calculate_fees", number))[1])
+        result = answer_of(post(app, call_body("paymentsService.calculate_fees", number))[1])
         assert result["success"] is (fee is not None) and result.get("platform_fee", None) == fee, (number, result)
 
 
-def test_namespaced_extensions_within_the_spec_still_parse(daemon):
+def test_namespaced_extensions_within_the_spec_still_parse(app):
     body = call_body("paymentsService.calculate_fees",
                      b"<ex:i8 xmlns:ex='http://ws.apache.org/xmlrpc/namespaces/extensions'>100</ex:i8>")
-    result = answer_of(post(daemon, body)[1])
+    result = answer_of(post(app, body)[1])
     assert result["success"] is True and result["platform_fee"] == 20.0
-    assert answer_of(post(daemon, call_body("gigsService.update_rating", b"<string>x</string>",
+    assert answer_of(post(app, call_body("gigsService.update_rating", b"<string>x</string>",
                                             b"<i8>9223372036854775807</i8>"))[1])["code"] == "VALIDATION_ERROR"
 
 
@@ -194,36 +195,36 @@ def test_values_written_by_the_node_backend_are_converted(rpc, db):
 
 
 @pytest.mark.parametrize("value", [Decimal128("NaN"), Decimal128("-Infinity"), Decimal128("1E+6000"), float("inf")])
-def test_a_value_the_wire_cannot_carry_is_a_fault_with_a_reference(daemon, db, value):
-    daemon.expected_errors = True
+def test_a_value_the_wire_cannot_carry_is_a_fault_with_a_reference(app, db, value):
+    app.expected_errors = True
     uid = seed_user(db, "badvalue", totalEarnings=value)
     started = time.monotonic()
-    status, payload = post(daemon, xmlrpc.client.dumps((uid,), "usersService.get_by_id").encode(), timeout=10)
+    status, payload = post(app, xmlrpc.client.dumps((uid,), "usersService.get_by_id").encode(), timeout=10)
     assert time.monotonic() - started < 3  # an answer, not the client's timeout
     assert status == 200
     with pytest.raises(xmlrpc.client.Fault) as caught:
         xmlrpc.client.loads(payload)
     assert caught.value.faultCode == -32603
     reference = caught.value.faultString.rsplit("ref ", 1)[1].rstrip(")")
-    assert len(reference) == 8 and reference in daemon.log()
+    assert len(reference) == 8 and reference in app.log()
     # the same inside a batch: the other calls still answer
-    result = daemon.proxy().system.multicall([{"methodName": "usersService.get_by_id", "params": [uid]},
+    result = app.proxy().system.multicall([{"methodName": "usersService.get_by_id", "params": [uid]},
                                               {"methodName": "ping", "params": []}])
     assert result[0]["faultCode"] == -32603 and result[1][0]["status"] == "ok"
 
 
 # -- system.multicall limits ----------------------------------------------------------------------
 
-def test_a_batch_over_the_cap_is_one_fault_and_nothing_runs(make_daemon, mongo):
-    daemon = make_daemon(RPC_MAX_MULTICALL="5")
-    rpc = daemon.proxy()
+def test_a_batch_over_the_cap_is_one_fault_and_nothing_runs(make_app, mongo):
+    app = make_app(RPC_MAX_MULTICALL="5")
+    rpc = app.proxy()
     calls = [{"methodName": "categoriesService.create", "params": [f"Cat {i}", f"cat-{i}", ""]} for i in range(6)]
     with pytest.raises(xmlrpc.client.Fault) as caught:
         rpc.system.multicall(calls)
     assert caught.value.faultCode == -32600 and "at most 5" in caught.value.faultString
-    assert mongo[daemon.db_name].categories.count_documents({}) == 0
+    assert mongo[app.db_name].categories.count_documents({}) == 0
     assert all(r[0]["success"] for r in rpc.system.multicall(calls[:5]))
-    assert mongo[daemon.db_name].categories.count_documents({}) == 5
+    assert mongo[app.db_name].categories.count_documents({}) == 5
 
 
 def test_the_default_cap_is_1000(rpc):
@@ -233,17 +234,17 @@ def test_the_default_cap_is_1000(rpc):
     assert caught.value.faultCode == -32600
 
 
-def test_a_batch_has_one_deadline(make_daemon):
-    daemon = make_daemon(DB_TIMEOUT_SECONDS="3", BCRYPT_ROUNDS="11")
+def test_a_batch_has_one_deadline(make_app):
+    app = make_app(DB_TIMEOUT_SECONDS="3", BCRYPT_ROUNDS="11")
     calls = [{"methodName": "usersService.login", "params": [f"nobody{i}@example.com", "password123"]}
              for i in range(60)]
     started = time.monotonic()
-    results = daemon.proxy().system.multicall(calls)
+    results = app.proxy().system.multicall(calls)
     elapsed = time.monotonic() - started
     assert elapsed < 3 + 1, elapsed  # DB_TIMEOUT_SECONDS + 1 s, not 60 bcrypt checks
     codes = [r[0]["code"] for r in results]
     assert len(codes) == 60 and set(codes) <= {"UNAUTHORIZED", "UNAVAILABLE"} and codes[-1] == "UNAVAILABLE"
-    ran = daemon.log().count("usersService.login")  # one log line per sub-call that ran
+    ran = app.log().count("usersService.login")  # one log line per sub-call that ran
     assert ran < 60 and codes.count("UNAUTHORIZED") <= ran
     print(f"batch of 60 logins, deadline 3 s: answered in {elapsed:.2f} s, {ran} ran, "
           f"{codes.count('UNAUTHORIZED')} UNAUTHORIZED")
@@ -265,12 +266,12 @@ def test_a_batch_stops_when_the_caller_hangs_up(make_daemon):
     assert daemon.proxy().ping()["status"] == "ok"
 
 
-def test_a_batch_whose_answer_passes_rpc_max_answer_is_one_fault(make_daemon, mongo):
+def test_a_batch_whose_answer_passes_rpc_max_answer_is_one_fault(make_app, mongo):
     """Issue 18 (2): a batch's answer had no bound (1,000 describeMethods: 123 MB, built in one piece).
     Now each result is encoded as it comes and counted; past RPC_MAX_ANSWER the batch stops: one fault
     that says how many calls ran."""
-    daemon = make_daemon(RPC_MAX_ANSWER="262144")
-    rpc = daemon.proxy()
+    app = make_app(RPC_MAX_ANSWER="262144")
+    rpc = app.proxy()
     one = len(xmlrpc.client.dumps((rpc.system.describeMethods(),), methodresponse=True, allow_none=True))
     assert 100_000 < one < 131_072  # two fit in 256 KiB, three do not
     describe = {"methodName": "system.describeMethods", "params": []}
@@ -279,15 +280,15 @@ def test_a_batch_whose_answer_passes_rpc_max_answer_is_one_fault(make_daemon, mo
         rpc.system.multicall([describe] * 3 + [create] + [describe] * 96)
     assert caught.value.faultCode == -32600
     assert "262144 bytes: its first 3 of 100 calls ran, the others did not" in caught.value.faultString
-    assert mongo[daemon.db_name].categories.count_documents({}) == 0  # the 4th call did not run
+    assert mongo[app.db_name].categories.count_documents({}) == 0  # the 4th call did not run
     small = rpc.system.multicall([describe, create])  # under the limit: answered as always
     assert small[0] == [rpc.system.describeMethods()] and small[1][0]["success"] is True
-    assert "system.multicall stopped after 3 of 100 calls: its answer passed 262144 bytes" in daemon.log()
+    assert "system.multicall stopped after 3 of 100 calls: its answer passed 262144 bytes" in app.log()
 
 
-def test_a_large_batch_answer_is_written_whole(daemon):
+def test_a_large_batch_answer_is_written_whole(app):
     """An answer of several MB is written in 64 KiB pieces (a describeMethods result is ~120 KB: sliced)."""
-    rpc = daemon.proxy()
+    rpc = app.proxy()
     expected = rpc.system.describeMethods()
     calls = [{"methodName": "system.describeMethods", "params": []}] * 30
     calls.insert(7, {"methodName": "nosuch.method", "params": []})
@@ -506,13 +507,13 @@ def id_calls(bad: str) -> list[tuple[str, list, str]]:
     ]
 
 
-def test_an_id_with_a_trailing_newline_is_a_validation_error_and_one_log_line(daemon, rpc):
+def test_an_id_with_a_trailing_newline_is_a_validation_error_and_one_log_line(app, rpc):
     """Before: fault -32603 and a critical traceback (about 1,400 log bytes) per call, in every method taking an id."""
     calls = id_calls(NEWLINE_ID)
     batch = [{"methodName": calls[i % len(calls)][0], "params": calls[i % len(calls)][1]} for i in range(1000)]
-    logged = len(daemon.log().encode())
+    logged = len(app.log().encode())
     results = rpc.system.multicall(batch)
-    added = daemon.log().encode()[logged:]
+    added = app.log().encode()[logged:]
     lines = added.count(b"\n")
     print(f"\n1,000 calls with an id ending in a newline: {len(added)} log bytes, {lines} lines "
           f"= {len(added) / 1000:.0f} bytes and {lines / 1000:.2f} lines per bad call")
@@ -523,7 +524,7 @@ def test_an_id_with_a_trailing_newline_is_a_validation_error_and_one_log_line(da
     assert lines <= 1000 + 1  # one line per sub-call, one for the batch
     assert b"Traceback" not in added and b"#critical]" not in added
     # the same id written as a character reference in the body
-    status, payload = post(daemon, call_body("usersService.get_by_id", b"<string>6b1126a21daf647fd2dad068&#10;</string>"))
+    status, payload = post(app, call_body("usersService.get_by_id", b"<string>6b1126a21daf647fd2dad068&#10;</string>"))
     assert answer_of(payload)["code"] == "VALIDATION_ERROR"
     assert NEWLINE_ID in rpc.notificationsService.send_bulk([MISSING, NEWLINE_ID], "system", "hello", "")["invalid_ids"]
     # the same id without the newline names nothing, it is not malformed
@@ -534,21 +535,18 @@ def test_an_id_with_a_trailing_newline_is_a_validation_error_and_one_log_line(da
 
 # -- registrations of one name at once ------------------------------------------------------------
 
-def _password_jobs_run(daemon) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    conn.close()
+def _password_jobs_run(app) -> int:
+    text = app.get("/metrics")[1]
     line = next(line for line in text.splitlines() if line.startswith('worknet_password_jobs{outcome="run"}'))
     return int(float(line.split()[-1]))
 
 
-def _register_at_once(daemon, accounts: list[tuple[str, str]]) -> list[str]:
+def _register_at_once(app, accounts: list[tuple[str, str]]) -> list[str]:
     codes = [""] * len(accounts)
     barrier = threading.Barrier(len(accounts))
 
     def one(i: int) -> None:
-        proxy = daemon.proxy()
+        proxy = app.proxy()
         barrier.wait(30)
         answer = proxy.usersService.register(accounts[i][0], accounts[i][1], "password123", "client")
         codes[i] = "success" if answer["success"] else f"{answer['code']} {answer.get('field')}"
@@ -561,30 +559,30 @@ def _register_at_once(daemon, accounts: list[tuple[str, str]]) -> list[str]:
     return codes
 
 
-def test_registrations_of_one_email_at_once_cost_one_hash_and_the_rest_are_conflict(make_daemon, mongo):
+def test_registrations_of_one_email_at_once_cost_one_hash_and_the_rest_are_conflict(make_app, mongo):
     """Issue 18 (8): every loser used to hash its password before the unique index refused it,
     and under load some answered UNAVAILABLE (the password pool was busy) instead of CONFLICT.
     The 20 registrations (one e-mail) now cost one bcrypt job; the 19 others are CONFLICT."""
-    daemon = make_daemon(BCRYPT_ROUNDS="12")
-    before = _password_jobs_run(daemon)
-    codes = _register_at_once(daemon, [(f"same{i}", "same@example.com") for i in range(20)])
-    ran = _password_jobs_run(daemon) - before
+    app = make_app(BCRYPT_ROUNDS="12")
+    before = _password_jobs_run(app)
+    codes = _register_at_once(app, [(f"same{i}", "same@example.com") for i in range(20)])
+    ran = _password_jobs_run(app) - before
     print(f"\n20 registrations of one e-mail at once: {sorted(codes)}; bcrypt jobs run: {ran}")
     assert sorted(codes) == ["CONFLICT email"] * 19 + ["success"], codes
     assert ran == 1
-    codes = _register_at_once(daemon, [("newname" if i % 2 else "NewName", f"n{i}@example.com") for i in range(10)])
+    codes = _register_at_once(app, [("newname" if i % 2 else "NewName", f"n{i}@example.com") for i in range(10)])
     assert sorted(codes) == ["CONFLICT username"] * 9 + ["success"], codes
-    assert _password_jobs_run(daemon) - before == 2
-    db = mongo[daemon.db_name]
+    assert _password_jobs_run(app) - before == 2
+    db = mongo[app.db_name]
     assert db.users.count_documents({}) == 2 and db.registrations.count_documents({}) == 0
 
 
-def test_a_registration_left_half_way_holds_its_email_only_until_it_lapses(make_daemon, mongo, clock_file):
-    """A daemon that stopped between the reservation and the account leaves no account (nothing to
+def test_a_registration_left_half_way_holds_its_email_only_until_it_lapses(make_app, mongo, clock_file):
+    """A app that stopped between the reservation and the account leaves no account (nothing to
     log in to) and a reservation that lapses: CONFLICT until then, then the e-mail is free again."""
-    daemon = make_daemon(BCRYPT_ROUNDS="4", WORKNET_TEST_CLOCK_FILE=str(clock_file))
-    db = mongo[daemon.db_name]
-    rpc = daemon.proxy()
+    app = make_app(BCRYPT_ROUNDS="4", WORKNET_TEST_CLOCK_FILE=str(clock_file))
+    db = mongo[app.db_name]
+    rpc = app.proxy()
     db.registrations.insert_one({"usernameLower": "halfway", "email": "halfway@example.com",
                                  "expiresAt": datetime.now(UTC) + timedelta(seconds=60)})
     assert rpc.usersService.login("halfway@example.com", "password123")["code"] == "UNAUTHORIZED"

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import http.client
 import re
 import urllib.error
 import urllib.request
-import xmlrpc.client
-
-from tests.conftest import wait_for
-from tests.support import http_get
 
 
 def test_describe_methods_covers_every_listed_name(rpc):
@@ -66,8 +61,8 @@ def test_declared_result_fields_are_what_a_call_returns(rpc):
     assert set(fees) == {"success"} | {f["name"] for f in by_name["paymentsService.calculate_fees"]["returns"]["fields"]}
 
 
-def test_method_page_has_contents_parameters_errors_and_authentication(daemon):
-    status, page = http_get(daemon.port, "/RPC2")
+def test_method_page_has_contents_parameters_errors_and_authentication(app):
+    status, page = app.get("/RPC2")
     assert status == 200
     for service in ("usersService", "gigsService", "ordersService", "paymentsService", "categoriesService",
                     "reviewsService", "messagesService", "notificationsService", "system"):
@@ -82,16 +77,14 @@ def test_method_page_has_contents_parameters_errors_and_authentication(daemon):
     assert "One category by slug" in page  # help text
     # every method has an anchor of its own
     anchors = set(re.findall(r'<dt id="([^"]+)"', page))
-    described = xmlrpc.client.ServerProxy(daemon.url).system.describeMethods()
+    described = app.proxy().system.describeMethods()
     assert anchors == {m["name"] for m in described}
 
 
-def test_a_browser_can_open_the_page_when_a_token_is_set(make_daemon):
+def test_a_browser_can_open_the_page_when_a_token_is_set(make_app):
     token = "page-token-" + "y" * 30
-    daemon = make_daemon(start=False, RPC_AUTH_TOKEN=token)
-    daemon.start(wait=False)
-    wait_for(daemon.serving, 30, "the daemon to start")
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+    app = make_app(RPC_AUTH_TOKEN=token)
+    conn = app.connection()
     conn.request("GET", "/RPC2")
     response = conn.getresponse()
     response.read()
@@ -101,15 +94,15 @@ def test_a_browser_can_open_the_page_when_a_token_is_set(make_daemon):
     # urllib's basic-auth handler answers only a Basic challenge, as a browser does: it sends
     # nothing first, gets the 401, then retries with the user name and password it was given
     passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
-    passwords.add_password(None, daemon.url, "any-user", token)
-    opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(passwords))
-    with opener.open(daemon.url, timeout=10) as answer:
+    passwords.add_password(None, app.url, "any-user", token)
+    opener = app.opener(urllib.request.HTTPBasicAuthHandler(passwords))
+    with opener.open(app.url, timeout=10) as answer:
         assert answer.status == 200
         assert "WorkNet RPC" in answer.read().decode()
     wrong = urllib.request.HTTPPasswordMgrWithDefaultRealm()
-    wrong.add_password(None, daemon.url, "any-user", token + "x")
+    wrong.add_password(None, app.url, "any-user", token + "x")
     try:
-        urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(wrong)).open(daemon.url, timeout=10)
+        app.opener(urllib.request.HTTPBasicAuthHandler(wrong)).open(app.url, timeout=10)
         raise AssertionError("a wrong password opened the page")
     except urllib.error.HTTPError as e:
         assert e.code == 401

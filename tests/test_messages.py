@@ -1,4 +1,5 @@
-"""messagesService end to end: a real daemon, a real database, xmlrpc.client (and Node)."""
+"""messagesService end to end: the daemon's service tree in process, a real database, xmlrpc.client (and
+Node, against a real daemon)."""
 
 from __future__ import annotations
 
@@ -59,11 +60,11 @@ def test_start_conversation_refuses_bad_pairs(rpc, db, pair):
     assert db.conversations.count_documents({}) == 0
 
 
-def test_concurrent_starts_make_one_conversation(daemon, db, pair):
+def test_concurrent_starts_make_one_conversation(app, db, pair):
     a, b = pair
 
     def start(i: int) -> dict:
-        proxy = daemon.proxy()
+        proxy = app.proxy()
         return proxy.messagesService.start_conversation(*((a, b) if i % 2 else (b, a)))
 
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -223,13 +224,13 @@ def test_unread_count_by_conversation(rpc, db, pair):
     assert rpc.messagesService.get_unread_count("x")["code"] == "VALIDATION_ERROR"
 
 
-def test_fifty_concurrent_messages_then_all_read(daemon, db, pair):
+def test_fifty_concurrent_messages_then_all_read(app, db, pair):
     a, b = pair
-    rpc = daemon.proxy()
+    rpc = app.proxy()
     conv = conversation(rpc, a, b)
 
     def write(i: int) -> dict:
-        return daemon.proxy().messagesService.create("", conv, a, {"text": f"message {i}"})
+        return app.proxy().messagesService.create("", conv, a, {"text": f"message {i}"})
 
     with ThreadPoolExecutor(max_workers=50) as pool:
         sent = list(pool.map(write, range(50)))
@@ -241,7 +242,7 @@ def test_fifty_concurrent_messages_then_all_read(daemon, db, pair):
     assert stored_last.strftime("%Y-%m-%dT%H:%M:%S.%f")[:23] + "Z" == newest
 
     def read(result: dict) -> dict:
-        return daemon.proxy().messagesService.mark_as_read(result["message_id"], b)
+        return app.proxy().messagesService.mark_as_read(result["message_id"], b)
 
     with ThreadPoolExecutor(max_workers=50) as pool:
         marked = list(pool.map(read, sent))

@@ -1,11 +1,11 @@
 """A property test of the money path: random sequences of order and payment calls on a few orders.
 
-Every step goes through a real daemon; a small model predicts each answer
+Every step goes through the daemon's service tree (in process); a small model predicts each answer
 (success or the error code) and, after each step, the stored statuses,
 refunded totals and the sellers' earnings; ``check_invariants`` then checks
 what the database holds: earnings equal the ledger, refunds never exceed the
 payment, histories follow the status machines, one credit per completed order.
-One daemon serves the whole run (each example seeds its own sellers, gig and
+One app serves the whole run (each example seeds its own sellers, gig and
 buyer in the same database, and the checks are scoped to them).
 
 A third of the steps race a second call on the same order: both are sent at
@@ -328,9 +328,9 @@ steps = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, SLOTS - 1), st.i
 @settings(max_examples=35, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(price_a=prices, price_b=prices, steps=steps)
-def test_random_order_and_payment_sequences_keep_the_money_invariants(daemon, db, price_a, price_b, steps):
-    rpc = daemon.proxy()
-    racers = [daemon.proxy(), daemon.proxy()]
+def test_random_order_and_payment_sequences_keep_the_money_invariants(app, db, price_a, price_b, steps):
+    rpc = app.proxy()
+    racers = [app.proxy(), app.proxy()]
     sellers = [seed_user(db, "freelancer", True) for _ in range(2)]
     ids = {
         "sellers": sellers,

@@ -1,7 +1,7 @@
 """Money operations racing each other, with transactions on (the embedded SecantusDB replica set).
 
 Each race is run on ``ROUNDS`` fresh orders, every one with its own seller:
-two real XML-RPC clients, each on its own keep-alive connection, are released
+two real XML-RPC clients, each on its own connection, are released
 at the same instant by a barrier and send one call each (or one short
 sequence).  After every round the books are checked (tests.money_support
 ``book_problems``): the seller's ``totalEarnings`` equals the sum of their
@@ -42,8 +42,9 @@ def code(result: Any) -> str | None:
 class Racer:
     """Two clients on two connections, and a way to release one call of each at the same instant."""
 
-    def __init__(self, daemon) -> None:
-        self.proxies = [daemon.proxy(), daemon.proxy()]
+    def __init__(self, app) -> None:
+        """``app``: an in-process app or a daemon (anything with ``proxy()``)."""
+        self.proxies = [app.proxy(), app.proxy()]
         for proxy in self.proxies:  # open both connections before the first race
             assert proxy.ping()["status"] == "ok"
         self.pool = ThreadPoolExecutor(2)
@@ -69,8 +70,8 @@ class Racer:
 
 
 @pytest.fixture
-def racer(daemon):
-    racer = Racer(daemon)
+def racer(app):
+    racer = Racer(app)
     yield racer
     racer.close()
 

@@ -36,10 +36,10 @@ def standalone(tmp_path_factory):
 
 
 @pytest.fixture
-def solo(standalone, make_daemon):
+def solo(standalone, make_app):
     server, client = standalone
-    daemon = make_daemon(mongodb_uri=server.uri)
-    return daemon, daemon.proxy(), client[daemon.db_name]
+    app = make_app(mongodb_uri=server.uri)
+    return app, app.proxy(), client[app.db_name]
 
 
 def paid(rpc, db, price="10.00"):
@@ -51,8 +51,8 @@ def paid(rpc, db, price="10.00"):
 
 
 def test_the_daemon_knows_it_runs_without_transactions(solo):
-    daemon, rpc, db = solo
-    assert "no transactions" in daemon.log()
+    app, rpc, db = solo
+    assert "no transactions" in app.log()
     assert "setName" not in db.client.admin.command("hello")
 
 
@@ -82,11 +82,11 @@ def test_main_flows_without_transactions(solo):
 
 
 def test_twenty_concurrent_completions_without_transactions(solo):
-    daemon, rpc, db = solo
+    app, rpc, db = solo
     seller, oid, _ = paid(rpc, db, "30.00")
 
     def complete(_):
-        return daemon.proxy().ordersService.update_status(oid, "completed")
+        return app.proxy().ordersService.update_status(oid, "completed")
 
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(complete, range(20)))
@@ -98,16 +98,16 @@ def test_twenty_concurrent_completions_without_transactions(solo):
 
 
 def test_concurrent_payments_refunds_and_cancel_or_complete_without_transactions(solo):
-    daemon, rpc, db = solo
+    app, rpc, db = solo
     seller, gig, buyer = market(db, "10.00")
     oid = rpc.ordersService.create(gig, buyer, 1, 10)["order_id"]
     pid = str(ObjectId())
     with ThreadPoolExecutor(10) as pool:
-        created = list(pool.map(lambda _: daemon.proxy().paymentsService.create(pid, oid, 10, "stripe"), range(10)))
+        created = list(pool.map(lambda _: app.proxy().paymentsService.create(pid, oid, 10, "stripe"), range(10)))
     assert sum(r["created"] for r in created) == 1 and db.payments.count_documents({}) == 1
     rpc.paymentsService.process(pid, "completed")
     with ThreadPoolExecutor(8) as pool:
-        refunds = list(pool.map(lambda _: daemon.proxy().paymentsService.refund(pid, 3), range(8)))
+        refunds = list(pool.map(lambda _: app.proxy().paymentsService.refund(pid, 3), range(8)))
     assert sum(r["success"] for r in refunds) == 3, refunds
     assert dec(db.payments.find_one({"_id": ObjectId(pid)})["refundedTotal"]) == Decimal("9.00")
 
@@ -118,7 +118,7 @@ def test_concurrent_payments_refunds_and_cancel_or_complete_without_transactions
         sellers.append(racer)
 
         def move(target, race=race):
-            proxy = daemon.proxy()
+            proxy = app.proxy()
             if target == "cancelled":
                 return proxy.ordersService.cancel(race, "race")
             return proxy.ordersService.update_status(race, target)
@@ -140,11 +140,11 @@ def test_money_races_without_transactions(solo, race):
     """The races of tests/test_money_races.py, two clients released at once, on a standalone server:
     each flow writes its own document before it reads the other's (or compare-and-sets it), so of
     two racing flows at least one sees the other; the books must come out right every round."""
-    daemon, rpc, db = solo
+    app, rpc, db = solo
     setup, first, second, outcome = RACES[race]
     if race == "cancel_vs_process":
         outcome = _cancel_vs_process_without_transactions
-    racer = Racer(daemon)
+    racer = Racer(app)
     try:
         rounds(rpc, db, racer, setup, first, second, outcome)
     finally:

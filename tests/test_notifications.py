@@ -1,4 +1,4 @@
-"""notificationsService end to end: a real daemon, a real database, xmlrpc.client."""
+"""notificationsService end to end: the daemon's service tree in process, a real database, xmlrpc.client."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ordersService end to end: a real daemon, a real database, xmlrpc.client."""
+"""ordersService end to end: the daemon's service tree in process, a real database, xmlrpc.client."""
 
 from __future__ import annotations
 
@@ -102,11 +102,11 @@ def test_idempotency_key_returns_the_first_result(rpc, db):
     assert ttl and ttl[0]["expireAfterSeconds"] == 86400
 
 
-def test_concurrent_creates_with_one_key_make_one_order(daemon, db):
+def test_concurrent_creates_with_one_key_make_one_order(app, db):
     _, gig, buyer = market(db)
 
     def create(_):
-        return daemon.proxy().ordersService.create(gig, buyer, 1, 25.0, {"idempotency_key": "k1"})
+        return app.proxy().ordersService.create(gig, buyer, 1, 25.0, {"idempotency_key": "k1"})
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(create, range(8)))
@@ -154,14 +154,14 @@ def test_completion_credits_the_seller_once_and_payment_never_does(rpc, db):
     assert "ledgerApplied" not in rpc.ordersService.get_by_id(oid)["order"]
 
 
-def test_twenty_concurrent_completions_one_winner(daemon, db):
+def test_twenty_concurrent_completions_one_winner(app, db):
     seller, gig, buyer = market(db, "30.00")
-    rpc = daemon.proxy()
+    rpc = app.proxy()
     oid = place(rpc, gig, buyer, 1, 30)["order_id"]
     rpc.ordersService.update_status(oid, "in_progress")
 
     def complete(_):
-        return daemon.proxy().ordersService.updateStatus(oid, "completed")
+        return app.proxy().ordersService.updateStatus(oid, "completed")
 
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(complete, range(20)))
@@ -302,14 +302,14 @@ def test_refund_after_completion_debits_the_seller_share(rpc, db):
     check_invariants(db, [seller])
 
 
-def test_a_user_deleted_while_ordering_never_keeps_an_open_order(daemon, rpc, db):
+def test_a_user_deleted_while_ordering_never_keeps_an_open_order(app, rpc, db):
     """Delete the buyer (then the seller) while an order is being placed: one of the two must lose."""
     for round_ in range(12):
         seller, gig, buyer = market(db)
         leaving = buyer if round_ % 2 == 0 else seller
         with ThreadPoolExecutor(max_workers=2) as pool:
-            ordered = pool.submit(daemon.proxy().ordersService.create, gig, buyer, 1, "25.00")
-            deleted = pool.submit(daemon.proxy().usersService.delete_user, leaving)
+            ordered = pool.submit(app.proxy().ordersService.create, gig, buyer, 1, "25.00")
+            deleted = pool.submit(app.proxy().usersService.delete_user, leaving)
             ordered, deleted = ordered.result(), deleted.result()
         assert ordered["success"] != deleted["success"], (ordered, deleted)
         gone = db.users.find_one({"_id": ObjectId(leaving)}).get("deletedAt") is not None

@@ -1,4 +1,5 @@
-"""paymentsService end to end: a real daemon, a real database, xmlrpc.client."""
+"""paymentsService end to end: the daemon's service tree in process (the Node client: a real daemon),
+a real database, xmlrpc.client."""
 
 from __future__ import annotations
 
@@ -102,13 +103,13 @@ def test_an_order_is_paid_at_most_once(rpc, db):
     assert db.payments.count_documents({"orderId": ObjectId(oid)}) == 2
 
 
-def test_the_same_payment_created_ten_times_concurrently_is_one_payment(daemon, db):
+def test_the_same_payment_created_ten_times_concurrently_is_one_payment(app, db):
     _, gig, buyer = market(db)
-    oid = order(daemon.proxy(), gig, buyer)
+    oid = order(app.proxy(), gig, buyer)
     pid = str(ObjectId())
 
     def create(_):
-        return daemon.proxy().paymentsService.create(pid, oid, 25, "stripe")
+        return app.proxy().paymentsService.create(pid, oid, 25, "stripe")
 
     with ThreadPoolExecutor(10) as pool:
         results = list(pool.map(create, range(10)))
@@ -117,12 +118,12 @@ def test_the_same_payment_created_ten_times_concurrently_is_one_payment(daemon, 
     assert db.payments.count_documents({}) == 1
 
 
-def test_ten_different_payments_for_one_order_concurrently_one_wins(daemon, db):
+def test_ten_different_payments_for_one_order_concurrently_one_wins(app, db):
     _, gig, buyer = market(db)
-    oid = order(daemon.proxy(), gig, buyer)
+    oid = order(app.proxy(), gig, buyer)
 
     def create(_):
-        return daemon.proxy().paymentsService.create("", oid, 25, "stripe")
+        return app.proxy().paymentsService.create("", oid, 25, "stripe")
 
     with ThreadPoolExecutor(10) as pool:
         results = list(pool.map(create, range(10)))
@@ -237,12 +238,12 @@ def test_partial_refunds_accumulate_and_never_exceed(rpc, db):
     check_invariants(db, [seller])
 
 
-def test_concurrent_refunds_never_exceed_the_amount(daemon, db):
-    seller, oid, pid = paid_order(daemon.proxy(), db, "10.00")
-    daemon.proxy().ordersService.update_status(oid, "completed")
+def test_concurrent_refunds_never_exceed_the_amount(app, db):
+    seller, oid, pid = paid_order(app.proxy(), db, "10.00")
+    app.proxy().ordersService.update_status(oid, "completed")
 
     def refund(_):
-        return daemon.proxy().paymentsService.refund(pid, 3)
+        return app.proxy().paymentsService.refund(pid, 3)
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(refund, range(8)))
@@ -324,9 +325,9 @@ def test_calculate_fees(rpc):
         assert rpc.paymentsService.calculate_fees(bad)["code"] == "VALIDATION_ERROR", bad
 
 
-def test_calculate_fees_adds_up_for_every_cent_to_100(daemon):
-    """0.01 ... 100.00 through the daemon, batched with system.multicall: fee + share == total, fee half up."""
-    proxy = daemon.proxy()
+def test_calculate_fees_adds_up_for_every_cent_to_100(app):
+    """0.01 ... 100.00 through the app, batched with system.multicall: fee + share == total, fee half up."""
+    proxy = app.proxy()
     amounts = [Decimal(c) / 100 for c in range(1, 10001)]
     for start in range(0, len(amounts), 1000):
         batch = xmlrpc.client.MultiCall(proxy)
@@ -355,13 +356,13 @@ def test_money_split_unit():
     assert shares == sorted(shares) and shares[-1] == total - fee
 
 
-def test_platform_fee_percent_setting(make_daemon, mongo):
-    daemon = make_daemon(PLATFORM_FEE_PERCENT="12.5")
-    rpc = daemon.proxy()
+def test_platform_fee_percent_setting(make_app, mongo):
+    app = make_app(PLATFORM_FEE_PERCENT="12.5")
+    rpc = app.proxy()
     fees = rpc.paymentsService.calculate_fees(10.04)
     assert fees["platform_fee_percentage"] == 12.5 and fees["platform_fee"] == 1.26  # 1.255 half up
     assert fees["seller_amount"] == 8.78
-    db = mongo[daemon.db_name]
+    db = mongo[app.db_name]
     seller, gig, buyer = market(db, "10.04")
     oid = order(rpc, gig, buyer, 1, 10.04)
     assert rpc.ordersService.get_by_id(oid)["order"]["platformFee"] == 1.26
@@ -421,12 +422,12 @@ def test_a_refund_with_an_idempotency_key_is_made_once(rpc, db):
     check_invariants(db, [seller])
 
 
-def test_concurrent_refunds_with_one_idempotency_key_refund_once(daemon, db):
-    rpc = daemon.proxy()
+def test_concurrent_refunds_with_one_idempotency_key_refund_once(app, db):
+    rpc = app.proxy()
     seller, oid, pid = paid_order(rpc, db, "40.00")
 
     def refund(_):
-        return daemon.proxy().paymentsService.refund(pid, "7.00", {"idempotency_key": "same"})
+        return app.proxy().paymentsService.refund(pid, "7.00", {"idempotency_key": "same"})
 
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(refund, range(6)))

@@ -1,4 +1,4 @@
-"""reviewsService end to end: a real daemon, a real database, xmlrpc.client."""
+"""reviewsService end to end: the daemon's service tree in process, a real database, xmlrpc.client."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_a_replay_returns_the_first_result_and_other_content_is_a_conflict(rpc, 
     assert stored_gig(db, gig)["reviewCount"] == 1
 
 
-def test_one_review_per_user_and_gig(daemon, rpc, db, market):
+def test_one_review_per_user_and_gig(app, rpc, db, market):
     seller, gig, (a, b, _) = market
     assert rpc.reviewsService.create("", gig, 5, {"user_id": a})["success"]
     twice = rpc.reviewsService.create("", gig, 1, {"user_id": a})
@@ -107,7 +107,7 @@ def test_one_review_per_user_and_gig(daemon, rpc, db, market):
     assert rpc.reviewsService.create("", other_gig, 1, {"user_id": a})["success"]
 
     def review(i):
-        return daemon.proxy().reviewsService.create(str(ObjectId()), gig, 1 + i % 5, {"user_id": b})
+        return app.proxy().reviewsService.create(str(ObjectId()), gig, 1 + i % 5, {"user_id": b})
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         results = list(pool.map(review, range(10)))
@@ -244,7 +244,7 @@ def test_calculate_rating_gives_average_count_and_distribution(rpc, db, market):
     assert rpc.reviewsService.calculate_rating("x")["code"] == "VALIDATION_ERROR"
 
 
-def test_concurrent_reviews_leave_the_exact_rating(daemon, rpc, db, market):
+def test_concurrent_reviews_leave_the_exact_rating(app, rpc, db, market):
     _, gig, _ = market
     users = [seed_user(db, f"rater_{i}", role="client") for i in range(24)]
     rng = random.Random(11)
@@ -252,7 +252,7 @@ def test_concurrent_reviews_leave_the_exact_rating(daemon, rpc, db, market):
 
     def review(pair):
         user, value = pair
-        return daemon.proxy().reviewsService.create("", gig, value, {"user_id": user})
+        return app.proxy().reviewsService.create("", gig, value, {"user_id": user})
 
     with ThreadPoolExecutor(max_workers=12) as pool:
         results = list(pool.map(review, zip(users, stars, strict=True)))
@@ -305,14 +305,14 @@ SELLER_ROUNDS = 20
 BURST = 10  # concurrent creates per round, plus one update and one delete
 
 
-def test_concurrent_reviews_of_one_seller_leave_the_exact_seller_rating(daemon, make_daemon, db):
+def test_concurrent_reviews_of_one_seller_leave_the_exact_seller_rating(app, make_app, db):
     """Reviews, updates and deletes of two gigs of one seller, all at once through two daemons, 20 fresh sellers.
 
     Each recomputation reads the reviews at some moment; without an order between
     them, one that read early can write last and leave a stale rating.
     """
-    other = make_daemon(db_name=daemon.db_name)
-    rpc = daemon.proxy()
+    other = make_app(db_name=app.db_name)
+    rpc = app.proxy()
     make_category(rpc)
     rng = random.Random(7)
     stale = []
@@ -329,7 +329,7 @@ def test_concurrent_reviews_of_one_seller_leave_the_exact_seller_rating(daemon, 
 
         def run(indexed):
             i, (kind, target, stars, buyer) = indexed
-            proxy = (daemon if i % 2 else other).proxy()
+            proxy = (app if i % 2 else other).proxy()
             if kind == "create":
                 return proxy.reviewsService.create("", target, stars, {"user_id": buyer})
             if kind == "update":

@@ -2,7 +2,7 @@
 
 The catalogue (2,000 gigs with random titles from a small vocabulary with
 accented words, random prices, delivery times, categories and sellers) is made
-once per module THROUGH the daemon: ``system.multicall`` batches of
+once per module THROUGH the daemon's service tree (in process): ``system.multicall`` batches of
 ``gigsService.create``; ratings are folded in with ``gigsService.update_rating``
 (one or two random ratings for a quarter of the gigs), some gigs are paused with
 ``gigsService.update`` and some deleted with ``gigsService.delete``.  Only the
@@ -28,7 +28,8 @@ from decimal import Decimal
 import pytest
 from bson import ObjectId
 
-from tests.conftest import ROOT, Daemon, wait_for
+from tests.conftest import ROOT, wait_for
+from tests.inprocess import App
 from tests.test_gigs import seed_user
 
 GIGS = 2000
@@ -73,8 +74,8 @@ def multicall(proxy, calls):
 
 
 class Catalogue:
-    def __init__(self, daemon, db, sellers, categories):
-        self.daemon = daemon
+    def __init__(self, app, db, sellers, categories):
+        self.app = app
         self.db = db
         self.sellers = sellers
         self.categories = categories  # slug -> id
@@ -114,7 +115,7 @@ class Catalogue:
 
     def check(self, query, filters, page, limit):
         """One search against the brute force; returns the brute-force match count."""
-        result = self.daemon.proxy().gigsService.search(query, filters, page, limit)
+        result = self.app.proxy().gigsService.search(query, filters, page, limit)
         assert result["success"], result
         expected = self.brute(query, filters)
         window = expected[(page - 1) * limit: page * limit]
@@ -125,14 +126,13 @@ class Catalogue:
 
 
 @pytest.fixture(scope="module")
-def catalogue(database, mongo, tmp_path_factory):
+def catalogue(database, mongo):
     # a multicall batch shares one deadline (DB_TIMEOUT_SECONDS): room for 250 creates on a busy machine
-    daemon = Daemon(tmp_path_factory.mktemp("search"), database, f"t_search_{uuid.uuid4().hex[:8]}",
-                    DB_TIMEOUT_SECONDS="60")
-    daemon.start()
+    app = App(database, f"t_search_{uuid.uuid4().hex[:8]}", DB_TIMEOUT_SECONDS="60")
     try:
-        db = mongo[daemon.db_name]
-        rpc = daemon.proxy()
+        app.start()
+        db = mongo[app.db_name]
+        rpc = app.proxy()
         rng = random.Random(20261125)
         sellers = [seed_user(db, f"seller_{i}") for i in range(8)]
         categories = {}
@@ -165,12 +165,12 @@ def catalogue(database, mongo, tmp_path_factory):
         changed = rng.sample(ids, 120)
         multicall(rpc, [("gigsService.update", (gig, {"isActive": False})) for gig in changed[:60]])
         multicall(rpc, [("gigsService.delete", (gig,)) for gig in changed[60:]])
-        # the daemon's compaction folds every marked gig into the catalogue index
+        # the app's compaction folds every marked gig into the catalogue index
         wait_for(lambda: db.catalogueDirty.count_documents({}) == 0, 120, "the compaction")
-        yield Catalogue(daemon, db, sellers, categories)
+        yield Catalogue(app, db, sellers, categories)
     finally:
-        daemon.stop()
-    assert not daemon.internal_errors(), daemon.internal_errors()[:5]
+        app.stop()
+    assert not app.internal_errors(), app.internal_errors()[:5]
 
 
 def test_the_catalogue_was_built_through_the_daemon(catalogue):
@@ -212,7 +212,7 @@ def test_seller_and_category_id_filters(catalogue):
 def test_paging_through_every_sort_gives_the_whole_list_once(catalogue, sort):
     expected = catalogue.brute("logo design", {"sort": sort})
     assert len(expected) > 100
-    proxy = catalogue.daemon.proxy()
+    proxy = catalogue.app.proxy()
     seen = []
     page = 1
     while True:
@@ -272,11 +272,11 @@ def test_rebuild_command_rebuilds_the_index_while_the_daemon_runs(catalogue, dat
         catalogue.check(*shape)
 
 
-def test_two_daemons_on_one_database_answer_alike_and_see_each_others_writes(catalogue, tmp_path, database):
-    other = Daemon(tmp_path, database, catalogue.daemon.db_name)
-    other.start()
+def test_two_daemons_on_one_database_answer_alike_and_see_each_others_writes(catalogue, database):
+    other = App(database, catalogue.app.db_name)
     try:
-        one, two = catalogue.daemon.proxy(), other.proxy()
+        other.start()
+        one, two = catalogue.app.proxy(), other.proxy()
         for query, filters, page, limit in SHAPES:
             assert one.gigsService.search(query, filters, page, limit) == two.gigsService.search(
                 query, filters, page, limit)

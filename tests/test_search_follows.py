@@ -2,8 +2,8 @@
 
 Another writer -- an operator in mongosh, the Node backend's models, a
 migration -- changes gigs with pymongo straight in the database of a running
-daemon; search and the category browse must reflect each change within 2 s
-(API.md, "The database is shared").
+daemon (its service tree in process); search and the category browse must
+reflect each change within 2 s (API.md, "The database is shared").
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def test_an_operators_changes_reach_search_and_browse(rpc, db, world):
     assert seen_within("the hard delete", lambda: searched(rpc, "okapi") == []) < WITHIN
 
 
-def test_another_writers_gigs_are_found_and_malformed_ones_left_out(rpc, db, world, daemon):
+def test_another_writers_gigs_are_found_and_malformed_ones_left_out(rpc, db, world, app):
     category = db.categories.find_one({"slug": "graphic-design"})["_id"]
     inserted = node_gig(db, world, str(category), "A Mongoose-made axolotl gig")
     took = seen_within("the inserted gig in search", lambda: searched(rpc, "axolotl") == [str(inserted)])
@@ -100,19 +100,18 @@ def test_another_writers_gigs_are_found_and_malformed_ones_left_out(rpc, db, wor
     assert str(bad) not in searched(rpc, "axolotl") and str(untitled) not in browsed(rpc)
     # compaction is not stuck on them: every mark is folded, and each bad gig was named once
     wait_for(lambda: db.catalogueDirty.count_documents({}) == 0, GIVE_UP, "the marks to be folded")
-    log = daemon.log()
+    log = app.log()
     assert log.count(f"gig {bad} is left out of search: price is str") == 1, log[-2000:]
     assert log.count(f"gig {untitled} is left out of search: no title") == 1
 
 
-def test_a_change_made_while_no_daemon_runs_is_caught_at_restart(rpc, db, world, daemon):
+def test_a_change_made_while_no_daemon_runs_is_caught_at_restart(rpc, db, world, app, make_app):
     gig = make_gig(rpc, world, title="A sleeping dormouse gig")
     wait_for(lambda: db.catalogueLease.find_one({"_id": "stream", "resume": {"$ne": None}}), GIVE_UP,
              "the stream position to be saved")
-    daemon.stop()
+    app.stop()
     db.gigs.update_one({"_id": ObjectId(gig)}, {"$set": {"title": "A woken hedgehog gig"}})
-    daemon.start()
-    rpc = daemon.proxy()
+    rpc = make_app(db_name=app.db_name).proxy()  # restarted
     took = seen_within("the change made while stopped", lambda: searched(rpc, "hedgehog") == [gig])
     assert took < WITHIN, took
     assert searched(rpc, "dormouse") == []
@@ -132,25 +131,24 @@ def test_delay_from_another_writer_to_search(rpc, db, world, record_property):
     assert max(delays) < WITHIN, delays
 
 
-def test_the_follower_is_one_per_database_and_another_takes_over(rpc, db, world, daemon, make_daemon):
-    second = make_daemon(db_name=daemon.db_name)
+def test_the_follower_is_one_per_database_and_another_takes_over(rpc, db, world, app, make_app):
+    second = make_app(db_name=app.db_name)
     wait_for(lambda: db.catalogueLease.find_one({"_id": "stream"}), GIVE_UP, "a follower")
     holder = db.catalogueLease.find_one({"_id": "stream"})["holder"]
-    first_pid = daemon.process.pid
-    followed_by_first = holder.split(":")[1] == str(first_pid)
-    (daemon if followed_by_first else second).stop()
-    survivor = (second if followed_by_first else daemon).proxy()
+    followed_by_first = holder == app.loops["follower"].holder  # host:pid:id, one per app
+    assert followed_by_first or holder == second.loops["follower"].holder
+    (app if followed_by_first else second).stop()
+    survivor = (second if followed_by_first else app).proxy()
     gig = make_gig(survivor, world, title="A handed over quokka gig")
     db.gigs.update_one({"_id": ObjectId(gig)}, {"$set": {"title": "A handed over wombat gig"}})
-    # the lease of the stopped daemon runs out (6 s) and the other one resumes from its position
+    # the stopped app hands the lease over (or it runs out: 6 s) and the other one resumes from its position
     wait_for(lambda: searched(survivor, "wombat") == [gig], GIVE_UP, "the other daemon to take over")
 
 
-def test_a_server_without_change_streams_is_named_and_reconciled(tmp_path, make_daemon, request):
+def test_a_server_without_change_streams_is_named_and_reconciled(tmp_path, make_app, request):
     """A standalone server (SecantusDB --standalone answers $changeStream as mongod does: code 40573):
     one startup line, a /health warning, and gigs written by others before the start are found."""
     import json
-    import urllib.request
 
     import pymongo
 
@@ -164,34 +162,32 @@ def test_a_server_without_change_streams_is_named_and_reconciled(tmp_path, make_
             db = client[name]
             seller = seed_user(db, "standalone_seller")
             gig = node_gig(db, seller, str(ObjectId()), "A standalone capybara gig")
-            daemon = make_daemon(db_name=name, mongodb_uri=server.uri)
-            rpc = daemon.proxy()
+            app = make_app(db_name=name, mongodb_uri=server.uri)
+            rpc = app.proxy()
             wait_for(lambda: searched(rpc, "capybara") == [str(gig)], GIVE_UP, "the reconciliation")
-            with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/health", timeout=5) as answer:  # noqa: S310
-                health = json.load(answer)
+            health = json.loads(app.get("/health")[1])
             assert any("no change streams" in w for w in health.get("warnings", [])), health
-            assert daemon.log().count("the database has no change streams") == 1
-            daemon.stop()
+            assert app.log().count("the database has no change streams") == 1
+            app.stop()
     finally:
         server.stop()
 
 
-def test_a_saved_position_the_server_cannot_resume_from_is_caught_up(rpc, db, world, daemon):
+def test_a_saved_position_the_server_cannot_resume_from_is_caught_up(rpc, db, world, app, make_app):
     """The history after the saved position is gone (here: a position this server cannot read, as after a
     restore onto another server): a new stream, a reconciliation, the change made meanwhile found."""
     gig = make_gig(rpc, world, title="A restored lemur gig")
     wait_for(lambda: db.catalogueLease.find_one({"_id": "stream", "resume": {"$ne": None}}), GIVE_UP,
              "the stream position to be saved")
-    daemon.stop()
+    app.stop()
     db.gigs.update_one({"_id": ObjectId(gig)}, {"$set": {"title": "A restored gibbon gig"}})
     db.catalogueLease.update_one({"_id": "stream"}, {"$set": {"resume": {"_data": "00"}}})
-    daemon.start()
-    rpc = daemon.proxy()
+    restarted = make_app(db_name=app.db_name)
+    rpc = restarted.proxy()
     wait_for(lambda: searched(rpc, "gibbon") == [gig], GIVE_UP, "the reconciliation to find the change")
-    log = daemon.log()
+    log = restarted.log()
     assert "no longer holds the gigs' change history after the saved position" in log
-    wait_for(lambda: "re-indexed 1 that differed" in daemon.log(), GIVE_UP,
-             "the end of the reconciliation")
+    restarted.wait_log("re-indexed 1 that differed", GIVE_UP)
 
 
 def test_rebuild_on_a_data_directory_a_daemon_holds_says_so_in_one_line(tmp_path, make_daemon):

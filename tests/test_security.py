@@ -1,4 +1,7 @@
-"""Passwords and tokens under attack: bcrypt off the reactor, JWT tampering, clock, secrets."""
+"""Passwords and tokens under attack: bcrypt off the reactor, JWT tampering, clock, secrets.
+
+In process (the daemon's service tree), except what only a process shows: its startup (a weak secret), the
+scheduling of its threads."""
 
 from __future__ import annotations
 
@@ -21,9 +24,12 @@ DAY = 86400
 SCHED_IDLE = 5  # sched(7)
 
 
+SETTINGS = {"BCRYPT_ROUNDS": "4"}
+
+
 @pytest.fixture
-def daemon(make_daemon, clock_file):
-    return make_daemon(BCRYPT_ROUNDS="4", WORKNET_TEST_CLOCK_FILE=str(clock_file))
+def app(make_app, clock_file):
+    return make_app(**SETTINGS, WORKNET_TEST_CLOCK_FILE=str(clock_file))
 
 
 def register(rpc, username="alice", email="alice@example.com", role="client"):
@@ -36,9 +42,9 @@ def b64(data: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
-def test_tokens_carry_the_documented_claims(daemon, rpc):
+def test_tokens_carry_the_documented_claims(app, rpc):
     created = register(rpc, role="freelancer")
-    secret = daemon.env["JWT_SECRET"]
+    secret = app.env["JWT_SECRET"]
     assert jwt.get_unverified_header(created["token"])["alg"] == "HS256"
     access = jwt.decode(created["token"], secret, algorithms=["HS256"])
     refresh = jwt.decode(created["refresh_token"], secret, algorithms=["HS256"])
@@ -50,10 +56,10 @@ def test_tokens_carry_the_documented_claims(daemon, rpc):
     assert abs(access["iat"] - time.time()) < 60
 
 
-def test_tampered_tokens_are_refused(daemon, rpc, db):
+def test_tampered_tokens_are_refused(app, rpc, db):
     created = register(rpc)
     uid = created["user_id"]
-    secret = daemon.env["JWT_SECRET"]
+    secret = app.env["JWT_SECRET"]
     claims = jwt.decode(created["token"], secret, algorithms=["HS256"])
     header, payload, signature = created["token"].split(".")
     forged = {
@@ -90,11 +96,11 @@ def test_tampered_tokens_are_refused(daemon, rpc, db):
     assert rpc.usersService.refresh_token(login["refresh_token"])["code"] == "UNAUTHORIZED"
 
 
-def test_every_correctly_signed_token_with_bad_times_is_unauthorized(daemon, rpc):
+def test_every_correctly_signed_token_with_bad_times_is_unauthorized(app, rpc):
     """Before (issue 18): exp = 10**20 was fault -32603 (OverflowError) with a traceback in the log, and a token
     not valid before next year, or issued in an hour, was accepted."""
     created = register(rpc)
-    secret = daemon.env["JWT_SECRET"]
+    secret = app.env["JWT_SECRET"]
     access = jwt.decode(created["token"], secret, algorithms=["HS256"])
     refresh = jwt.decode(created["refresh_token"], secret, algorithms=["HS256"])
     now = int(time.time())
@@ -141,10 +147,10 @@ def test_tokens_expire_by_the_clock(rpc, clock_file):
     assert rpc.usersService.verify_token(renewed["token"])["code"] == "UNAUTHORIZED"
 
 
-def test_the_clock_file_is_ignored_outside_test_mode(make_daemon, tmp_path):
+def test_the_clock_file_is_ignored_outside_test_mode(make_app, tmp_path):
     clock = tmp_path / "offset"
     clock.write_text(str(365 * DAY))
-    production = make_daemon(BCRYPT_ROUNDS="4", NODE_ENV="production", WORKNET_TEST_CLOCK_FILE=str(clock))
+    production = make_app(BCRYPT_ROUNDS="4", NODE_ENV="production", WORKNET_TEST_CLOCK_FILE=str(clock))
     rpc = production.proxy()
     created = register(rpc)
     assert rpc.usersService.verify_token(created["token"])["success"] is True
@@ -172,8 +178,8 @@ def test_a_development_daemon_accepts_a_weak_secret_loudly(make_daemon):
 
 
 def bcrypt_jobs_run(daemon) -> int:
-    """The daemon's count of bcrypt jobs run so far, from /metrics."""
-    text = http_get(daemon.port, "/metrics")[1]
+    """The count of bcrypt jobs run so far of a daemon or an app, from /metrics."""
+    text = daemon.get("/metrics")[1] if hasattr(daemon, "get") else http_get(daemon.port, "/metrics")[1]
     return int(float(next(line.split()[-1] for line in text.splitlines()
                           if line.startswith('worknet_password_jobs{outcome="run"}'))))
 
@@ -225,15 +231,15 @@ def test_bcrypt_cost_12_runs_off_the_reactor_and_unknown_emails_cost_the_same(ma
     assert policy[pid] == 0 and SCHED_IDLE in policy.values(), policy
 
 
-def test_a_lockout_answers_alike_for_real_and_unknown_emails_without_bcrypt(daemon, rpc):
+def test_a_lockout_answers_alike_for_real_and_unknown_emails_without_bcrypt(app, rpc):
     """The sixth wrong password answers RATE_LIMITED without a bcrypt check, whether the e-mail exists or not."""
     register(rpc)
     for email in ("alice@example.com", "nobody@example.com"):
         answers, jobs = [], []
         for i in range(7):
-            before = bcrypt_jobs_run(daemon)
+            before = bcrypt_jobs_run(app)
             answers.append(rpc.usersService.login(email, f"wrong password {i}"))
-            jobs.append(bcrypt_jobs_run(daemon) - before)
+            jobs.append(bcrypt_jobs_run(app) - before)
         assert [a["code"] for a in answers] == ["UNAUTHORIZED"] * 5 + ["RATE_LIMITED"] * 2, (email, answers)
         assert jobs == [1] * 5 + [0] * 2, (email, jobs)
         assert answers[5]["error"].startswith("Too many failed logins; try again in "), answers[5]
@@ -243,37 +249,37 @@ GUESS_ROUNDS = 20
 GUESSES = 20
 
 
-def test_concurrent_guesses_get_five_password_checks_and_no_more(daemon, make_daemon):
+def test_concurrent_guesses_get_five_password_checks_and_no_more(app, make_app):
     """20 wrong passwords at once for one e-mail from one address, through two daemons, on 20 fresh e-mails
     (real accounts and unknown ones alternately): exactly five are checked (five bcrypt jobs), the rest are
     RATE_LIMITED without one."""
-    other = make_daemon(db_name=daemon.db_name, BCRYPT_ROUNDS="4")
-    rpc = daemon.proxy()
+    other = make_app(db_name=app.db_name, **SETTINGS)
+    rpc = app.proxy()
     wrong = []
     for round_no in range(GUESS_ROUNDS):
         email = f"guessed{round_no}@example.com"
         if round_no % 2 == 0:
             register(rpc, f"guessed{round_no}", email)
-        before = bcrypt_jobs_run(daemon) + bcrypt_jobs_run(other)
+        before = bcrypt_jobs_run(app) + bcrypt_jobs_run(other)
 
         def guess(i, email=email):
-            return (daemon if i % 2 else other).proxy().usersService.login(email, f"guess {i}")["code"]
+            return (app if i % 2 else other).proxy().usersService.login(email, f"guess {i}")["code"]
 
         with ThreadPoolExecutor(max_workers=GUESSES) as pool:
             codes = sorted(pool.map(guess, range(GUESSES)))
-        jobs = bcrypt_jobs_run(daemon) + bcrypt_jobs_run(other) - before
+        jobs = bcrypt_jobs_run(app) + bcrypt_jobs_run(other) - before
         if codes != ["RATE_LIMITED"] * (GUESSES - 5) + ["UNAUTHORIZED"] * 5 or jobs != 5:
             wrong.append((round_no, codes.count("UNAUTHORIZED"), jobs))
     assert not wrong, f"{len(wrong)} of {GUESS_ROUNDS} rounds checked more or fewer than 5 guesses: {wrong}"
 
 
-def test_a_bcryptjs_cost_10_hash_is_rehashed_to_the_configured_cost_at_login(make_daemon, mongo):
+def test_a_bcryptjs_cost_10_hash_is_rehashed_to_the_configured_cost_at_login(make_app, mongo):
     """A hash made by the Node backend (bcryptjs: $2a$, cost 10) becomes $2b$12$ after a successful login."""
     import bcrypt
 
     from tests.support import user_doc
 
-    real = make_daemon(DB_TIMEOUT_SECONDS="20")  # the default cost, 12
+    real = make_app(DB_TIMEOUT_SECONDS="20")  # the default cost, 12
     rpc = real.proxy()
     legacy = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10, prefix=b"2a")).decode()
     assert legacy.startswith("$2a$10$")
@@ -300,14 +306,14 @@ def test_a_bcryptjs_cost_10_hash_is_rehashed_to_the_configured_cost_at_login(mak
     assert rpc.usersService.verify_token(first["token"])["success"] is True  # a rehash revokes nothing
 
 
-def test_no_password_hash_or_token_reaches_the_log(daemon, rpc):
+def test_no_password_hash_or_token_reaches_the_log(app, rpc):
     created = register(rpc)
     rpc.usersService.login("alice@example.com", "wrong password")
     login = rpc.usersService.login("alice@example.com", PASSWORD)
     changed = rpc.usersService.change_password(created["user_id"], PASSWORD, "another password")
     rpc.usersService.refresh_token(changed["refresh_token"])
-    log = daemon.log()
+    log = app.log()
     assert "usersService.login" in log  # the calls are logged ...
     for secret in (PASSWORD, "wrong password", "another password", "$2b$", created["token"],
-                   login["refresh_token"], changed["token"], daemon.env["JWT_SECRET"]):
+                   login["refresh_token"], changed["token"], app.env["JWT_SECRET"]):
         assert secret not in log  # ... never what they carried

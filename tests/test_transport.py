@@ -14,7 +14,11 @@ from worknet.services import SERVICES
 
 
 def post(daemon, body: bytes, path: str = "/RPC2", headers: dict | None = None, timeout: float = 10):
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=timeout)
+    """POST ``body`` to a daemon, or to an in-process app (tests/inprocess.py): the status and the body."""
+    if hasattr(daemon, "connection"):
+        conn = daemon.connection(timeout=timeout)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=timeout)
     conn.request("POST", path, body=body, headers={"Content-Type": "text/xml", **(headers or {})})
     response = conn.getresponse()
     payload = response.read()

@@ -1,4 +1,5 @@
-"""usersService end to end: a real daemon, a real database, real clients."""
+"""usersService end to end: the daemon's service tree in process (the Node client: a real daemon), a real
+database, real clients."""
 
 from __future__ import annotations
 
@@ -16,10 +17,19 @@ from tests.support import MISSING, run_node
 HIDDEN = {"passwordHash", "tokenVersion", "loginFailures", "lockedUntil", "usernameLower", "refreshJti", "_id"}
 
 
+SETTINGS = {"BCRYPT_ROUNDS": "4"}  # cheap bcrypt: the cost is irrelevant here
+
+
+@pytest.fixture
+def app(make_app, clock_file):
+    """The usual app with cheap bcrypt and a movable clock."""
+    return make_app(**SETTINGS, WORKNET_TEST_CLOCK_FILE=str(clock_file))
+
+
 @pytest.fixture
 def daemon(make_daemon, clock_file):
-    """The usual daemon with cheap bcrypt (cost is irrelevant here) and a movable clock."""
-    return make_daemon(BCRYPT_ROUNDS="4", WORKNET_TEST_CLOCK_FILE=str(clock_file))
+    """The same as a daemon (for the Node client)."""
+    return make_daemon(**SETTINGS, WORKNET_TEST_CLOCK_FILE=str(clock_file))
 
 
 PASSWORD = "correct horse"  # noqa: S105 - a test account's password
@@ -33,23 +43,6 @@ def register(rpc, username="alice", email="alice@example.com", password=PASSWORD
 
 def assert_no_internal_fields(user):
     assert not HIDDEN & set(user), user
-
-
-class FromAddress(xmlrpc.client.Transport):
-    """An xmlrpc.client transport whose connections leave from another loopback address (127.0.0.0/8)."""
-
-    def __init__(self, source: str) -> None:
-        super().__init__()
-        self.source = source
-
-    def make_connection(self, host):
-        connection = super().make_connection(host)
-        connection.source_address = (self.source, 0)
-        return connection
-
-
-def proxy_from(daemon, source: str) -> xmlrpc.client.ServerProxy:
-    return xmlrpc.client.ServerProxy(daemon.url, allow_none=True, transport=FromAddress(source))
 
 
 def throttle(db, email, address="127.0.0.1"):
@@ -111,11 +104,11 @@ def test_register_refuses_duplicates_case_insensitively(rpc):
     assert same_name["code"] == "CONFLICT" and same_name["field"] == "username"
 
 
-def test_twenty_concurrent_registrations_through_two_daemons_give_one_account(daemon, make_daemon, db):
-    other = make_daemon(db_name=daemon.db_name, BCRYPT_ROUNDS="4")
+def test_twenty_concurrent_registrations_through_two_daemons_give_one_account(app, make_app, db):
+    other = make_app(db_name=app.db_name, **SETTINGS)
 
     def attempt(i):
-        proxy = (daemon if i % 2 else other).proxy()
+        proxy = (app if i % 2 else other).proxy()
         return proxy.usersService.register(f"racer{i}", "race@example.com", "password1", "client")
 
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -125,7 +118,7 @@ def test_twenty_concurrent_registrations_through_two_daemons_give_one_account(da
     assert db.users.count_documents({"email": "race@example.com"}) == 1
 
     def same_name(i):
-        proxy = (daemon if i % 2 else other).proxy()
+        proxy = (app if i % 2 else other).proxy()
         return proxy.usersService.register("SameName" if i % 3 else "samename", f"u{i}@example.com", "password1", "client")
 
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -151,8 +144,8 @@ def test_login_succeeds_and_errors_do_not_tell_unknown_from_wrong(rpc):
     assert rpc.usersService.login({"$ne": ""}, "correct horse")["code"] == "VALIDATION_ERROR"
 
 
-def test_five_failures_lock_the_account_for_fifteen_minutes_on_every_daemon(daemon, make_daemon, rpc, db, clock_file):
-    other = make_daemon(db_name=daemon.db_name, BCRYPT_ROUNDS="4", WORKNET_TEST_CLOCK_FILE=str(clock_file))
+def test_five_failures_lock_the_account_for_fifteen_minutes_on_every_daemon(app, make_app, rpc, db, clock_file):
+    other = make_app(db_name=app.db_name, **SETTINGS, WORKNET_TEST_CLOCK_FILE=str(clock_file))
     register(rpc)
     for i in range(5):  # failures spread over two daemons
         proxy = rpc if i % 2 else other.proxy()
@@ -186,10 +179,10 @@ def test_unknown_emails_are_counted_and_locked_like_accounts(rpc, db, clock_file
     assert rpc.usersService.login("alice@example.com", PASSWORD)["success"] is True
 
 
-def test_a_lock_holds_for_one_client_address_only(daemon, rpc, db):
+def test_a_lock_holds_for_one_client_address_only(app, rpc, db):
     """An attacker who locks the account from its address does not lock the owner out from hers."""
     register(rpc)
-    attacker = proxy_from(daemon, "127.0.0.2")
+    attacker = app.proxy(source="127.0.0.2")
     for i in range(5):
         assert attacker.usersService.login("alice@example.com", f"guess {i}")["code"] == "UNAUTHORIZED"
     assert attacker.usersService.login("alice@example.com", PASSWORD)["code"] == "RATE_LIMITED"
@@ -203,7 +196,7 @@ def test_a_lock_holds_for_one_client_address_only(daemon, rpc, db):
     assert rpc.usersService.login("alice@example.com", PASSWORD)["success"] is True
     # change_password counts against the same (e-mail, address) pair
     user_id = db.users.find_one({"email": "alice@example.com"})["_id"]
-    third = proxy_from(daemon, "127.0.0.3")
+    third = app.proxy(source="127.0.0.3")
     for _ in range(5):
         answer = third.usersService.change_password(str(user_id), "not my password", "a new password")
         assert answer["code"] == "UNAUTHORIZED", answer
@@ -211,9 +204,9 @@ def test_a_lock_holds_for_one_client_address_only(daemon, rpc, db):
     assert rpc.usersService.login("alice@example.com", PASSWORD)["success"] is True
 
 
-def test_sub_calls_of_a_multicall_count_against_the_callers_address(daemon, rpc, db):
+def test_sub_calls_of_a_multicall_count_against_the_callers_address(app, rpc, db):
     register(rpc)
-    batch = xmlrpc.client.MultiCall(proxy_from(daemon, "127.0.0.4"))
+    batch = xmlrpc.client.MultiCall(app.proxy(source="127.0.0.4"))
     for i in range(6):
         batch.usersService.login("alice@example.com", f"batched guess {i}")
     codes = [answer["code"] for answer in batch()]
@@ -396,11 +389,11 @@ def test_refresh_rotates_and_each_refresh_token_works_once(rpc):
     assert rpc.usersService.verify_token(42)["code"] == "VALIDATION_ERROR"
 
 
-def test_concurrent_refreshes_with_one_token_give_one_new_pair(daemon):
-    created = register(daemon.proxy())
+def test_concurrent_refreshes_with_one_token_give_one_new_pair(app):
+    created = register(app.proxy())
 
     def attempt(_):
-        return daemon.proxy().usersService.refresh_token(created["refresh_token"])
+        return app.proxy().usersService.refresh_token(created["refresh_token"])
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(attempt, range(8)))
