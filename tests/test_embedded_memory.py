@@ -89,6 +89,7 @@ def test_a_database_past_its_memory_cap_is_restarted_without_an_error_for_any_ca
     kept_orders = {str(o["_id"]) for o in db.orders.find({}, {"_id": 1})}
     kept_notes = {str(o["_id"]) for o in db.notifications.find({"type": "system"}, {"_id": 1})}
     mongo.close()
-    print(f"\n{len(orders)} orders and {len(notifications)} notifications acknowledged across the restarts")
+    restarts = [line.split("] ", 1)[-1] for line in log.splitlines() if "the embedded database was restarted" in line]
+    print(f"\n{len(orders)} orders and {len(notifications)} notifications acknowledged across the restarts: {restarts}")
     assert orders and set(orders) <= kept_orders, "acknowledged orders lost"
     assert notifications and set(notifications) <= kept_notes, "acknowledged notifications lost"
