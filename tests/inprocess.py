@@ -4,7 +4,7 @@ Each test process (each pytest-xdist worker) runs Twisted's global reactor in
 one background thread, started once (:func:`start_reactor`).  An :class:`App` is
 what one ``twistd worknet-rpc`` process (one worker) builds -- settings from
 :func:`worknet.config.load_settings`, a ``MongoStore`` and the ``Site`` of
-:func:`worknet.app.build_site`, in a service tree (:func:`assemble`) -- against
+:func:`worknet.app.build_app` (:func:`assemble`), the daemon's own builder -- against
 the test run's real database, minus the listening socket:
 
 * calls go through a real ``xmlrpc.client.ServerProxy`` whose transport
@@ -146,27 +146,20 @@ def app_environment(database_uri: str, db_name: str, **env: str) -> dict[str, st
 def assemble(settings: Any, reactor: Any) -> tuple[Any, Any, Any]:
     """The service tree of one daemon process, without its listener: ``(top, store, site)``.
 
-    As ``worknet/tap.py`` ``makeService`` (one worker) and ``worknet/workers.py``
-    ``worker_main`` build it: the store, the site over it, the drain of in-flight
-    calls on stop.  The one place to point at the daemon's own builder once there is one.
+    :func:`worknet.app.build_app`, the builder ``twistd worknet-rpc`` and every ``--workers``
+    process use: the store, the password pool, the catalogue compactor, the change-stream
+    follower, the drain of in-flight calls on stop.
     """
-    from worknet.app import DrainService, SequentialMultiService, build_site
-    from worknet.store import MongoStore
+    from worknet.app import build_app
 
-    top = SequentialMultiService()
-    store = MongoStore(settings, lambda: settings.mongodb_uri, reactor=reactor)
-    store.setServiceParent(top)
-    site = build_site(store, settings, reactor=reactor)
-    DrainService(site, settings.db_timeout_seconds * 2, reactor).setServiceParent(top)
-    return top, store, site
+    app = build_app(settings, lambda: settings.mongodb_uri, reactor)
+    return app, app.store, app.site
 
 
-def _background_loops(site: Any) -> dict[str, Any]:
-    """What an app starts beside its calls (started from the services' constructors today)."""
-    rpc = site.resource.rpc
-    gigs = rpc.getSubHandler("gigsService")
-    passwords = rpc.getSubHandler("usersService").passwords
-    return {"compactor": gigs.compactor, "follower": gigs.follower, "cpu_pool": passwords.pool}
+def _background_loops(top: Any) -> dict[str, Any]:
+    """The loops an app runs beside its calls (services of its tree)."""
+    return {"compactor": top.getServiceNamed("catalogue-compactor"),
+            "follower": top.getServiceNamed("search-follower"), "cpu_pool": top.getServiceNamed("password-pool")}
 
 
 _ports = itertools.count(40000)
@@ -234,7 +227,7 @@ class App:
                 os.environ.pop(TEST_CLOCK_VARIABLE, None)
             else:
                 os.environ[TEST_CLOCK_VARIABLE] = before
-        self.loops = _background_loops(self.site)
+        self.loops = _background_loops(self.top)
         self.top.startService()
         self.running = True
         ready = self.store.wait_ready()
@@ -266,12 +259,11 @@ class App:
         self.running = False
         loops = self.loops
         compactor, follower, cpu_pool = loops["compactor"], loops["follower"], loops["cpu_pool"]
-        compactor.stop()
-        # a round in progress ends while the database is there (an operation waiting for a connection of a
-        # pool that stopped would never end)
-        await _ended(compactor.done, "the catalogue compaction's round")
         streaming = follower.stream is not None  # else it is in a pause (standby, no change streams)
-        await follower.stop()  # hands the change-stream lease over, as at the daemon's shutdown
+        if top.running:
+            # in the daemon's order: the drain, the follower (it hands its lease over), the compactor (a round in
+            # progress ends first), the password pool, the store last
+            await top.stopService()
         # A catch-up (the first start on a database compares every gig with the index) ends while the
         # database is there: failing, it would try again every second, for ever.
         deadline = reactor.seconds() + STOP_TIMEOUT
@@ -279,8 +271,6 @@ class App:
             if reactor.seconds() > deadline:
                 raise TimeoutError(f"the follower's catch-up did not end within {STOP_TIMEOUT:g} s")
             await task.deferLater(reactor, 0.01, lambda: None)
-        if top.running:
-            await top.stopService()  # drain, then the database pools (a follower waiting on its stream wakes up)
         # The loops' last rounds end before the next test: a follower reading its stream closes it now that
         # the store is gone; one in a pause (standby, or between two reconciliations on a server without
         # change streams: up to 2 s) stops when the pause ends, touching nothing -- not waited for.
@@ -293,11 +283,10 @@ class App:
             self.store._waiting_pool = None
             await late_pool.disconnect()
         # A catch-up retry the follower scheduled (it re-arms itself while the store is gone).
-        owned = {id(compactor), id(follower), id(cpu_pool), id(cpu_pool.pool)}
+        owned = {id(compactor), id(follower), id(cpu_pool)}
         for call in reactor.getDelayedCalls():
             if id(getattr(call.func, "__self__", None)) in owned and call.active():
                 call.cancel()
-        cpu_pool.pool.stop()  # its jobs are over: the drain waited for every call
         _forget_shutdown_triggers(reactor, owned)
 
     # -- calls -------------------------------------------------------------------------------------
