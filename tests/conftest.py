@@ -40,6 +40,20 @@ def database(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def standalone(tmp_path_factory) -> Iterator[tuple[Database, pymongo.MongoClient]]:
+    """A second SecantusDB, ``--standalone`` (no replica set: no transactions, no change streams, as a
+    standalone mongod), with a pymongo client on it."""
+    server = Database(tmp_path_factory.mktemp("standalone") / "data", "--standalone")
+    server.start()
+    client = pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=5000, tz_aware=True, directConnection=True)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def mongo(database) -> Iterator[pymongo.MongoClient]:
     client = pymongo.MongoClient(database, serverSelectionTimeoutMS=5000, tz_aware=True)
     yield client

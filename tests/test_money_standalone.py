@@ -13,26 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import pymongo
 import pytest
 from bson import Decimal128, ObjectId
 
-from tests.conftest import Database
 from tests.money_support import check_invariants, dec, earnings, ledger_sum, market
 from tests.test_money_races import RACES, Racer, rounds
 from worknet.services.common import request_hash
-
-
-@pytest.fixture(scope="module")
-def standalone(tmp_path_factory):
-    server = Database(tmp_path_factory.mktemp("standalone") / "data", "--standalone")
-    server.start()
-    client = pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=5000, tz_aware=True, directConnection=True)
-    try:
-        yield server, client
-    finally:
-        client.close()
-        server.stop()
 
 
 @pytest.fixture

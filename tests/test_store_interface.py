@@ -12,34 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 
-import pymongo
 import pytest
 import pytest_twisted
 from bson import ObjectId
 from twisted.internet import defer
 
-from tests.conftest import Database, unique_db_name
+from tests.conftest import unique_db_name
 from tests.test_store import make_store
 from worknet.store.interface import Capabilities
-
-
-@pytest.fixture(scope="module")
-def standalone(tmp_path_factory):
-    server = Database(tmp_path_factory.mktemp("standalone") / "data", "--standalone")
-    server.start()
-    client = pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=5000, tz_aware=True, directConnection=True)
-    try:
-        yield server.uri, client
-    finally:
-        client.close()
-        server.stop()
 
 
 @pytest.fixture(params=["replica-set", "standalone"])
 def server(request):
     """``(uri, pymongo client, whether it runs transactions)`` of each server form."""
     if request.param == "standalone":
-        uri, client = request.getfixturevalue("standalone")
+        server, client = request.getfixturevalue("standalone")
+        uri = server.uri
         return uri, client, False
     return request.getfixturevalue("database"), request.getfixturevalue("mongo"), True
 
