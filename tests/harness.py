@@ -40,8 +40,13 @@ _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child below only m
 
 def _die_with_the_caller() -> None:
     """In the child before exec: SIGKILL it when the thread that started it dies (Linux), so that a
-    killed or timed-out test or benchmark run leaves no database or daemon behind."""
+    killed or timed-out test or benchmark run leaves no database or daemon behind.
+
+    And SIGINT at its default, as for a program started from a terminal: a run started in the background
+    by a non-interactive shell (``make test &``, a CI script) ignores SIGINT, every child inherits that,
+    and a daemon that inherits it keeps ignoring Ctrl-C, as it should (``nohup``, ``&``)."""
     _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_port() -> int:
