@@ -10,6 +10,7 @@ capability flags: SecantusDB accepts both forms, so both must answer alike.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -37,26 +38,27 @@ def db_name(request) -> str:
     return unique_db_name(request)
 
 
-async def started(server, db_name, **forced: bool):
-    """A running store on ``server``, its capability flags overridden by ``forced``."""
+@contextlib.asynccontextmanager
+async def running(server, db_name, **forced: bool):
+    """A running store on ``server``, its capability flags overridden by ``forced``; stopped on the way out."""
     store = make_store(server[0], db_name)
-    await store.wait_ready()
-    if forced:
-        store.capabilities = dataclasses.replace(store.capabilities, **forced)
-    return store
+    try:
+        await store.wait_ready()
+        if forced:
+            store.capabilities = dataclasses.replace(store.capabilities, **forced)
+        yield store
+    finally:
+        await store.stopService()
 
 
 @pytest_twisted.ensureDeferred
 async def test_the_capabilities_are_the_servers(server, db_name):
     uri, client, transactions = server
-    store = await started(server, db_name)
-    try:
+    async with running(server, db_name) as store:
         secantus = "secantusVersion" in client.admin.command("buildInfo")
         assert store.capabilities == Capabilities(
             transactions=transactions, indexed_find_and_modify=not secantus, point_lookups=secantus)
         assert store.supports_transactions is transactions
-    finally:
-        await store.stopService()
 
 
 @pytest_twisted.ensureDeferred
@@ -64,9 +66,8 @@ async def test_a_unit_of_work_that_gives_up_leaves_nothing_behind(server, db_nam
     """transaction + undo_outside_transaction: with transactions the abort discards the first write
     and the undo does not run; without them the undo takes it back.  Either way nothing stays."""
     _, client, transactions = server
-    store = await started(server, db_name)
     undone: list[int] = []
-    try:
+    async with running(server, db_name) as store:
         async def undo() -> None:
             undone.append(1)
             await store["payments"].delete_one({"_id": 1})
@@ -87,23 +88,18 @@ async def test_a_unit_of_work_that_gives_up_leaves_nothing_behind(server, db_nam
 
         assert await store.transaction(kept) == "done"
         assert client[db_name].payments.count_documents({"_id": 2}) == 1
-    finally:
-        await store.stopService()
 
 
 @pytest_twisted.ensureDeferred
 async def test_finish_interrupted_repairs_only_where_flows_are_not_atomic(server, db_name):
     _, _, transactions = server
-    store = await started(server, db_name)
     repaired: list[int] = []
-    try:
+    async with running(server, db_name) as store:
         async def repair() -> None:
             repaired.append(1)
 
         await store.finish_interrupted(repair)
         assert repaired == ([] if transactions else [1])
-    finally:
-        await store.stopService()
 
 
 FORMS = pytest.mark.parametrize("indexed", [True, False], ids=["findAndModify", "read-then-write"])
@@ -113,8 +109,7 @@ FORMS = pytest.mark.parametrize("indexed", [True, False], ids=["findAndModify", 
 @pytest_twisted.ensureDeferred
 async def test_delete_and_fetch(server, db_name, indexed):
     _, client, _ = server
-    store = await started(server, db_name, indexed_find_and_modify=indexed)
-    try:
+    async with running(server, db_name, indexed_find_and_modify=indexed) as store:
         client[db_name].reviews.insert_many([{"_id": 1, "gigId": 7, "rating": 5}, {"_id": 2, "gigId": 8}])
         assert await store.delete_and_fetch("reviews", {"_id": 1, "gigId": 9}) is None  # not that one
         assert await store.delete_and_fetch("reviews", {"_id": 3}) is None
@@ -131,8 +126,6 @@ async def test_delete_and_fetch(server, db_name, indexed):
             defer.ensureDeferred(store.delete_and_fetch("reviews", {"_id": 2})) for _ in range(2)])
         assert sorted(both, key=lambda doc: doc is not None) == [None, {"_id": 2, "gigId": 8}]
         assert client[db_name].reviews.count_documents({}) == 0
-    finally:
-        await store.stopService()
 
 
 LOOKUPS = pytest.mark.parametrize("point_lookups", [True, False], ids=["by-_id-then-checked", "whole-filter"])
@@ -142,8 +135,7 @@ LOOKUPS = pytest.mark.parametrize("point_lookups", [True, False], ids=["by-_id-t
 @pytest_twisted.ensureDeferred
 async def test_find_first_takes_the_filters_in_order(server, db_name, point_lookups):
     _, client, _ = server
-    store = await started(server, db_name, point_lookups=point_lookups)
-    try:
+    async with running(server, db_name, point_lookups=point_lookups) as store:
         category = ObjectId()
         client[db_name].categories.insert_many([
             {"_id": category, "nameLower": "design", "slug": "design", "deletedAt": None, "isActive": True},
@@ -162,15 +154,12 @@ async def test_find_first_takes_the_filters_in_order(server, db_name, point_look
         assert await store.find_first("categories", [{"slug": "gone", **live}, {"_id": category, "isActive": False}]) \
             is None
         assert await store.find_first("categories", []) is None
-    finally:
-        await store.stopService()
 
 
 @pytest_twisted.ensureDeferred
 async def test_matches_any(server, db_name):
     _, client, _ = server
-    store = await started(server, db_name)
-    try:
+    async with running(server, db_name) as store:
         buyer, seller, other = ObjectId(), ObjectId(), ObjectId()
         client[db_name].orders.insert_many([
             {"_id": 1, "buyerId": buyer, "sellerId": other, "status": "completed"},
@@ -185,8 +174,6 @@ async def test_matches_any(server, db_name):
         assert await store.matches_any("orders", sides(other))
         assert not await store.matches_any("orders", sides(buyer))  # only a completed order
         assert not await store.matches_any("orders", [])
-    finally:
-        await store.stopService()
 
 
 @LOOKUPS
@@ -195,8 +182,7 @@ async def test_find_by_ids_answers_as_one_in_query(server, db_name, point_lookup
     """More ids than one chunk, some unknown, some of deleted users: the same documents as one
     ``{_id: {$in: ids}, **query}`` answered by the server."""
     _, client, _ = server
-    store = await started(server, db_name, point_lookups=point_lookups)
-    try:
+    async with running(server, db_name, point_lookups=point_lookups) as store:
         users = [{"_id": ObjectId(), "username": f"u{i}", "usernameLower": f"u{i}", "email": f"u{i}@example.com",
                   **({"deletedAt": "gone"} if i % 7 == 0 else {})} for i in range(130)]
         users[1]["deletedAt"] = None
@@ -209,15 +195,12 @@ async def test_find_by_ids_answers_as_one_in_query(server, db_name, point_lookup
                 key = lambda doc: doc["_id"]  # noqa: E731
                 assert sorted(got, key=key) == sorted(expected, key=key), (query, projection)
         assert await store.find_by_ids("users", []) == []
-    finally:
-        await store.stopService()
 
 
 @pytest_twisted.ensureDeferred
 async def test_aggregate_each_runs_every_pipeline(server, db_name):
     _, client, _ = server
-    store = await started(server, db_name)
-    try:
+    async with running(server, db_name) as store:
         user = ObjectId()
         client[db_name].orders.insert_many([
             {"_id": 1, "buyerId": user, "sellerId": ObjectId(), "status": "completed"},
@@ -229,5 +212,3 @@ async def test_aggregate_each_runs_every_pipeline(server, db_name):
         assert await store.aggregate_each("orders", pipelines) == [
             [{"_id": "completed", "n": 1}, {"_id": "pending", "n": 1}], [{"_id": "pending", "n": 1}], []]
         assert await store.aggregate_each("orders", []) == []
-    finally:
-        await store.stopService()
