@@ -1,4 +1,8 @@
-"""The XML-RPC plumbing as callers see it: names, introspection, faults, limits, HTTP."""
+"""The XML-RPC plumbing as callers see it: names, introspection, faults, limits, HTTP.
+
+Most tests call the daemon's site in process (``app``, ``rpc``); those about the process or its sockets
+(keep-alive on one TCP connection, the resident memory after an entity bomb, /health and /metrics over one
+connection, caller authentication) start a daemon."""
 
 from __future__ import annotations
 
@@ -13,12 +17,12 @@ from tests.conftest import wait_for
 from worknet.services import SERVICES
 
 
-def post(daemon, body: bytes, path: str = "/RPC2", headers: dict | None = None, timeout: float = 10):
+def post(server, body: bytes, path: str = "/RPC2", headers: dict | None = None, timeout: float = 10):
     """POST ``body`` to a daemon, or to an in-process app (tests/inprocess.py): the status and the body."""
-    if hasattr(daemon, "connection"):
-        conn = daemon.connection(timeout=timeout)
+    if hasattr(server, "connection"):
+        conn = server.connection(timeout=timeout)
     else:
-        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=timeout)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
     conn.request("POST", path, body=body, headers={"Content-Type": "text/xml", **(headers or {})})
     response = conn.getresponse()
     payload = response.read()
@@ -40,8 +44,8 @@ def test_ping(rpc):
 
 
 @pytest.mark.parametrize("path", ["/RPC2", "/", "/RPC2/"])
-def test_every_rpc_path_answers(daemon, path):
-    status, payload = post(daemon, xmlrpc.client.dumps((), "ping").encode(), path=path)
+def test_every_rpc_path_answers(app, path):
+    status, payload = post(app, xmlrpc.client.dumps((), "ping").encode(), path=path)
     assert status == 200
     assert xmlrpc.client.loads(payload)[0][0]["status"] == "ok"
 
@@ -87,30 +91,30 @@ def test_multicall_mixes_results_and_faults(rpc):
     assert first["status"] == "ok" and second["success"] is True
 
 
-def test_protocol_faults(daemon):
-    assert fault_of(post(daemon, b"<methodCall><methodName>ping</methodName>")[1]) == -32700
-    assert fault_of(post(daemon, b"\xff\xfe not xml")[1]) == -32700
-    assert fault_of(post(daemon, b"<?xml version='1.0'?><hello/>")[1]) == -32600
+def test_protocol_faults(app):
+    assert fault_of(post(app, b"<methodCall><methodName>ping</methodName>")[1]) == -32700
+    assert fault_of(post(app, b"\xff\xfe not xml")[1]) == -32700
+    assert fault_of(post(app, b"<?xml version='1.0'?><hello/>")[1]) == -32600
     unknown = xmlrpc.client.dumps((), "categoriesService.nope").encode()
-    assert fault_of(post(daemon, unknown)[1]) == -32601
+    assert fault_of(post(app, unknown)[1]) == -32601
     arity = xmlrpc.client.dumps((1, 2, 3, 4, 5), "categoriesService.get_by_id").encode()
-    assert fault_of(post(daemon, arity)[1]) == -32602
+    assert fault_of(post(app, arity)[1]) == -32602
 
 
-def test_internal_names_are_not_callable(daemon):
+def test_internal_names_are_not_callable(app):
     for name in ("categoriesService.store", "categoriesService.__init__", "render_POST", "system.multicall.x"):
-        assert fault_of(post(daemon, xmlrpc.client.dumps((), name).encode())[1]) == -32601, name
+        assert fault_of(post(app, xmlrpc.client.dumps((), name).encode())[1]) == -32601, name
 
 
-def test_invalid_utf8_and_control_characters_are_refused(daemon, db):
+def test_invalid_utf8_and_control_characters_are_refused(app, db):
     bad_utf8 = (b"<?xml version='1.0' encoding='utf-8'?><methodCall><methodName>categoriesService.create</methodName>"
                 b"<params><param><value><string>Caf\xe9</string></value></param><param><value>x</value></param>"
                 b"<param><value>d</value></param></params></methodCall>")
-    assert fault_of(post(daemon, bad_utf8)[1]) == -32700
+    assert fault_of(post(app, bad_utf8)[1]) == -32700
     control = bad_utf8.replace(b"Caf\xe9", b"Caf&#1;")
-    assert fault_of(post(daemon, control)[1]) == -32700
+    assert fault_of(post(app, control)[1]) == -32700
     raw_control = bad_utf8.replace(b"Caf\xe9", b"Caf\x01")
-    assert fault_of(post(daemon, raw_control)[1]) == -32700
+    assert fault_of(post(app, raw_control)[1]) == -32700
     assert db.categories.count_documents({}) == 0
 
 
@@ -134,22 +138,22 @@ def test_billion_laughs_is_refused_quickly(daemon):
     assert rss_kib < 300 * 1024
 
 
-def test_deep_nesting_is_refused(daemon):
+def test_deep_nesting_is_refused(app):
     def nested(depth: int) -> bytes:
         return b"<value><array><data>" * depth + b"<value><int>1</int></value>" + b"</data></array></value>" * depth
 
     ok = b"<methodCall><methodName>ping</methodName><params><param>" + nested(10) + b"</param></params></methodCall>"
-    assert fault_of(post(daemon, ok)[1]) == -32602  # parsed fine; ping takes no parameter
+    assert fault_of(post(app, ok)[1]) == -32602  # parsed fine; ping takes no parameter
     deep = b"<methodCall><methodName>ping</methodName><params><param>" + nested(100) + b"</param></params></methodCall>"
-    assert fault_of(post(daemon, deep)[1]) == -32700
+    assert fault_of(post(app, deep)[1]) == -32700
 
 
-def test_oversized_body_gets_413_before_parsing(daemon):
+def test_oversized_body_gets_413_before_parsing(app):
     body = b"<methodCall><methodName>ping</methodName><params><param><value><string>" + b"x" * (2 * 1024 * 1024)
     body += b"</string></value></param></params></methodCall>"
-    status, payload = post(daemon, body)
+    status, payload = post(app, body)
     assert status == 413
-    assert daemon.proxy().ping()["status"] == "ok"
+    assert app.proxy().ping()["status"] == "ok"
 
 
 def test_keep_alive_serves_several_calls_on_one_connection(daemon):
@@ -247,7 +251,7 @@ def test_bodies_up_to_the_limit_stay_in_memory():
     assert request.content.getvalue() == b""
 
 
-def test_a_large_body_under_the_limit_is_served(daemon):
+def test_a_large_body_under_the_limit_is_served(app):
     body = xmlrpc.client.dumps(("x" * 900_000,), "paymentsService.calculate_fees").encode()
-    status, payload = post(daemon, body)
+    status, payload = post(app, body)
     assert status == 200 and xmlrpc.client.loads(payload)[0][0]["code"] == "VALIDATION_ERROR"
