@@ -57,8 +57,10 @@ lint: install
 	$(BIN)/hadolint Dockerfile
 
 # package-lock.json as committed, nothing else (npm ci fails if it disagrees with package.json).
-node-deps:
+node-deps: tests/node/node_modules/.installed
+tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 # the client package's own dependencies, exactly as locked (clients/node/package-lock.json)
 node-client: clients/node/node_modules/.installed

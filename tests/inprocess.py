@@ -216,12 +216,8 @@ class App:
             os.environ[TEST_CLOCK_VARIABLE] = clock
         else:
             os.environ.pop(TEST_CLOCK_VARIABLE, None)
-        timers = set(reactor.getDelayedCalls())
         try:
             self.top, self.store, self.site = assemble(self.settings, reactor)
-            # The pauses the app's loops began while it was built (the follower looks whether the store is
-            # ready every 0.25 s): cut short once the store is ready, below -- the loop would look then anyway.
-            pauses = [call for call in reactor.getDelayedCalls() if call not in timers and _is_pause(call)]
         finally:
             if before is None:
                 os.environ.pop(TEST_CLOCK_VARIABLE, None)
@@ -234,11 +230,7 @@ class App:
         ready.addTimeout(START_TIMEOUT, reactor)
         await ready
         # As a daemon is by the time it answers a test: search follows the database (or stands by for another
-        # app on it) and has compared it with its index -- the follower looks whether the store is ready four
-        # times a second, and its first commands must not fall among a test's.
-        for call in pauses:
-            if call.active():
-                call.reset(0)
+        # app on it) and has compared it with its index -- its first commands must not fall among a test's.
         follower = self.loops["follower"]
         deadline = reactor.seconds() + START_TIMEOUT
         while (follower.status == "starting" or follower.catching_up is not None) and reactor.seconds() < deadline:
@@ -405,11 +397,6 @@ async def _ended(work: defer.Deferred[Any] | None, what: str) -> None:
     finally:
         if timer.active():
             timer.cancel()
-
-
-def _is_pause(call: Any) -> bool:
-    """Whether a reactor timer is the end of a pause of a coroutine (``task.deferLater``: it fires a Deferred)."""
-    return isinstance(getattr(call.func, "__self__", None), defer.Deferred) and call.func.__name__ == "callback"
 
 
 def _forget_shutdown_triggers(reactor: Any, owned: set[int]) -> None:

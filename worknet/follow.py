@@ -143,6 +143,7 @@ class Follower(service.Service):
         self.unsupported: str | None = None
         self.next_reconcile = 0.0
         self.done: defer.Deferred | None = None
+        self._waiting_ready: defer.Deferred[None] | None = None
 
     @property
     def status(self) -> str:
@@ -166,6 +167,8 @@ class Follower(service.Service):
         """Stop following and hand the lease over (waits at most ``STOP_SECONDS``: the database may be
         going away too, and then the lease runs out by itself)."""
         super().stopService()
+        if self._waiting_ready is not None:
+            self._waiting_ready.cancel()
         if self.token is None:
             return defer.succeed(None)
         release = defer.ensureDeferred(self.store[LEASES].update_one(
@@ -178,6 +181,20 @@ class Follower(service.Service):
     async def _sleep(self, seconds: float) -> None:
         await task.deferLater(self.reactor, seconds, lambda: None)
 
+    async def _until_ready(self) -> None:
+        """Until the store is ready (it says when), or this service stops; while the store refuses the
+        database (credentials, an index conflict), look again now and then."""
+        ready = self.store.wait_ready()
+        self._waiting_ready = ready
+        try:
+            await ready
+        except defer.CancelledError:
+            pass  # stopped
+        except Exception:  # refused for now
+            await self._sleep(RETRY_SECONDS)
+        finally:
+            self._waiting_ready = None
+
     async def _run(self) -> None:
         await self._loop()
 
@@ -186,7 +203,7 @@ class Follower(service.Service):
         while self.running:
             try:
                 if not self.store.is_ready:
-                    await self._sleep(0.25)
+                    await self._until_ready()
                     continue
                 if not await self._take_lease():
                     self.status = "standby"
