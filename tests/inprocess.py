@@ -256,8 +256,8 @@ class App:
             # in the daemon's order: the drain, the follower (it hands its lease over), the compactor (a round in
             # progress ends first), the password pool, the store last
             await top.stopService()
-        # A catch-up (the first start on a database compares every gig with the index) ends while the
-        # database is there: failing, it would try again every second, for ever.
+        # A catch-up (the first start on a database compares every gig with the index) ends before the next
+        # test (a stopped follower neither says it failed nor tries again).
         deadline = reactor.seconds() + STOP_TIMEOUT
         while follower.catching_up is not None:
             if reactor.seconds() > deadline:
@@ -268,18 +268,7 @@ class App:
         # change streams: up to 2 s) stops when the pause ends, touching nothing -- not waited for.
         if streaming:
             await _ended(follower.done, "the change-stream follower")
-        # The follower closing its change stream after the store stopped makes the store open a new waiting
-        # pool (MongoStore.waiting_pool opens one whenever it has none): its loop would run for ever.
-        late_pool = getattr(self.store, "_waiting_pool", None)
-        if late_pool is not None:
-            self.store._waiting_pool = None
-            await late_pool.disconnect()
-        # A catch-up retry the follower scheduled (it re-arms itself while the store is gone).
-        owned = {id(compactor), id(follower), id(cpu_pool)}
-        for call in reactor.getDelayedCalls():
-            if id(getattr(call.func, "__self__", None)) in owned and call.active():
-                call.cancel()
-        _forget_shutdown_triggers(reactor, owned)
+        _forget_shutdown_triggers(reactor, {id(compactor), id(follower), id(cpu_pool)})
 
     # -- calls -------------------------------------------------------------------------------------
 

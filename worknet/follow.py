@@ -269,7 +269,7 @@ class Follower(service.Service):
 
     def _catch_up(self, why: str) -> None:
         """Reconcile beside the new stream (once at a time); /health says so until it ends."""
-        if self.catching_up is not None:
+        if self.catching_up is not None or not self.running:
             return
         self.catching_up = why
         self.status = "catching up"
@@ -283,7 +283,7 @@ class Follower(service.Service):
                 log.info("search caught up with the database: compared every gig with the index, re-indexed "
                          "{n} that differed ({seconds:.1f} s; {why})", n=result, seconds=time.monotonic() - began,
                          why=why)
-            else:
+            elif self.running:  # (stopping: the store went away under it, nothing to say or retry)
                 log.warn("search could not catch up with the database ({reason}); it tries again",
                          reason=result.getErrorMessage()[:200])
                 self.reactor.callLater(RETRY_SECONDS, self._catch_up, why)
