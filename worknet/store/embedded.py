@@ -47,6 +47,7 @@ embedded database's directory (and the tests' and the bench's databases).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -77,6 +78,14 @@ MAX_RESTARTS = 5
 RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 STABLE_SECONDS = 60.0
 MEMORY_CHECK_SECONDS = 5.0
+# Stopping SecantusDB (docs/DECISIONS.md, "Stopping the embedded database").  Its SIGTERM handler closes the
+# listening socket, then waits up to 2 s for its accept thread, which the close does not wake (a thread
+# blocked in accept() on Linux): one connection does, so the port is knocked at KNOCK_SECONDS until it
+# refuses.  And the handler may never run: a signal the kernel hands to another thread than the main one,
+# which waits on an Event for ever, is seen only when the main thread wakes.  A port that still accepts
+# RESIGNAL_SECONDS after SIGTERM means the handler has not run: SIGTERM again.
+KNOCK_SECONDS = 0.05
+RESIGNAL_SECONDS = 0.5
 CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 # The startup line when MONGODB_URI is unset and the [embedded] extra is not installed: the command that
@@ -99,6 +108,15 @@ def find_secantusd() -> str | None:
 def child_environment() -> dict[str, str]:
     """The few variables the database process needs; the daemon's secrets stay with the daemon."""
     return {name: os.environ[name] for name in CHILD_ENVIRONMENT if name in os.environ}
+
+
+def knock(port: int) -> bool:
+    """Open and close one TCP connection to ``127.0.0.1:port``; whether it was accepted (``KNOCK_SECONDS``)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -221,8 +239,18 @@ class Secantusd:
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.terminate()
+            signalled = time.monotonic()
+            deadline = signalled + timeout
+            while process.poll() is None and time.monotonic() < deadline:  # (KNOCK_SECONDS, RESIGNAL_SECONDS)
+                if knock(self.port) and time.monotonic() - signalled >= RESIGNAL_SECONDS:
+                    process.terminate()
+                    signalled = time.monotonic()
+                try:
+                    process.wait(timeout=KNOCK_SECONDS)
+                except subprocess.TimeoutExpired:
+                    continue
             try:
-                process.wait(timeout=timeout)
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -414,7 +442,29 @@ class EmbeddedDatabase(service.Service):
         try:
             self._transport.signalProcess(name)
         except (error.ProcessExitedAlready, AttributeError):
-            pass
+            return
+        if name == "TERM" and self._process is not None:
+            defer.ensureDeferred(self._knock_until(self._process.ended)).addErrback(lambda f: None)
+
+    async def _knock_until(self, ended: defer.Deferred[Any]) -> None:
+        """After SIGTERM, until the process ended: knock on its port, and signal again while the port still
+        accepts (``KNOCK_SECONDS``, ``RESIGNAL_SECONDS``)."""
+        from twisted.internet import endpoints
+
+        transport = self._transport
+        endpoint = endpoints.TCP4ClientEndpoint(self._reactor, "127.0.0.1", self.port, timeout=1)
+        signalled = self._reactor.seconds()
+        while not ended.called:
+            try:
+                knocked: Any = await endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
+            except Exception:  # noqa: BLE001 - refused: the handler closed the socket, the accept thread is gone
+                return
+            knocked.transport.loseConnection()
+            if self._reactor.seconds() - signalled >= RESIGNAL_SECONDS and transport is self._transport:
+                signalled = self._reactor.seconds()
+                with contextlib.suppress(error.ProcessExitedAlready, AttributeError):
+                    transport.signalProcess("TERM")
+            await task.deferLater(self._reactor, KNOCK_SECONDS, lambda: None)
 
     def _kill_bounced(self, transport: Any) -> None:
         if self._transport is transport and self._bouncing:
@@ -496,6 +546,7 @@ class EmbeddedDatabase(service.Service):
             self._transport.signalProcess("TERM")
         except error.ProcessExitedAlready:
             return
+        defer.ensureDeferred(self._knock_until(ended)).addErrback(lambda f: None)
         kill = self._reactor.callLater(STOP_GRACE_SECONDS, self._kill)
         await ended
         if kill.active():
