@@ -41,7 +41,7 @@ THREADS = 12
 GIGS = 4  # per caller: a flow that gives up leaves a pending order on its gig, the next flow takes another
 KILLS = 2  # the victim is killed mid-load, and started again, twice
 SERVED = 4 * THREADS  # answers the victim gives before each kill (it is really in the rotation)
-FLOWS = 2 * THREADS  # flows completed before the first kill, while the victim is down, and after the last restart
+FLOWS = THREADS  # flows completed before the first kill, while the victim is down, and after the last restart
 # seconds from one kill to the next: the survivors end the killed daemon's sessions (it ran on their host) at
 # their next beat, so what it left held is free again before the next kill
 KILL_GAP = 3 * BEAT_SECONDS
