@@ -82,6 +82,14 @@ class Load:
         for t in self.threads:
             t.join(30)
 
+    def wait(self, outcome: str, count: int, since: float = 0.0, what: str = "") -> None:
+        """Until ``count`` calls started after ``since`` answered ``outcome`` (any outcome: ``outcome`` "*")."""
+        def enough() -> bool:
+            counts = self.outcomes(since)
+            return (sum(counts.values()) if outcome == "*" else counts.get(outcome, 0)) >= count
+
+        wait_for(enough, 60, what or f"{count} calls answered {outcome}")
+
     def outcomes(self, since: float = 0.0, until: float = float("inf")) -> dict[str, int]:
         counts: dict[str, int] = {}
         for started, _, outcome in self.calls:
@@ -97,13 +105,13 @@ def test_database_restarted_under_64_connections(tmp_path, make_daemon):
     daemon.expected_errors = True  # the outage itself is logged
     load = Load(daemon.url, 64).start()
     try:
-        time.sleep(3)
+        load.wait("ok", 64, what="the load to run")
         down_at = time.monotonic()
         server.stop()
-        time.sleep(3)
+        time.sleep(DB_TIMEOUT + 1)  # down longer than a call's deadline: calls begun meanwhile wait it out
         server.start()
         back_at = time.monotonic()
-        time.sleep(6)
+        load.wait("*", 64, back_at + 5, "calls begun 5 s after the database's return")
     finally:
         load.finish()
     try:
@@ -145,7 +153,7 @@ def test_the_embedded_database_killed_under_load_is_restarted_in_place(tmp_path,
     daemon.expected_errors = True
     load = Load(daemon.url, 16).start()
     try:
-        time.sleep(2)
+        load.wait("ok", 16, what="the load to run")
         (pid,) = secantusd_pids(data_dir)
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -154,7 +162,7 @@ def test_the_embedded_database_killed_under_load_is_restarted_in_place(tmp_path,
         proxy = daemon.proxy()
         wait_for(lambda: proxy.ping()["mongodb"] == "connected", 30, "the database to answer again")
         back_at = time.monotonic()
-        time.sleep(2)
+        load.wait("*", 16, back_at + 1, "calls begun 1 s after the database's return")
     finally:
         load.finish()
     assert daemon.process is not None and daemon.process.poll() is None, "the daemon must keep running"

@@ -34,12 +34,17 @@ from bson import ObjectId
 
 from tests.conftest import wait_for
 from tests.money_support import market, seed_gig
+from worknet.store.sessions import BEAT_SECONDS
 
 DAEMONS = 3
 THREADS = 12
 GIGS = 4  # per caller: a flow that gives up leaves a pending order on its gig, the next flow takes another
-RUN_SECONDS = 36.0
-KILLS = ((6.0, 10.0), (18.0, 22.0))  # (killed at, started again at), seconds into the run
+KILLS = 2  # the victim is killed mid-load, and started again, twice
+SERVED = 4 * THREADS  # answers the victim gives before each kill (it is really in the rotation)
+FLOWS = THREADS  # flows completed before the first kill, while the victim is down, and after the last restart
+# seconds from one kill to the next: the survivors end the killed daemon's sessions (it ran on their host) at
+# their next beat, so what it left held is free again before the next kill
+KILL_GAP = 3 * BEAT_SECONDS
 ALREADY = re.compile(r"is (\w+) and cannot become \1$")  # the status change asked for was already made
 RETRY_FOR = 20.0  # seconds a caller retries UNAVAILABLE (and cut-off calls) with the same ids
 CUT_OFF = (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError)
@@ -53,6 +58,7 @@ class Balancer:
         self.next = 0
         self.lock = threading.Lock()
         self.local = threading.local()
+        self.answered = [0] * len(urls)  # answers each daemon gave
 
     def _proxy(self, i: int) -> xmlrpc.client.ServerProxy:
         proxies = self.local.__dict__.setdefault("proxies", {})
@@ -68,13 +74,17 @@ class Balancer:
         for k in range(len(self.urls)):
             i = (start + k) % len(self.urls)
             try:
-                return getattr(self._proxy(i), method)(*args)
+                answer = getattr(self._proxy(i), method)(*args)
             except ConnectionRefusedError as e:  # not running: the balancer's health check would skip it
                 self.local.proxies.pop(i, None)
                 refused = e
             except CUT_OFF:
                 self.local.proxies.pop(i, None)
                 raise
+            else:
+                with self.lock:
+                    self.answered[i] += 1
+                return answer
         assert refused is not None
         raise refused
 
@@ -93,6 +103,7 @@ class Tally:
     messages: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     flows: int = 0
+    crashed: list[str] = field(default_factory=list)  # callers that stopped on an exception
 
 
 class Caller:
@@ -144,6 +155,14 @@ class Caller:
                     self.tally.gave_up.append((self.n, method, answer.get("code")))
                 return None
             time.sleep(0.25)
+
+    def main(self) -> None:
+        try:
+            self.run()
+        except Exception as e:  # a caller that dies proves nothing: the checks below report it
+            with self.tally.lock:
+                self.tally.crashed.append(repr(e))
+            raise
 
     def run(self) -> None:
         started = self.call("messagesService.start_conversation", self.buyer, self.seller)
@@ -202,17 +221,34 @@ def test_several_daemons_one_killed_no_conflict_for_unrelated_flows(make_daemon,
     tally = Tally()
     stop = threading.Event()
     callers = [Caller(n, db, balancer, tally, stop) for n in range(THREADS)]
-    threads = [threading.Thread(target=c.run, daemon=True) for c in callers]
+    threads = [threading.Thread(target=c.main, daemon=True) for c in callers]
     began = time.monotonic()
+    timeline: list[tuple[float, float]] = []  # (killed at, started again at), seconds into the run
     for thread in threads:
         thread.start()
+
+    def until(done, what: str) -> None:  # or every caller stopped (gave up): the checks below say why
+        wait_for(lambda: done() or not any(t.is_alive() for t in threads), 120, what)
+
+    def flows_after(count: int, what: str) -> None:
+        until(lambda: tally.flows >= count, what)
+
+    # The timeline follows the run, not the clock: each kill comes once the load runs and the victim
+    # answers its share of it, each restart once the others carried flows alone, the end once flows
+    # completed after the last restart; the kills stay KILL_GAP apart.
     try:
-        for kill_at, restart_at in KILLS:
-            time.sleep(max(0.0, began + kill_at - time.monotonic()))
+        flows_after(FLOWS, "flows before the first kill")
+        for _ in range(KILLS):
+            served = balancer.answered[1]
+            until(lambda served=served: balancer.answered[1] >= served + SERVED, "the victim to answer calls")
+            if timeline:
+                time.sleep(max(0.0, began + timeline[-1][0] + KILL_GAP - time.monotonic()))
             victim.stop(signal.SIGKILL)
-            time.sleep(max(0.0, began + restart_at - time.monotonic()))
+            killed = time.monotonic() - began
+            flows_after(tally.flows + FLOWS, "flows while the victim is down")
             victim.start()
-        time.sleep(max(0.0, began + RUN_SECONDS - time.monotonic()))
+            timeline.append((killed, time.monotonic() - began))
+        flows_after(tally.flows + FLOWS, "flows after the last restart")
     finally:
         stop.set()
         for thread in threads:
@@ -226,11 +262,13 @@ def test_several_daemons_one_killed_no_conflict_for_unrelated_flows(make_daemon,
             lost.append(pid)
     lost += [m for m in tally.messages if db.messages.find_one({"_id": ObjectId(m)}, {"_id": 1}) is None]
     lost += [o for o in tally.completed if db.orders.find_one({"_id": ObjectId(o)})["status"] != "completed"]
-    kills = ", ".join(f"{a:.0f}-{b:.0f}" for a, b in KILLS)
-    print(f"\n{DAEMONS} daemons, {THREADS} callers, {RUN_SECONDS:.0f} s, one killed and restarted at {kills} s: "
+    kills = ", ".join(f"{a:.0f}-{b:.0f}" for a, b in timeline)
+    print(f"\n{DAEMONS} daemons, {THREADS} callers, {time.monotonic() - began:.0f} s, one killed and restarted "
+          f"at {kills} s: "
           f"{tally.calls} calls, {tally.flows} flows completed, "
           f"{len(tally.conflicts)} CONFLICT, {tally.unavailable} UNAVAILABLE, {tally.cut_off} cut off, "
           f"{len(tally.gave_up)} flows gave up after {RETRY_FOR:.0f} s, {len(lost)} acknowledged writes lost")
+    assert not tally.crashed, tally.crashed[:5]
     assert not tally.conflicts, f"{len(tally.conflicts)} CONFLICT answers: {tally.conflicts[:5]}"
     assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:5]}"
     assert not tally.errors, tally.errors[:5]

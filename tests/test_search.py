@@ -3,7 +3,8 @@
 The catalogue (2,000 gigs with random titles from a small vocabulary with
 accented words, random prices, delivery times, categories and sellers) is made
 once per module THROUGH the daemon's service tree (in process): ``system.multicall`` batches of
-``gigsService.create``; ratings are folded in with ``gigsService.update_rating``
+``gigsService.create``, ``LANES`` batches at a time (the daemon and the database work side by side
+instead of taking turns); ratings are folded in with ``gigsService.update_rating``
 (one or two random ratings for a quarter of the gigs), some gigs are paused with
 ``gigsService.update`` and some deleted with ``gigsService.delete``.  Only the
 sellers are written straight into the database (usersService would spend
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import unicodedata
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
@@ -33,7 +35,8 @@ from tests.inprocess import App
 from tests.test_gigs import seed_user
 
 GIGS = 2000
-BATCH = 250
+BATCH = 125
+LANES = 4  # batches in flight at once, each on a connection of its own
 VOCABULARY = [
     "café", "Zoë", "résumé", "naïve", "façade", "crème", "brûlée", "Straße", "piñata", "über",
     "logo", "design", "photo", "video", "seo", "wordpress", "montage", "traduction", "écriture", "rapide",
@@ -71,6 +74,13 @@ def multicall(proxy, calls):
         assert isinstance(result, list) and result[0]["success"], (method, params, result)
         values.append(result[0])
     return values
+
+
+def in_lanes(app, batches):
+    """Each batch (a list of calls) in one system.multicall, ``LANES`` at a time; every result, in order."""
+    with ThreadPoolExecutor(LANES) as pool:
+        return [value for values in pool.map(lambda batch: multicall(app.proxy(), batch), batches)
+                for value in values]
 
 
 class Catalogue:
@@ -127,7 +137,7 @@ class Catalogue:
 
 @pytest.fixture(scope="module")
 def catalogue(database, mongo):
-    # a multicall batch shares one deadline (DB_TIMEOUT_SECONDS): room for 250 creates on a busy machine
+    # a multicall batch shares one deadline (DB_TIMEOUT_SECONDS): room for a batch of creates on a busy machine
     app = App(database, f"t_search_{uuid.uuid4().hex[:8]}", DB_TIMEOUT_SECONDS="60")
     try:
         app.start()
@@ -155,16 +165,18 @@ def catalogue(database, mongo):
                 "tags": rng.sample(VOCABULARY, rng.randint(0, 3)),
             }
             creates.append(("gigsService.create", (rng.choice(sellers), data)))
-        ids = []
-        for start in range(0, GIGS, BATCH):
-            ids += [r["gig_id"] for r in multicall(rpc, creates[start:start + BATCH])]
-        ratings = [("gigsService.update_rating", (gig, rng.choice([1, 2, 3, 4, 5, 4.5])))
-                   for gig in rng.sample(ids, 500) for _ in range(rng.choice([1, 2]))]
-        for start in range(0, len(ratings), BATCH * 2):
-            multicall(rpc, ratings[start:start + BATCH * 2])
+        ids = [r["gig_id"] for r in in_lanes(app, [creates[start:start + BATCH] for start in range(0, GIGS, BATCH)])]
+        # one or two ratings for 500 gigs; a gig's ratings stay in one batch, one after the other
+        batches: list[list] = [[]]
+        for gig in rng.sample(ids, 500):
+            if len(batches[-1]) >= BATCH:
+                batches.append([])
+            batches[-1] += [("gigsService.update_rating", (gig, rng.choice([1, 2, 3, 4, 5, 4.5])))
+                            for _ in range(rng.choice([1, 2]))]
+        in_lanes(app, batches)
         changed = rng.sample(ids, 120)
-        multicall(rpc, [("gigsService.update", (gig, {"isActive": False})) for gig in changed[:60]])
-        multicall(rpc, [("gigsService.delete", (gig,)) for gig in changed[60:]])
+        in_lanes(app, [[("gigsService.update", (gig, {"isActive": False})) for gig in changed[:60]],
+                       [("gigsService.delete", (gig,)) for gig in changed[60:]]])
         # the app's compaction folds every marked gig into the catalogue index
         wait_for(lambda: db.catalogueDirty.count_documents({}) == 0, 120, "the compaction")
         yield Catalogue(app, db, sellers, categories)
