@@ -35,6 +35,7 @@ from tests.conftest import wait_for
 
 SIZE_MB = 40
 MIN_FREE_MB = 6  # below this /health warns; less than a journal file
+JOURNAL_FILE_MB = 10  # the room a journal file of the database takes when it is opened
 JOURNAL_DOCUMENTS = 12  # 256 KB documents written into the journal file opened last (~0.5 MB of it each)
 WRITERS = 3
 MORE_WHILE_FULL = 10  # calls answered (not ok) after the disk was found full, before looking at it
@@ -66,23 +67,16 @@ def leave_free(where: Path, mb: int) -> int:
 
 def fill_the_journal(uri: str, where: Path, floor_mb: float) -> int:
     """Write 256 KB documents into a scratch collection until the free space of ``where`` drops (the database
-    opened a new journal file), then ``JOURNAL_DOCUMENTS`` more unless it drops again (another new file),
-    never below ``floor_mb`` MB free; the documents written."""
-    opened = 0
+    opened a new journal file), then ``JOURNAL_DOCUMENTS`` more, never below ``floor_mb`` MB free; the
+    documents written."""
+    start = free_mb(where)
     more = written = 0
     with pymongo.MongoClient(uri, directConnection=True) as client:
         scratch = client.prefill.scratch
-        before = free_mb(where)
-        while more < JOURNAL_DOCUMENTS and before > floor_mb:
+        while more < JOURNAL_DOCUMENTS and free_mb(where) > floor_mb:
             scratch.insert_one({"blob": b"\1" * (MB // 4)})
             written += 1
-            now = free_mb(where)
-            if now < before - 1:
-                opened += 1
-                if opened == 2:
-                    break
-            more += opened
-            before = now
+            more += free_mb(where) < start - 1
     return written
 
 
@@ -119,8 +113,9 @@ def test_a_full_disk_is_unavailable_with_its_cause_and_the_daemon_recovers_once_
     assert status == 200 and not body.get("warnings"), body
     found = daemon.embedded_database()
     assert found is not None
-    journal = fill_the_journal(f"mongodb://127.0.0.1:{found[1]}/", small_disk, MIN_FREE_MB + 2)
-    ballast = leave_free(small_disk, MIN_FREE_MB - 1)
+    # never below a journal file and some (the database would stop here), then less than one
+    journal = fill_the_journal(f"mongodb://127.0.0.1:{found[1]}/", small_disk, JOURNAL_FILE_MB + 2)
+    ballast = leave_free(small_disk, MIN_FREE_MB - 3)
     print(f"\n{journal} documents of 256 KB, ballast {ballast} MB: {free_mb(small_disk):.1f} MB free")
     warned: dict = {}
 
