@@ -1,9 +1,14 @@
 """The embedded database's disk fills up, then space comes back: the daemon says so and recovers by itself.
 
 ``DATA_DIR`` is a 40 MB tmpfs (mounting one needs root: the test is skipped,
-saying why, where that is not allowed).  Writers send 4.9 KB messages until
-the database refuses them.  Required on the way: a ``/health`` warning while
-free space is below ``DATA_DIR_MIN_FREE_MB``; once full, ``UNAVAILABLE`` for
+saying why, where that is not allowed).  So that 40 MB need not go through the
+daemon: large documents written straight into the database go into its
+journal until it opens a new journal file (its files take their room when
+they are opened, ~10 MB) and fill most of that file, then a ballast file
+beside the database leaves less than ``DATA_DIR_MIN_FREE_MB`` free, too
+little for the next journal file.  Required: a ``/health`` warning while free
+space is below ``DATA_DIR_MIN_FREE_MB`` (and none before); then writers send
+4.9 KB messages until the database refuses them; once full, ``UNAVAILABLE`` for
 every call (reads too, never fault -32603), ``/health`` 503 ``degraded`` with
 the cause, and the cause logged once.  Then the tmpfs is grown to 200 MB:
 calls succeed again without a restart of the daemon, and every acknowledged
@@ -22,15 +27,20 @@ import urllib.request
 import xmlrpc.client
 from pathlib import Path
 
+import pymongo
 import pytest
 from bson import ObjectId
 
 from tests.conftest import wait_for
 
 SIZE_MB = 40
-MIN_FREE_MB = 20
+MIN_FREE_MB = 6  # below this /health warns; less than a journal file
+JOURNAL_FILE_MB = 10  # the room a journal file of the database takes when it is opened
+JOURNAL_DOCUMENTS = 12  # 256 KB documents written into the journal file opened last (~0.5 MB of it each)
 WRITERS = 3
+MORE_WHILE_FULL = 10  # calls answered (not ok) after the disk was found full, before looking at it
 TEXT = ("m" * 99 + " ") * 49  # 4,900 characters
+MB = 1024 * 1024
 
 
 def mount_tmpfs(where: Path, size_mb: int) -> None:
@@ -41,6 +51,38 @@ def mount_tmpfs(where: Path, size_mb: int) -> None:
                           capture_output=True, text=True, timeout=30, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (a container without CAP_SYS_ADMIN?): {done.stderr.strip()}")
+
+
+def leave_free(where: Path, mb: int) -> int:
+    """Fill ``where`` with a ballast file until ``mb`` MB remain free; the ballast's size in MB."""
+    chunk = b"\0" * MB
+    written = 0
+    with open(where / "ballast", "wb") as ballast:
+        while free_mb(where) > mb:
+            ballast.write(chunk)
+            ballast.flush()
+            written += 1
+    return written
+
+
+def fill_the_journal(uri: str, where: Path, floor_mb: float) -> int:
+    """Write 256 KB documents into a scratch collection until the free space of ``where`` drops (the database
+    opened a new journal file), then ``JOURNAL_DOCUMENTS`` more, never below ``floor_mb`` MB free; the
+    documents written."""
+    start = free_mb(where)
+    more = written = 0
+    with pymongo.MongoClient(uri, directConnection=True) as client:
+        scratch = client.prefill.scratch
+        while more < JOURNAL_DOCUMENTS and free_mb(where) > floor_mb:
+            scratch.insert_one({"blob": b"\1" * (MB // 4)})
+            written += 1
+            more += free_mb(where) < start - 1
+    return written
+
+
+def free_mb(where: Path) -> float:
+    found = os.statvfs(where)
+    return found.f_bavail * found.f_frsize / MB
 
 
 def health(port: int) -> tuple[int, dict]:
@@ -67,6 +109,23 @@ def test_a_full_disk_is_unavailable_with_its_cause_and_the_daemon_recovers_once_
     a = rpc.usersService.register("filler", "filler@example.com", "password123", "client")["user_id"]
     b = rpc.usersService.register("reader", "reader@example.com", "password123", "client")["user_id"]
     conversation = rpc.messagesService.start_conversation(a, b)["conversation_id"]
+    status, body = health(daemon.port)
+    assert status == 200 and not body.get("warnings"), body
+    found = daemon.embedded_database()
+    assert found is not None
+    # never below a journal file and some (the database would stop here), then less than one
+    journal = fill_the_journal(f"mongodb://127.0.0.1:{found[1]}/", small_disk, JOURNAL_FILE_MB + 2)
+    ballast = leave_free(small_disk, MIN_FREE_MB - 3)
+    print(f"\n{journal} documents of 256 KB, ballast {ballast} MB: {free_mb(small_disk):.1f} MB free")
+    warned: dict = {}
+
+    def warns() -> bool:
+        status, body = health(daemon.port)
+        if status == 200 and any("low free space" in w for w in body.get("warnings", [])):
+            warned.update(body)
+        return bool(warned)
+
+    wait_for(warns, 30, "a /health warning of low free space", interval=0.2)
     acknowledged: list[str] = []
     outcomes: dict[str, int] = {}
     lock = threading.Lock()
@@ -91,7 +150,6 @@ def test_a_full_disk_is_unavailable_with_its_cause_and_the_daemon_recovers_once_
     threads = [threading.Thread(target=writer, daemon=True) for _ in range(WRITERS)]
     for thread in threads:
         thread.start()
-    warned: dict = {}
     try:
         def full() -> bool:
             status, body = health(daemon.port)
@@ -102,7 +160,16 @@ def test_a_full_disk_is_unavailable_with_its_cause_and_the_daemon_recovers_once_
                     o.startswith("fault") for o in outcomes)
 
         wait_for(full, 180, "the disk to fill up", interval=0.5)
-        time.sleep(3)  # more calls while full
+        def refused() -> int:
+            with lock:
+                return sum(n for outcome, n in outcomes.items() if outcome != "ok")
+
+        then = refused()
+
+        def more_calls_while_full() -> bool:
+            return refused() >= then + MORE_WHILE_FULL
+
+        wait_for(more_calls_while_full, 60, f"{MORE_WHILE_FULL} more calls answered while full", interval=0.1)
         status, body = health(daemon.port)
         try:
             read = rpc.messagesService.get_unread_count(b)
@@ -112,7 +179,7 @@ def test_a_full_disk_is_unavailable_with_its_cause_and_the_daemon_recovers_once_
         stop.set()
         for thread in threads:
             thread.join(30)
-    print(f"\nwhile filling and full: {outcomes}, acknowledged {len(acknowledged)}; /health when full: {status} {body}")
+    print(f"while filling and full: {outcomes}, acknowledged {len(acknowledged)}; /health when full: {status} {body}")
     assert not [o for o in outcomes if o.startswith("fault")], outcomes
     assert any("low free space" in w for w in warned.get("warnings", [])), "no /health warning before the disk was full"
     assert status == 503 and body["status"] == "degraded" and "full" in body["cause"], body
