@@ -159,10 +159,10 @@ def pytest_unconfigure(config) -> None:
 # --no-loadscope-reorder), so these start first and no long file begins when the others are done.  A file
 # not named here comes after them, in its usual order.  Update the list when a file's cost changes much.
 SLOWEST_FIRST = (
-    "test_abuse", "test_daemon", "test_search", "test_disk_full", "test_db_crash", "test_mongodb_tls",
-    "test_money_properties", "test_uri", "test_embedded_memory", "test_scale_out", "test_faults", "test_hostile",
-    "test_ops", "test_money_standalone", "test_money_races", "test_fuzz", "test_workers", "test_transport",
-    "test_reviews", "test_ping",
+    "test_search", "test_money_properties", "test_mongodb_tls", "test_uri", "test_db_crash", "test_abuse",
+    "test_daemon", "test_ops", "test_money_races", "test_money_standalone", "test_scale_out", "test_fuzz",
+    "test_faults", "test_hostile", "test_workers", "test_node_client", "test_embedded_memory", "test_disk_full",
+    "test_reviews", "test_ping", "test_security", "test_payments", "test_crash", "test_audit",
 )
 
 
