@@ -27,7 +27,7 @@ import xmlrpc.client
 from pathlib import Path
 
 from worknet.logs import BATCH_SECONDS
-from worknet.store.embedded import Secantusd
+from worknet.store.embedded import Secantusd, resident_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -103,14 +103,9 @@ def command_line(pid: int) -> list[str]:
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory of one process (``VmHWM``: its peak so far), NaN when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    """Resident memory of one process in MiB (``VmHWM``: its peak so far), NaN when it is gone."""
+    found = resident_mb(pid, field)
+    return float("nan") if found is None else found
 
 
 def cpu_seconds(pid: int) -> float:

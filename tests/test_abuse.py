@@ -18,13 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-
-
-def status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
+from tests.harness import rss_mib
 
 
 def open_descriptors(pid: int) -> int:
@@ -184,7 +178,7 @@ def test_hostile_bodies_are_refused_with_little_memory(make_daemon, rounds):
     proxy = daemon.proxy()
     for _ in range(50):  # warm up: first calls allocate caches that are not growth
         proxy.ping()
-    peak_before, rss_before = status_kib(pid, "VmHWM"), status_kib(pid, "VmRSS")
+    peak_before, rss_before = rss_mib(pid, "VmHWM"), rss_mib(pid, "VmRSS")
     bodies = {
         "entity bomb": ENTITY_BOMB,
         "nesting 65 deep": _nested(65),
@@ -220,8 +214,8 @@ def test_hostile_bodies_are_refused_with_little_memory(make_daemon, rounds):
         t.start()
     for t in threads:
         t.join(60)
-    growth = (status_kib(pid, "VmHWM") - peak_before) / 1024
-    print(f"\npeak RSS before {peak_before / 1024:.1f} MiB (RSS {rss_before / 1024:.1f} MiB), "
+    growth = rss_mib(pid, "VmHWM") - peak_before
+    print(f"\npeak RSS before {peak_before:.1f} MiB (RSS {rss_before:.1f} MiB), "
           f"peak growth after {rounds} rounds of {len(bodies)} hostile bodies: {growth:.1f} MiB; {statuses}")
     assert statuses["entity bomb"] == {"fault"}
     assert statuses["nesting 65 deep"] == {"fault"}
@@ -333,7 +327,7 @@ def test_tokenless_bodies_cost_no_memory_and_are_not_kept(make_daemon):
     proxy = daemon.proxy(headers=[("Authorization", f"Bearer {TOKEN}")])
     for _ in range(20):
         proxy.ping()
-    peak_before, descriptors = status_kib(pid, "VmHWM"), open_descriptors(pid)
+    peak_before, descriptors = rss_mib(pid, "VmHWM"), open_descriptors(pid)
     head = b"POST /RPC2 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\nContent-Length: 1048576\r\n\r\n"
     answers: list[bytes] = []
     socks: list[socket.socket] = []
@@ -355,7 +349,7 @@ def test_tokenless_bodies_cost_no_memory_and_are_not_kept(make_daemon):
         t.start()
     for t in threads:
         t.join(60)
-    growth = (status_kib(pid, "VmHWM") - peak_before) / 1024
+    growth = rss_mib(pid, "VmHWM") - peak_before
     wait_for(lambda: open_descriptors(pid) <= descriptors + 2, 10, "the daemon to close the connections")
     for sock in socks:
         sock.close()
@@ -376,7 +370,7 @@ def test_a_batch_of_large_answers_is_bounded_and_does_not_stall_others(daemon):
     proxy = daemon.proxy()
     for _ in range(20):
         proxy.ping()
-    peak_before = status_kib(pid, "VmHWM")
+    peak_before = rss_mib(pid, "VmHWM")
     body = xmlrpc.client.dumps(([{"methodName": "system.describeMethods", "params": []}] * 1000,),
                                "system.multicall").encode()
     latencies: list[float] = []
@@ -402,7 +396,7 @@ def test_a_batch_of_large_answers_is_bounded_and_does_not_stall_others(daemon):
     done.set()
     thread.join(60)
     conn.close()
-    growth = (status_kib(pid, "VmHWM") - peak_before) / 1024
+    growth = rss_mib(pid, "VmHWM") - peak_before
     print(f"\n1,000 x describeMethods: {len(answer)} bytes answered in {elapsed:.2f} s, peak RSS growth "
           f"{growth:.1f} MiB; concurrent ping n={len(latencies)} median "
           f"{statistics.median(latencies) * 1000:.1f} ms max {max(latencies) * 1000:.1f} ms")

@@ -289,12 +289,13 @@ class _DatabaseProcess(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
-def resident_mb(pid: int) -> float | None:
-    """A process's resident size in MB (``VmRSS``), None once it is gone (a read of /proc: call it in a thread)."""
+def resident_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """A process's resident size in MB (``VmRSS``; ``VmHWM``: its peak so far), None once it is gone (a read of
+    /proc: call it in a thread)."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         return None
@@ -438,13 +439,16 @@ class EmbeddedDatabase(service.Service):
             self.wedged = None
             self._spawn()
 
-    def _signal(self, name: str) -> None:
+    def _signal(self, name: str) -> bool:
+        """Send ``name`` to the database; False when it had exited already.  After SIGTERM, knock on its port
+        until it ends (``_knock_until``)."""
         try:
             self._transport.signalProcess(name)
         except (error.ProcessExitedAlready, AttributeError):
-            return
+            return False
         if name == "TERM" and self._process is not None:
             defer.ensureDeferred(self._knock_until(self._process.ended)).addErrback(lambda f: None)
+        return True
 
     async def _knock_until(self, ended: defer.Deferred[Any]) -> None:
         """After SIGTERM, until the process ended: knock on its port, and signal again while the port still
@@ -542,11 +546,8 @@ class EmbeddedDatabase(service.Service):
             return
         self._stopping = True
         ended = self._process.ended
-        try:
-            self._transport.signalProcess("TERM")
-        except error.ProcessExitedAlready:
+        if not self._signal("TERM"):
             return
-        defer.ensureDeferred(self._knock_until(ended)).addErrback(lambda f: None)
         kill = self._reactor.callLater(STOP_GRACE_SECONDS, self._kill)
         await ended
         if kill.active():
